@@ -1,0 +1,139 @@
+// Package manifest describes one built image: what went in (recipe, packages,
+// kernel, driver, overlay files) and what came out (artifacts with sizes and
+// sha256). The store, the server, `image diff` and the node all read it.
+package manifest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/herdlab/herd/internal/atomicfile"
+)
+
+// FileName is the manifest's name inside an image directory.
+const FileName = "manifest.json"
+
+// Artifact names inside an image directory.
+const (
+	Kernel = "vmlinuz"
+	Initrd = "initrd.img"
+	Rootfs = "rootfs.squashfs"
+)
+
+// Manifest is the record of one image.
+type Manifest struct {
+	// ID is the image's content hash (see ComputeID).
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	// Recipe is the recipe's name (file name without .yaml).
+	Recipe       string `json:"recipe"`
+	RecipeSHA256 string `json:"recipe_sha256"`
+	HerdVersion  string `json:"herd_version"`
+	Distribution string `json:"distribution"` // e.g. ubuntu
+	Suite        string `json:"suite"`        // e.g. noble
+	// KernelABI is the exact kernel release, e.g. 6.8.0-149-generic.
+	KernelABI string `json:"kernel"`
+	// NVIDIA is the driver package version ("" when the image has none).
+	NVIDIA string `json:"nvidia"`
+	// Packages maps every installed package to its version.
+	Packages map[string]string `json:"packages"`
+	// Artifacts maps vmlinuz, initrd.img, rootfs.squashfs to size and hash.
+	Artifacts map[string]Artifact `json:"artifacts"`
+	// Stages records each build stage: its cache key, whether it was reused, and its time.
+	Stages []Stage `json:"stages"`
+	// Overlays lists every file the system overlays put into the image.
+	Overlays []OverlayFile `json:"overlays,omitempty"`
+}
+
+// Artifact is one file of an image.
+type Artifact struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Stage is one build stage's record.
+type Stage struct {
+	Name    string  `json:"name"`
+	Key     string  `json:"key"`
+	Cached  bool    `json:"cached"`
+	Seconds float64 `json:"seconds"`
+}
+
+// OverlayFile is one file an overlay placed in the image.
+type OverlayFile struct {
+	Overlay string `json:"overlay"`
+	Path    string `json:"path"`
+	Mode    string `json:"mode"` // octal, e.g. "0600"
+	UID     int    `json:"uid"`
+	GID     int    `json:"gid"`
+	SHA256  string `json:"sha256,omitempty"` // empty for directories and symlinks
+	Link    string `json:"link,omitempty"`
+}
+
+// ComputeID derives the image ID from its artifacts' hashes: the same bytes
+// always give the same ID, so an unchanged rebuild is recognisable.
+func (m *Manifest) ComputeID() string {
+	names := make([]string, 0, len(m.Artifacts))
+	for n := range m.Artifacts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s %s\n", n, m.Artifacts[n].SHA256)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// HashFile returns the size and sha256 of a file.
+func HashFile(path string) (Artifact, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Artifact{}, fmt.Errorf("hash %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return Artifact{}, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return Artifact{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// Read loads the manifest of the image in dir.
+func Read(dir string) (*Manifest, error) {
+	data, err := os.ReadFile(filepath.Join(dir, FileName))
+	if err != nil {
+		return nil, fmt.Errorf("read manifest: %w", err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, FileName), err)
+	}
+	return &m, nil
+}
+
+// Write stores the manifest in dir atomically.
+func (m *Manifest) Write(dir string) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, FileName), append(data, '\n'), 0o644)
+}
+
+// Size is the total size of the image's artifacts in bytes.
+func (m *Manifest) Size() int64 {
+	var n int64
+	for _, a := range m.Artifacts {
+		n += a.Size
+	}
+	return n
+}

@@ -1,0 +1,591 @@
+// Package site parses and validates herd.yaml, the one file that holds a
+// lab's own settings (server, DHCP, nodes, NAS, LDAP, cache, accounts). Both
+// the image builder and the PXE server read it through this package so they
+// can never disagree about what a field means.
+package site
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/herdlab/herd/internal/strictyaml"
+)
+
+// DefaultPath is where herd looks for the site config when --config is not given.
+const DefaultPath = "/etc/herd/herd.yaml"
+
+// Config is the whole site file.
+type Config struct {
+	Server      Server      `yaml:"server"`
+	DHCP        DHCP        `yaml:"dhcp"`
+	Nodes       []Node      `yaml:"nodes"`
+	NAS         NAS         `yaml:"nas"`
+	LDAP        LDAP        `yaml:"ldap"`
+	Cache       Cache       `yaml:"cache"`
+	Cachefilesd Cachefilesd `yaml:"cachefilesd"`
+	Admin       Admin       `yaml:"admin"`
+	Sudo        Sudo        `yaml:"sudo"`
+	Root        Root        `yaml:"root"`
+	Timezone    string      `yaml:"timezone"`
+	NTP         []string    `yaml:"ntp"`
+	NVIDIA      NVIDIA      `yaml:"nvidia"`
+	Tuning      Tuning      `yaml:"tuning"`
+	// Overlays lists the system overlays baked into images, in order.
+	Overlays []string `yaml:"overlays"`
+
+	// Doc remembers where each field was written, for later error messages.
+	Doc *strictyaml.Doc `yaml:"-"`
+	// Path is the file the config was read from ("" for built-in defaults).
+	Path string `yaml:"-"`
+}
+
+// Server is the boot server itself.
+type Server struct {
+	// Interface is the network interface facing the nodes (DHCP binds here).
+	Interface string `yaml:"interface"`
+	// Address is the server's IPv4 address on that interface.
+	Address string `yaml:"address"`
+	// HTTPPort serves boot scripts, images and overlays (default 8080).
+	HTTPPort int `yaml:"http_port"`
+	// TFTPRoot holds the iPXE binaries (default /usr/lib/ipxe, the ipxe package).
+	TFTPRoot string `yaml:"tftp_root"`
+	// MaxTFTP and MaxHTTP bound concurrent transfers so a boot storm queues.
+	MaxTFTP int `yaml:"max_tftp"`
+	MaxHTTP int `yaml:"max_http"`
+}
+
+// DHCP modes.
+const (
+	DHCPFull  = "full"
+	DHCPProxy = "proxy"
+	DHCPOff   = "off"
+)
+
+// Unknown-MAC policies.
+const (
+	UnknownIgnore   = "ignore"
+	UnknownDiscover = "discover"
+)
+
+// DHCP configures herd's built-in DHCP server.
+type DHCP struct {
+	Mode string `yaml:"mode"` // full, proxy (default) or off
+	// Subnet is the provisioning network in CIDR form (full mode).
+	Subnet string   `yaml:"subnet"`
+	Router string   `yaml:"router"`
+	DNS    []string `yaml:"dns"`
+	Domain string   `yaml:"domain"`
+	// LeaseTime is how long an address is leased (default 12h).
+	LeaseTime time.Duration `yaml:"lease_time"`
+	// RangeStart/RangeEnd is the dynamic pool, used only for unknown MACs
+	// when Unknown is "discover".
+	RangeStart string `yaml:"range_start"`
+	RangeEnd   string `yaml:"range_end"`
+	// Unknown is the policy for MACs not in nodes: ignore (default) or discover.
+	Unknown string `yaml:"unknown"`
+}
+
+// Node is one server in the inventory.
+type Node struct {
+	Name string `yaml:"name" herd:"required"`
+	MAC  string `yaml:"mac" herd:"required"`
+	IP   string `yaml:"ip"`
+	// Image pins the node to an image ID instead of the current one.
+	Image string `yaml:"image"`
+	// KernelArgs are appended to the kernel command line.
+	KernelArgs string `yaml:"kernel_args"`
+	// CacheDisk overrides cache.disk for this node.
+	CacheDisk string `yaml:"cache_disk"`
+}
+
+// NAS is the lab's file server (NFS exports).
+type NAS struct {
+	Address    string `yaml:"address"`
+	NFSVersion string `yaml:"nfs_version"` // default "4.2"
+	// Homes is the export holding one directory per user, mounted at /home/<user>.
+	Homes string `yaml:"homes"`
+	// Public is the shared export mounted at /media/Public ("" to skip).
+	Public       string `yaml:"public"`
+	MountOptions string `yaml:"mount_options"`
+	// HomeRoot is where user homes appear on the nodes (default /home).
+	HomeRoot string `yaml:"home_root"`
+	// PublicMount is where the shared folder appears (default /media/Public).
+	PublicMount string `yaml:"public_mount"`
+}
+
+// LDAP is the lab directory, used by nodes (SSSD) and by `herd user`.
+type LDAP struct {
+	URI  string `yaml:"uri"`
+	Base string `yaml:"base"`
+	// BindDN/BindPasswordFile is what nodes bind as; empty means anonymous.
+	// The password reaches nodes only in the runtime overlay (mode 0600).
+	BindDN           string `yaml:"bind_dn"`
+	BindPasswordFile string `yaml:"bind_password_file"`
+	// AdminDN/AdminPasswordFile is what `herd user` binds as.
+	AdminDN           string `yaml:"admin_dn"`
+	AdminPasswordFile string `yaml:"admin_password_file"`
+	// TLS is none (default), ldaps or starttls; CAFile is the site's CA.
+	TLS    string `yaml:"tls"`
+	CAFile string `yaml:"ca_file"`
+	// UsersOU/GroupsOU are relative to Base (default ou=people, ou=groups).
+	UsersOU  string `yaml:"users_ou"`
+	GroupsOU string `yaml:"groups_ou"`
+	// UIDMin/GIDMin are the lowest numbers herd hands out (default 10000).
+	UIDMin int `yaml:"uid_min"`
+	GIDMin int `yaml:"gid_min"`
+	// OverrideShell forces a login shell on nodes (default /bin/bash).
+	OverrideShell string `yaml:"override_shell"`
+	// DefaultGroup is the primary group of new users (default "members").
+	DefaultGroup string `yaml:"default_group"`
+}
+
+// Cache is the node-side SSD cache policy.
+type Cache struct {
+	// Disk is auto (default), none, or a /dev/disk/by-id/... path.
+	Disk string `yaml:"disk"`
+	// KeepImages is how many images a node keeps on its SSD (default 2).
+	KeepImages int `yaml:"keep_images"`
+	// ScratchDir, if set, is created on the SSD and bind-mounted here.
+	ScratchDir string `yaml:"scratch_dir"`
+	// SwapSize, if set (e.g. "16G"), creates a swap file on the SSD.
+	SwapSize string `yaml:"swap_size"`
+}
+
+// Cachefilesd holds FS-Cache culling limits in percent.
+type Cachefilesd struct {
+	Brun  int `yaml:"brun"`
+	Bcull int `yaml:"bcull"`
+	Bstop int `yaml:"bstop"`
+	Frun  int `yaml:"frun"`
+	Fcull int `yaml:"fcull"`
+	Fstop int `yaml:"fstop"`
+}
+
+// Admin is the local account that works when the NAS and LDAP are down.
+type Admin struct {
+	User         string   `yaml:"user"`
+	UID          int      `yaml:"uid"`
+	PasswordHash string   `yaml:"password_hash"`
+	SSHKeys      []string `yaml:"ssh_keys"`
+}
+
+// Sudo is the sudoers rule for a directory group.
+type Sudo struct {
+	Group string `yaml:"group"`
+	// Commands limits what the group may run; empty means ALL.
+	Commands []string `yaml:"commands"`
+}
+
+// Root controls the root account on nodes.
+type Root struct {
+	// PasswordHash unlocks root with this crypt hash; empty keeps root locked.
+	PasswordHash string   `yaml:"password_hash"`
+	SSHKeys      []string `yaml:"ssh_keys"`
+}
+
+// NVIDIA holds driver settings applied on nodes.
+type NVIDIA struct {
+	ModuleOptions []string `yaml:"module_options"`
+}
+
+// Tuning holds kernel tunables.
+type Tuning struct {
+	RmemDefault int `yaml:"rmem_default"`
+	WmemDefault int `yaml:"wmem_default"`
+	RmemMax     int `yaml:"rmem_max"`
+	WmemMax     int `yaml:"wmem_max"`
+	// TmpAge is how old files in /tmp may get before cleanup (default 10d).
+	TmpAge string `yaml:"tmp_age"`
+}
+
+// AllOverlays is the default list of system overlays, in render order.
+var AllOverlays = []string{"base", "tuning", "ssd-cache", "cachefilesd", "autofs", "ldap", "nvidia"}
+
+// Load reads and validates a site file; overrides are "dotted.key=value".
+func Load(path string, overrides []string) (*Config, error) {
+	var c Config
+	doc, err := strictyaml.LoadFile(path, &c, overrides)
+	if err != nil {
+		return nil, err
+	}
+	c.Doc, c.Path = doc, path
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Parse validates a site file held in memory (name is used in errors).
+func Parse(name string, data []byte) (*Config, error) {
+	var c Config
+	doc, err := strictyaml.Decode(name, data, &c, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.Doc, c.Path = doc, name
+	c.ApplyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// LoadOrDefault loads path, or returns the built-in defaults when path does
+// not exist and missingOK is set (so `herd image build` works before a site
+// is configured).
+func LoadOrDefault(path string, missingOK bool) (*Config, error) {
+	if _, err := os.Stat(path); err != nil && os.IsNotExist(err) && missingOK {
+		c := &Config{Doc: &strictyaml.Doc{File: "(built-in defaults)"}}
+		c.ApplyDefaults()
+		return c, nil
+	}
+	return Load(path, nil)
+}
+
+// ApplyDefaults fills every unset field with the reference lab's value.
+func (c *Config) ApplyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defInt := func(i *int, v int) {
+		if *i == 0 {
+			*i = v
+		}
+	}
+	defInt(&c.Server.HTTPPort, 8080)
+	def(&c.Server.TFTPRoot, "/usr/lib/ipxe")
+	defInt(&c.Server.MaxTFTP, 32)
+	defInt(&c.Server.MaxHTTP, 64)
+	def(&c.DHCP.Mode, DHCPProxy)
+	def(&c.DHCP.Unknown, UnknownIgnore)
+	if c.DHCP.LeaseTime == 0 {
+		c.DHCP.LeaseTime = 12 * time.Hour
+	}
+	def(&c.NAS.NFSVersion, "4.2")
+	def(&c.NAS.MountOptions, "rw,hard,noatime,nodiratime,tcp,actimeo=120,rsize=262144,wsize=262144,fsc")
+	def(&c.NAS.HomeRoot, "/home")
+	def(&c.NAS.PublicMount, "/media/Public")
+	def(&c.LDAP.TLS, "none")
+	def(&c.LDAP.UsersOU, "ou=people")
+	def(&c.LDAP.GroupsOU, "ou=groups")
+	defInt(&c.LDAP.UIDMin, 10000)
+	defInt(&c.LDAP.GIDMin, 10000)
+	def(&c.LDAP.OverrideShell, "/bin/bash")
+	def(&c.LDAP.DefaultGroup, "members")
+	def(&c.Cache.Disk, "auto")
+	defInt(&c.Cache.KeepImages, 2)
+	defInt(&c.Cachefilesd.Brun, 30)
+	defInt(&c.Cachefilesd.Bcull, 25)
+	defInt(&c.Cachefilesd.Bstop, 20)
+	defInt(&c.Cachefilesd.Frun, 10)
+	defInt(&c.Cachefilesd.Fcull, 7)
+	defInt(&c.Cachefilesd.Fstop, 3)
+	def(&c.Admin.User, "herdadmin")
+	defInt(&c.Admin.UID, 990)
+	def(&c.Sudo.Group, "members")
+	def(&c.Timezone, "Etc/UTC")
+	defInt(&c.Tuning.RmemDefault, 8388608)
+	defInt(&c.Tuning.WmemDefault, 8388608)
+	defInt(&c.Tuning.RmemMax, 16777216)
+	defInt(&c.Tuning.WmemMax, 16777216)
+	def(&c.Tuning.TmpAge, "10d")
+	if c.Overlays == nil {
+		c.Overlays = append([]string(nil), AllOverlays...)
+	}
+}
+
+var (
+	nodeNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	userRe     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	sizeRe     = regexp.MustCompile(`^[0-9]+[KMGT]?$`)
+	tzRe       = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_+/-]*$`)
+)
+
+// Enabled reports whether the named system overlay is in the overlay list.
+func (c *Config) Enabled(overlay string) bool {
+	for _, o := range c.Overlays {
+		if o == overlay {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks every field and returns all problems at once, each naming
+// the file, line and field.
+func (c *Config) Validate() error {
+	var errs strictyaml.Errors
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, c.Doc.Errorf(field, format, args...))
+	}
+	if c.Server.Address != "" {
+		if a, err := netip.ParseAddr(c.Server.Address); err != nil || !a.Is4() {
+			bad("server.address", "%q is not an IPv4 address", c.Server.Address)
+		}
+	}
+	if c.Server.HTTPPort < 1 || c.Server.HTTPPort > 65535 {
+		bad("server.http_port", "port %d is out of range 1-65535", c.Server.HTTPPort)
+	}
+	if c.Server.MaxTFTP < 1 {
+		bad("server.max_tftp", "must be at least 1")
+	}
+	if c.Server.MaxHTTP < 1 {
+		bad("server.max_http", "must be at least 1")
+	}
+	switch c.DHCP.Mode {
+	case DHCPFull, DHCPProxy, DHCPOff:
+	default:
+		bad("dhcp.mode", "%q is not one of full, proxy, off", c.DHCP.Mode)
+	}
+	switch c.DHCP.Unknown {
+	case UnknownIgnore, UnknownDiscover:
+	default:
+		bad("dhcp.unknown", "%q is not one of ignore, discover", c.DHCP.Unknown)
+	}
+	var subnet netip.Prefix
+	if c.DHCP.Subnet != "" {
+		p, err := netip.ParsePrefix(c.DHCP.Subnet)
+		if err != nil || !p.Addr().Is4() {
+			bad("dhcp.subnet", "%q is not an IPv4 CIDR such as 10.0.0.0/24", c.DHCP.Subnet)
+		} else {
+			subnet = p.Masked()
+		}
+	} else if c.DHCP.Mode == DHCPFull {
+		bad("dhcp.subnet", "required in full mode (the provisioning network, e.g. 10.0.0.0/24)")
+	}
+	if c.DHCP.Mode != DHCPOff && c.Server.Interface == "" {
+		bad("server.interface", "required when dhcp.mode is %s (the interface facing the nodes)", c.DHCP.Mode)
+	}
+	if c.DHCP.Mode != DHCPOff && c.Server.Address == "" {
+		bad("server.address", "required when dhcp.mode is %s", c.DHCP.Mode)
+	}
+	inSubnet := func(field, s string) {
+		if s == "" {
+			return
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			bad(field, "%q is not an IPv4 address", s)
+			return
+		}
+		if subnet.IsValid() && !subnet.Contains(a) {
+			bad(field, "%s is outside dhcp.subnet %s", a, subnet)
+		}
+	}
+	inSubnet("dhcp.router", c.DHCP.Router)
+	for i, d := range c.DHCP.DNS {
+		if _, err := netip.ParseAddr(d); err != nil {
+			bad(fmt.Sprintf("dhcp.dns[%d]", i), "%q is not an IP address", d)
+		}
+	}
+	inSubnet("dhcp.range_start", c.DHCP.RangeStart)
+	inSubnet("dhcp.range_end", c.DHCP.RangeEnd)
+	if (c.DHCP.RangeStart == "") != (c.DHCP.RangeEnd == "") {
+		bad("dhcp.range_end", "range_start and range_end go together")
+	}
+	if c.DHCP.Mode == DHCPFull && c.DHCP.Unknown == UnknownDiscover && c.DHCP.RangeStart == "" {
+		bad("dhcp.range_start", "full mode with unknown: discover needs a dynamic range (range_start, range_end)")
+	}
+	if c.DHCP.LeaseTime < time.Minute {
+		bad("dhcp.lease_time", "%s is shorter than one minute", c.DHCP.LeaseTime)
+	}
+
+	names, macs, ips := map[string]int{}, map[string]int{}, map[string]int{}
+	for i, n := range c.Nodes {
+		f := fmt.Sprintf("nodes[%d]", i)
+		if !nodeNameRe.MatchString(n.Name) {
+			bad(f+".name", "%q is not a valid host name (lowercase letters, digits, '-')", n.Name)
+		} else if j, dup := names[n.Name]; dup {
+			bad(f+".name", "%q is already used by nodes[%d]", n.Name, j)
+		}
+		names[n.Name] = i
+		mac, err := net.ParseMAC(n.MAC)
+		if err != nil || len(mac) != 6 {
+			bad(f+".mac", "%q is not an Ethernet MAC address such as 52:54:00:12:34:56", n.MAC)
+		} else {
+			c.Nodes[i].MAC = mac.String() // normalised lower-case, colon form
+			if j, dup := macs[mac.String()]; dup {
+				bad(f+".mac", "%s is already used by nodes[%d]", mac, j)
+			}
+			macs[mac.String()] = i
+		}
+		if n.IP == "" {
+			if c.DHCP.Mode == DHCPFull {
+				bad(f+".ip", "required in full DHCP mode (the node's reserved address)")
+			}
+		} else {
+			inSubnet(f+".ip", n.IP)
+			if j, dup := ips[n.IP]; dup {
+				bad(f+".ip", "%s is already used by nodes[%d]", n.IP, j)
+			}
+			ips[n.IP] = i
+		}
+		if n.Image != "" && !isImageRef(n.Image) {
+			bad(f+".image", "%q is not an image ID (hex digits)", n.Image)
+		}
+		if n.CacheDisk != "" {
+			checkDisk(bad, f+".cache_disk", n.CacheDisk)
+		}
+	}
+	checkDisk(bad, "cache.disk", c.Cache.Disk)
+	if c.Cache.KeepImages < 1 {
+		bad("cache.keep_images", "must be at least 1")
+	}
+	if c.Cache.ScratchDir != "" && !filepath.IsAbs(c.Cache.ScratchDir) {
+		bad("cache.scratch_dir", "%q must be an absolute path", c.Cache.ScratchDir)
+	}
+	if c.Cache.SwapSize != "" && !sizeRe.MatchString(c.Cache.SwapSize) {
+		bad("cache.swap_size", "%q is not a size such as 16G or 512M", c.Cache.SwapSize)
+	}
+	cf := c.Cachefilesd
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"brun", cf.Brun}, {"bcull", cf.Bcull}, {"bstop", cf.Bstop}, {"frun", cf.Frun}, {"fcull", cf.Fcull}, {"fstop", cf.Fstop}} {
+		if p.v < 0 || p.v >= 100 {
+			bad("cachefilesd."+p.name, "%d%% is not between 0 and 99", p.v)
+		}
+	}
+	if !(cf.Brun > cf.Bcull && cf.Bcull > cf.Bstop) {
+		bad("cachefilesd", "limits must satisfy brun > bcull > bstop (got %d, %d, %d)", cf.Brun, cf.Bcull, cf.Bstop)
+	}
+	if !(cf.Frun > cf.Fcull && cf.Fcull > cf.Fstop) {
+		bad("cachefilesd", "limits must satisfy frun > fcull > fstop (got %d, %d, %d)", cf.Frun, cf.Fcull, cf.Fstop)
+	}
+
+	known := map[string]bool{}
+	for _, o := range AllOverlays {
+		known[o] = true
+	}
+	for i, o := range c.Overlays {
+		if !known[o] {
+			bad(fmt.Sprintf("overlays[%d]", i), "unknown overlay %q (known: %s)", o, strings.Join(AllOverlays, ", "))
+		}
+	}
+	if c.Enabled("autofs") {
+		if c.NAS.Address == "" {
+			bad("nas.address", "required when the autofs overlay is enabled (the NAS that exports homes)")
+		}
+		if c.NAS.Homes == "" {
+			bad("nas.homes", "required when the autofs overlay is enabled (the export holding user homes)")
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"nas.homes", c.NAS.Homes}, {"nas.public", c.NAS.Public}, {"nas.home_root", c.NAS.HomeRoot}, {"nas.public_mount", c.NAS.PublicMount}} {
+		if f.v != "" && !strings.HasPrefix(f.v, "/") {
+			bad(f.name, "%q must be an absolute path", f.v)
+		}
+	}
+	switch c.NAS.NFSVersion {
+	case "3", "4", "4.0", "4.1", "4.2":
+	default:
+		bad("nas.nfs_version", "%q is not one of 3, 4, 4.1, 4.2", c.NAS.NFSVersion)
+	}
+	if c.Enabled("ldap") {
+		if c.LDAP.URI == "" {
+			bad("ldap.uri", "required when the ldap overlay is enabled (e.g. ldap://nas.lab/)")
+		}
+		if c.LDAP.Base == "" {
+			bad("ldap.base", "required when the ldap overlay is enabled (e.g. dc=lab,dc=example)")
+		}
+	}
+	if c.LDAP.URI != "" && !strings.HasPrefix(c.LDAP.URI, "ldap://") && !strings.HasPrefix(c.LDAP.URI, "ldaps://") {
+		bad("ldap.uri", "%q must start with ldap:// or ldaps://", c.LDAP.URI)
+	}
+	switch c.LDAP.TLS {
+	case "none", "ldaps", "starttls":
+	default:
+		bad("ldap.tls", "%q is not one of none, ldaps, starttls", c.LDAP.TLS)
+	}
+	if c.LDAP.TLS == "ldaps" && c.LDAP.URI != "" && !strings.HasPrefix(c.LDAP.URI, "ldaps://") {
+		bad("ldap.uri", "tls is ldaps but the URI %q does not start with ldaps://", c.LDAP.URI)
+	}
+	if c.LDAP.BindDN != "" && c.LDAP.BindPasswordFile == "" {
+		bad("ldap.bind_password_file", "required when ldap.bind_dn is set")
+	}
+	if !userRe.MatchString(c.Admin.User) {
+		bad("admin.user", "%q is not a valid user name", c.Admin.User)
+	}
+	if c.Admin.UID < 1 || c.Admin.UID >= 60000 {
+		bad("admin.uid", "%d is outside 1-59999", c.Admin.UID)
+	}
+	if c.Sudo.Group != "" && !userRe.MatchString(c.Sudo.Group) {
+		bad("sudo.group", "%q is not a valid group name", c.Sudo.Group)
+	}
+	for i, cmd := range c.Sudo.Commands {
+		if !strings.HasPrefix(cmd, "/") {
+			bad(fmt.Sprintf("sudo.commands[%d]", i), "%q must be an absolute path (sudoers requires it)", cmd)
+		}
+	}
+	if !tzRe.MatchString(c.Timezone) || strings.Contains(c.Timezone, "..") {
+		bad("timezone", "%q is not a time zone name such as Europe/Berlin", c.Timezone)
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func checkDisk(bad func(string, string, ...any), field, v string) {
+	if v == "auto" || v == "none" || strings.HasPrefix(v, "/dev/") {
+		return
+	}
+	bad(field, "%q is not auto, none or a /dev/disk/by-id/... path", v)
+}
+
+func isImageRef(s string) bool {
+	if len(s) < 8 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdef", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// NodeByMAC finds a node by MAC address (any common spelling).
+func (c *Config) NodeByMAC(mac string) (*Node, bool) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, false
+	}
+	for i := range c.Nodes {
+		if strings.EqualFold(c.Nodes[i].MAC, hw.String()) {
+			return &c.Nodes[i], true
+		}
+	}
+	return nil, false
+}
+
+// NodeByName finds a node by name.
+func (c *Config) NodeByName(name string) (*Node, bool) {
+	for i := range c.Nodes {
+		if c.Nodes[i].Name == name {
+			return &c.Nodes[i], true
+		}
+	}
+	return nil, false
+}
+
+// ServerURL is the base URL nodes use to reach the HTTP server.
+func (c *Config) ServerURL() string {
+	return fmt.Sprintf("http://%s:%d", c.Server.Address, c.Server.HTTPPort)
+}
+
+// CacheDiskFor is the cache disk policy for a node (its override or the site's).
+func (c *Config) CacheDiskFor(n *Node) string {
+	if n != nil && n.CacheDisk != "" {
+		return n.CacheDisk
+	}
+	return c.Cache.Disk
+}

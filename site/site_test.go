@@ -1,0 +1,59 @@
+package site
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestExampleLoads(t *testing.T) {
+	c, err := Load("../examples/herd.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DHCP.Mode != DHCPFull || len(c.Nodes) != 2 || c.Cachefilesd.Brun != 30 || c.LDAP.UIDMin != 10000 {
+		t.Fatalf("unexpected config: %+v", c)
+	}
+	if n, ok := c.NodeByMAC("52-54-00-77-00-12"); !ok || n.Name != "gpu02" {
+		t.Fatalf("NodeByMAC = %v %v", n, ok)
+	}
+	if c.ServerURL() != "http://10.77.0.1:8080" {
+		t.Fatalf("ServerURL = %s", c.ServerURL())
+	}
+}
+
+func TestValidationErrorsNameLineAndField(t *testing.T) {
+	cases := []struct{ name, src, want string }{
+		{"bad mode", "dhcp:\n  mode: half\n", `herd.yaml:2:9: field dhcp.mode: "half" is not one of full, proxy, off`},
+		{"autofs without nas", "overlays: [autofs]\n", "field nas.address: required when the autofs overlay is enabled"},
+		{"ldap without uri", "overlays: [ldap]\n", "field ldap.uri: required when the ldap overlay is enabled"},
+		{"ldap without base", "overlays: [ldap]\nldap: {uri: 'ldap://x/'}\n", "field ldap.base: required"},
+		{"bad mac", "overlays: []\ndhcp: {mode: off}\nnodes:\n  - name: a\n    mac: zz\n", `herd.yaml:5:10: field nodes[0].mac: "zz" is not an Ethernet MAC`},
+		{"dup mac", "overlays: []\ndhcp: {mode: off}\nnodes:\n  - {name: a, mac: '52:54:00:00:00:01'}\n  - {name: b, mac: '52:54:00:00:00:01'}\n", "nodes[1].mac: 52:54:00:00:00:01 is already used by nodes[0]"},
+		{"ip outside subnet", "overlays: []\nserver: {interface: e, address: 10.0.0.1}\ndhcp: {mode: full, subnet: 10.0.0.0/24}\nnodes:\n  - {name: a, mac: '52:54:00:00:00:01', ip: 10.0.1.5}\n", "nodes[0].ip: 10.0.1.5 is outside dhcp.subnet 10.0.0.0/24"},
+		{"missing node name", "overlays: []\ndhcp: {mode: off}\nnodes:\n  - mac: '52:54:00:00:00:01'\n", `field nodes[0].name: required field "name" is missing`},
+		{"cull order", "overlays: []\ndhcp: {mode: off}\ncachefilesd: {brun: 10, bcull: 20, bstop: 5}\n", "brun > bcull > bstop"},
+		{"unknown overlay", "overlays: [gpu]\ndhcp: {mode: off}\n", `overlays[0]: unknown overlay "gpu"`},
+		{"unknown field", "dhcpd: {}\n", `herd.yaml:1:1: field dhcpd: unknown field "dhcpd"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("herd.yaml", []byte(c.src))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestDefaultsAreTheReferenceLab(t *testing.T) {
+	c, err := LoadOrDefault("/nonexistent/herd.yaml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tuning.RmemMax != 16777216 || c.Tuning.WmemDefault != 8388608 {
+		t.Fatalf("tuning defaults: %+v", c.Tuning)
+	}
+	if !strings.Contains(c.NAS.MountOptions, "fsc") || c.Cachefilesd.Bstop != 20 {
+		t.Fatalf("nas/cache defaults: %+v %+v", c.NAS, c.Cachefilesd)
+	}
+}
