@@ -231,7 +231,7 @@ func FuzzCleanPath(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if filepath.IsAbs(p) || filepath.Clean(p) != p || strings.HasPrefix(p, "..") || strings.Contains(p, "/../") {
+		if filepath.IsAbs(p) || filepath.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") {
 			t.Fatalf("accepted unsafe %q", name)
 		}
 	})
