@@ -1,0 +1,280 @@
+// Package inventory keeps what the boot server has seen of each node — last
+// DHCP exchange, last boot event, the image and driver it came up with — in
+// <state>/nodes.json, so `herd node list` and `herd image list` can show it
+// without the server running. Every change is written atomically; one
+// Inventory value serialises concurrent updates within the server process.
+package inventory
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/herdlab/herd/internal/atomicfile"
+)
+
+// FileName is the inventory's file inside the state directory.
+const FileName = "nodes.json"
+
+// Stages a node reports, in boot order (HACKING.md boot contract).
+var Stages = []string{"network", "disk", "download", "verify", "mount", "switch_root", "up", "error"}
+
+// Event is one boot progress report POSTed by a node to /events.
+type Event struct {
+	Node    string    `json:"node"`
+	MAC     string    `json:"mac"`
+	Stage   string    `json:"stage"`
+	Percent int       `json:"percent"`
+	Message string    `json:"message"`
+	Image   string    `json:"image"`
+	Kernel  string    `json:"kernel"`
+	NVIDIA  string    `json:"nvidia"`
+	Time    time.Time `json:"time"`
+}
+
+// Validate checks an event's fields and normalises its MAC.
+func (e *Event) Validate() error {
+	hw, err := net.ParseMAC(e.MAC)
+	if err != nil || len(hw) != 6 {
+		return fmt.Errorf("event field mac: %q is not an Ethernet MAC address", e.MAC)
+	}
+	e.MAC = hw.String()
+	ok := false
+	for _, s := range Stages {
+		ok = ok || s == e.Stage
+	}
+	if !ok {
+		return fmt.Errorf("event field stage: %q is not one of %s", e.Stage, strings.Join(Stages, ", "))
+	}
+	if e.Percent < 0 || e.Percent > 100 {
+		return fmt.Errorf("event field percent: %d is outside 0-100", e.Percent)
+	}
+	for name, v := range map[string]string{"node": e.Node, "image": e.Image, "kernel": e.Kernel, "nvidia": e.NVIDIA} {
+		if len(v) > 256 || strings.ContainsAny(v, "\x00\n\r") {
+			return fmt.Errorf("event field %s: longer than 256 bytes or has control characters", name)
+		}
+	}
+	if len(e.Message) > 4096 {
+		e.Message = e.Message[:4096]
+	}
+	return nil
+}
+
+// Record is what the server knows about one node (keyed by MAC).
+type Record struct {
+	Name string `json:"name,omitempty"`
+	MAC  string `json:"mac"`
+	// LastDHCP is the last DHCP exchange and the address it gave or saw.
+	LastDHCP   time.Time `json:"last_dhcp,omitzero"`
+	LastDHCPIP string    `json:"last_dhcp_ip,omitempty"`
+	// Address is where the node's last event or request came from.
+	Address string `json:"address,omitempty"`
+	// Stage, Percent, Message, StageTime: the last boot event.
+	Stage     string    `json:"stage,omitempty"`
+	Percent   int       `json:"percent,omitempty"`
+	Message   string    `json:"message,omitempty"`
+	StageTime time.Time `json:"stage_time,omitzero"`
+	// Image, Kernel, NVIDIA are what the node reported in its last "up" event.
+	Image  string    `json:"image,omitempty"`
+	Kernel string    `json:"kernel,omitempty"`
+	NVIDIA string    `json:"nvidia,omitempty"`
+	UpTime time.Time `json:"up_time,omitzero"`
+	// Boots counts "up" events; Errors counts "error" events.
+	Boots  int `json:"boots"`
+	Errors int `json:"errors"`
+	// ScriptServed is when the node last fetched its iPXE script, and which image it named.
+	ScriptServed time.Time `json:"script_served,omitzero"`
+	ScriptImage  string    `json:"script_image,omitempty"`
+}
+
+// Inventory is the set of records, loaded from and saved to <state>/nodes.json.
+type Inventory struct {
+	path string
+	mu   sync.Mutex
+	recs map[string]*Record
+}
+
+// file is the on-disk form.
+type file struct {
+	Nodes []Record `json:"nodes"`
+}
+
+// Load reads <stateDir>/nodes.json; a missing file is an empty inventory.
+func Load(stateDir string) (*Inventory, error) {
+	inv := &Inventory{path: filepath.Join(stateDir, FileName), recs: map[string]*Record{}}
+	data, err := os.ReadFile(inv.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return inv, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
+	}
+	var f file
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("inventory %s: %w", inv.path, err)
+	}
+	for i := range f.Nodes {
+		r := f.Nodes[i]
+		inv.recs[r.MAC] = &r
+	}
+	return inv, nil
+}
+
+// Records returns a copy of all records, sorted by name then MAC.
+func (inv *Inventory) Records() []Record {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return inv.sortedLocked()
+}
+
+func (inv *Inventory) sortedLocked() []Record {
+	out := make([]Record, 0, len(inv.recs))
+	for _, r := range inv.recs {
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].MAC < out[j].MAC
+	})
+	return out
+}
+
+// Get returns the record of a MAC (any spelling).
+func (inv *Inventory) Get(mac string) (Record, bool) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return Record{}, false
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	r, ok := inv.recs[hw.String()]
+	if !ok {
+		return Record{}, false
+	}
+	return *r, true
+}
+
+// CountByImage counts nodes whose last "up" event reported each image ID.
+func (inv *Inventory) CountByImage() map[string]int {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	m := map[string]int{}
+	for _, r := range inv.recs {
+		if r.Image != "" {
+			m[r.Image]++
+		}
+	}
+	return m
+}
+
+// update applies fn to the record of mac and saves the inventory.
+func (inv *Inventory) update(mac string, fn func(r *Record)) error {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return fmt.Errorf("inventory: %q is not an Ethernet MAC address", mac)
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	key := hw.String()
+	r, ok := inv.recs[key]
+	if !ok {
+		r = &Record{MAC: key}
+	}
+	before := *r
+	fn(r)
+	inv.recs[key] = r
+	if err := inv.saveLocked(); err != nil {
+		// Keep memory and disk in step: undo the change that was not saved.
+		if ok {
+			*r = before
+		} else {
+			delete(inv.recs, key)
+		}
+		return err
+	}
+	return nil
+}
+
+func (inv *Inventory) saveLocked() error {
+	data, err := json.MarshalIndent(file{Nodes: inv.sortedLocked()}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("inventory: %w", err)
+	}
+	if err := atomicfile.WriteFile(inv.path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("inventory: %w", err)
+	}
+	return nil
+}
+
+// RecordDHCP notes a DHCP exchange: the node (name may be "" for unknown
+// MACs) was offered or acknowledged ip at t.
+func (inv *Inventory) RecordDHCP(mac, name, ip string, t time.Time) error {
+	return inv.update(mac, func(r *Record) {
+		if name != "" {
+			r.Name = name
+		}
+		r.LastDHCP, r.LastDHCPIP = t.UTC(), ip
+	})
+}
+
+// RecordScript notes that the node fetched its iPXE script naming image.
+func (inv *Inventory) RecordScript(mac, name, image, from string, t time.Time) error {
+	return inv.update(mac, func(r *Record) {
+		if name != "" {
+			r.Name = name
+		}
+		r.ScriptServed, r.ScriptImage, r.Address = t.UTC(), image, from
+	})
+}
+
+// RecordEvent stores a validated boot event received from address from.
+// The event's own time is kept only if given; otherwise the server's clock.
+func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	t := now.UTC()
+	return inv.update(e.MAC, func(r *Record) {
+		if e.Node != "" {
+			r.Name = e.Node
+		}
+		r.Address = from
+		r.Stage, r.Percent, r.Message, r.StageTime = e.Stage, e.Percent, e.Message, t
+		switch e.Stage {
+		case "up":
+			r.Boots++
+			r.Image, r.Kernel, r.NVIDIA, r.UpTime = e.Image, e.Kernel, e.NVIDIA, t
+		case "error":
+			r.Errors++
+		}
+	})
+}
+
+// Forget removes a node's record (after `herd node rm`).
+func (inv *Inventory) Forget(mac string) error {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return fmt.Errorf("inventory: %q is not a MAC address", mac)
+	}
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	r, ok := inv.recs[hw.String()]
+	if !ok {
+		return nil
+	}
+	delete(inv.recs, hw.String())
+	if err := inv.saveLocked(); err != nil {
+		inv.recs[hw.String()] = r
+		return err
+	}
+	return nil
+}

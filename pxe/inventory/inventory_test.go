@@ -1,0 +1,90 @@
+package inventory
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestConcurrentEventsPersist(t *testing.T) {
+	dir := t.TempDir()
+	inv, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 28, 13, 0, 0, 0, time.UTC)
+	var wg sync.WaitGroup
+	for n := 0; n < 8; n++ {
+		wg.Add(1)
+		go func(n int) {
+			defer wg.Done()
+			mac := fmt.Sprintf("52:54:00:00:00:%02x", n)
+			for _, st := range []string{"network", "download", "up"} {
+				e := Event{Node: fmt.Sprintf("gpu%d", n), MAC: mac, Stage: st, Image: "abcdef0123456789", Kernel: "6.8.0-149-generic", NVIDIA: "580.178.04"}
+				if err := inv.RecordEvent(e, "10.0.0.1", now); err != nil {
+					t.Error(err)
+				}
+			}
+		}(n)
+	}
+	wg.Wait()
+	again, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := again.Records()
+	if len(recs) != 8 {
+		t.Fatalf("%d records after reload, want 8", len(recs))
+	}
+	for _, r := range recs {
+		if r.Boots != 1 || r.Stage != "up" || r.Image != "abcdef0123456789" || r.NVIDIA != "580.178.04" {
+			t.Errorf("record %+v", r)
+		}
+	}
+	if c := again.CountByImage()["abcdef0123456789"]; c != 8 {
+		t.Errorf("CountByImage = %d, want 8", c)
+	}
+	if err := again.RecordDHCP("52-54-00-00-00-01", "gpu1", "10.0.0.11", now); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := again.Get("52:54:00:00:00:01")
+	if !ok || r.LastDHCPIP != "10.0.0.11" || r.Boots != 1 {
+		t.Errorf("after DHCP: %+v", r)
+	}
+	if err := again.Forget("52:54:00:00:00:01"); err != nil {
+		t.Fatal(err)
+	}
+	if third, _ := Load(dir); len(third.Records()) != 7 {
+		t.Errorf("forget did not persist")
+	}
+}
+
+func TestBadEventsRefused(t *testing.T) {
+	inv, _ := Load(t.TempDir())
+	for _, e := range []Event{
+		{MAC: "nonsense", Stage: "up"},
+		{MAC: "52:54:00:00:00:01", Stage: "dancing"},
+		{MAC: "52:54:00:00:00:01", Stage: "download", Percent: 101},
+		{MAC: "52:54:00:00:00:01", Stage: "up", Node: "a\nb"},
+	} {
+		if err := inv.RecordEvent(e, "", time.Now()); err == nil {
+			t.Errorf("accepted %+v", e)
+		}
+	}
+	if len(inv.Records()) != 0 {
+		t.Error("a refused event left a record")
+	}
+}
+
+func TestCorruptFileNamed(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, FileName), []byte("{not json"), 0o644)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), FileName) {
+		t.Fatalf("err = %v, want one naming %s", err, FileName)
+	}
+}
+
