@@ -1,0 +1,258 @@
+package nodeboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// System holds the paths and tools the agent uses; tests point them at
+// temporary trees, the initramfs uses DefaultSystem.
+type System struct {
+	Cmdline    string    // kernel command line file (/proc/cmdline)
+	SysRoot    string    // sysfs (/sys)
+	DevRoot    string    // device nodes (/dev)
+	RunDir     string    // agent's mounts (/run/herd); moved with /run into the new root
+	OverlaySrc string    // runtime overlay unpacked from overlay.cpio (/herd/overlay)
+	Mke2fs     string    // mke2fs binary
+	Console    io.Writer // operator-facing messages (the kernel console)
+	Client     *http.Client
+	Download   Downloader // retry policy template
+	// RoundWait is the pause between rounds of download attempts when no
+	// usable image exists; the agent never gives up (default 30 s).
+	RoundWait time.Duration
+}
+
+// DefaultSystem is the initramfs environment.
+func DefaultSystem() *System {
+	return &System{
+		Cmdline:    "/proc/cmdline",
+		SysRoot:    "/sys",
+		DevRoot:    "/dev",
+		RunDir:     "/run/herd",
+		OverlaySrc: "/herd/overlay",
+		Mke2fs:     "/sbin/mke2fs",
+		Console:    os.Stderr,
+		Client:     &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 20 * time.Second, IdleConnTimeout: 30 * time.Second}},
+	}
+}
+
+func (s *System) say(format string, args ...any) {
+	if s.Console != nil {
+		fmt.Fprintf(s.Console, "herd: "+format+"\n", args...)
+	}
+}
+
+// Mountroot is `herd-boot mountroot ROOTMNT`: it leaves the node's root
+// mounted at rootmnt, the runtime overlay copied onto it and the cache SSD
+// (if any) moved to rootmnt/var/cache/herd. It only returns an error when
+// the command line is unusable or mounting a verified image fails; network
+// and server trouble are retried for ever with a message on the console.
+func Mountroot(ctx context.Context, s *System, rootmnt string) error {
+	p, err := ReadCmdline(s.Cmdline)
+	if err != nil {
+		s.say("cannot boot: %v", err)
+		return err
+	}
+	mac, ifname := PrimaryMAC()
+	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console}
+	if ifname == "" {
+		rep.Report(ctx, StageNetwork, 0, "no interface got an IPv4 address from DHCP; check the cable, the switch port and herd's DHCP (herd serve)")
+	} else {
+		rep.Report(ctx, StageNetwork, 0, "%s (%s) is up; image %s", ifname, mac, p.Image)
+	}
+
+	cacheMnt := filepath.Join(s.RunDir, "cache")
+	dir, onSSD := s.setupCache(ctx, p, rep, cacheMnt)
+	if !onSSD {
+		ram := filepath.Join(s.RunDir, "ram")
+		if err := os.MkdirAll(ram, 0o755); err != nil {
+			return fmt.Errorf("mkdir %s: %w", ram, err)
+		}
+		// The image lives in this tmpfs for the whole uptime: that is the
+		// RAM cost of a node without a cache SSD.
+		if err := unix.Mount("herd-ram", ram, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID, "mode=0755,size=90%"); err != nil {
+			return fmt.Errorf("mount tmpfs for the image on %s: %w", ram, err)
+		}
+		dir = ImageDir{Dir: ram}
+	}
+
+	img, err := s.obtain(ctx, p, rep, dir, onSSD)
+	if err != nil {
+		return err
+	}
+
+	lower := filepath.Join(s.RunDir, "lower")
+	rw := filepath.Join(s.RunDir, "rw")
+	if err := MountRoot(img, lower, rw, rootmnt); err != nil {
+		rep.Report(ctx, StageError, 0, "mount: %v", err)
+		return err
+	}
+	rep.Report(ctx, StageMount, 0, "root image %s mounted read-only at %s with a RAM overlay", filepath.Base(img), rootmnt)
+
+	if _, err := os.Stat(s.OverlaySrc); err == nil {
+		if err := CopyTree(s.OverlaySrc, rootmnt); err != nil {
+			rep.Report(ctx, StageError, 0, "runtime overlay: %v", err)
+			return err
+		}
+		s.say("runtime overlay %s copied onto the new root", s.OverlaySrc)
+	} else {
+		s.say("no runtime overlay at %s (overlay.cpio not loaded); the node has no per-node identity", s.OverlaySrc)
+	}
+
+	if onSSD {
+		if removed, err := dir.Prune(p.Keep, p.SHA256); err != nil {
+			s.say("cache retention: %v", err)
+		} else if len(removed) > 0 {
+			s.say("cache retention (keep %d): removed %s", p.Keep, strings.Join(removed, ", "))
+		}
+		if err := MoveMount(cacheMnt, filepath.Join(rootmnt, "var/cache/herd")); err != nil {
+			rep.Report(ctx, StageError, 0, "cache SSD: %v", err)
+			return err
+		}
+	}
+	rep.Report(ctx, StageSwitchRoot, 0, "switching to the new root (cache: %s)", map[bool]string{true: "SSD at /var/cache/herd", false: "none, image in RAM"}[onSSD])
+	return nil
+}
+
+// setupCache applies herd.cache and mounts the cache partition; false means
+// run from RAM (no disk, disk refused, or preparing/mounting failed).
+func (s *System) setupCache(ctx context.Context, p *Params, rep *Reporter, mnt string) (ImageDir, bool) {
+	var ch Choice
+	switch p.Cache {
+	case "none":
+		rep.Report(ctx, StageDisk, 0, "herd.cache=none: running from RAM")
+		return ImageDir{}, false
+	case "auto":
+		disks, err := Disks(s.SysRoot, s.DevRoot)
+		if err != nil {
+			rep.Report(ctx, StageDisk, 0, "cannot list disks (%v): running from RAM", err)
+			return ImageDir{}, false
+		}
+		ch = ChooseAuto(disks)
+	default:
+		ch = ChooseExplicit(p.Cache, s.SysRoot)
+	}
+	for _, n := range ch.Notes {
+		s.say("disk %s", n)
+	}
+	if ch.Disk == nil {
+		why := "no disk found"
+		if ch.Refused {
+			why = "no blank or herd-labelled disk; disks holding data are never written (" + strings.Join(ch.Notes, "; ") + "). To give a disk to herd, blank its first and last MiB (e.g. blkdiscard)"
+		} else if len(ch.Notes) > 0 {
+			why = strings.Join(ch.Notes, "; ")
+		}
+		rep.Report(ctx, StageDisk, 0, "no cache disk, running from RAM: %s", why)
+		return ImageDir{}, false
+	}
+	part := ""
+	if ch.Prepare {
+		rep.Report(ctx, StageDisk, 0, "preparing %s as the herd cache (GPT + ext4 %s)", ch.Disk.Dev, CacheLabel)
+		var err error
+		part, err = Prepare(ctx, ch.Disk.Dev, s.Mke2fs)
+		if err != nil {
+			rep.Report(ctx, StageError, 0, "cache disk %s: %v; running from RAM", ch.Disk.Dev, err)
+			return ImageDir{}, false
+		}
+	} else {
+		var err error
+		part, err = waitPartition(ctx, ch.Disk.Dev)
+		if err != nil {
+			rep.Report(ctx, StageError, 0, "cache disk %s: %v; running from RAM", ch.Disk.Dev, err)
+			return ImageDir{}, false
+		}
+	}
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		rep.Report(ctx, StageError, 0, "cache disk: %v; running from RAM", err)
+		return ImageDir{}, false
+	}
+	if err := unix.Mount(part, mnt, "ext4", unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		// Our own partition with a damaged filesystem: it holds only caches,
+		// so re-create it rather than run without a cache for ever.
+		rep.Report(ctx, StageDisk, 0, "mounting %s failed (%v): re-formatting herd's own cache partition", part, err)
+		if _, perr := Prepare(ctx, ch.Disk.Dev, s.Mke2fs); perr != nil {
+			rep.Report(ctx, StageError, 0, "cache disk %s: %v; running from RAM", ch.Disk.Dev, perr)
+			return ImageDir{}, false
+		}
+		if err := unix.Mount(part, mnt, "ext4", unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+			rep.Report(ctx, StageError, 0, "cache disk %s: mount %s: %v; running from RAM", ch.Disk.Dev, part, err)
+			return ImageDir{}, false
+		}
+	}
+	for _, d := range []string{"images", "fscache", "scratch"} {
+		if err := os.MkdirAll(filepath.Join(mnt, d), 0o755); err != nil {
+			rep.Report(ctx, StageError, 0, "cache disk: %v; running from RAM", err)
+			unix.Unmount(mnt, 0)
+			return ImageDir{}, false
+		}
+	}
+	rep.Report(ctx, StageDisk, 0, "cache SSD %s (%s) mounted", part, human(ch.Disk.Size))
+	return ImageDir{Dir: filepath.Join(mnt, "images")}, true
+}
+
+// obtain returns the path of a verified image: from the cache when its full
+// sha256 matches, otherwise downloaded. It loops until it has one.
+func (s *System) obtain(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
+	if onSSD {
+		rep.Report(ctx, StageVerify, 0, "checking the cached image %s.squashfs (full sha256)", p.SHA256)
+		start := time.Now()
+		ok, err := dir.Verify(p.SHA256, nil)
+		switch {
+		case ok:
+			dir.Touch(p.SHA256)
+			rep.Report(ctx, StageVerify, 100, "cached image verified in %.1fs: booting it without downloading", time.Since(start).Seconds())
+			return dir.Path(p.SHA256), nil
+		case errors.Is(err, ErrNotCached):
+			s.say("image %s is not in the cache: downloading", p.SHA256)
+		case err != nil:
+			rep.Report(ctx, StageError, 0, "cached image unreadable, downloading it again: %v", err)
+		default:
+			rep.Report(ctx, StageError, 0, "cached image %s.squashfs failed its sha256 check (corrupt or truncated): removed, downloading it again", p.SHA256)
+		}
+	}
+	d := s.Download
+	d.Client = s.Client
+	d.Progress = func(pct int, done, total int64) {
+		rep.Report(ctx, StageDownload, pct, "%d of %d MiB", done/mib, total/mib)
+	}
+	d.Retry = func(attempt int, wait time.Duration, err error) {
+		s.say("download attempt %d failed: %v; retrying in %s", attempt, err, wait)
+	}
+	roundWait := s.RoundWait
+	if roundWait <= 0 {
+		roundWait = 30 * time.Second
+	}
+	for round := 1; ; round++ {
+		rep.Report(ctx, StageDownload, 0, "downloading %s", p.Image)
+		err := d.Fetch(ctx, p.Image, p.SHA256, dir)
+		if err == nil {
+			rep.Report(ctx, StageVerify, 100, "download verified (sha256 %s)", p.SHA256)
+			return dir.Path(p.SHA256), nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		others := ""
+		if onSSD {
+			if shas, _ := dir.Cached(); len(shas) > 0 {
+				others = fmt.Sprintf(" The cache holds other images (%s), but only the requested sha256 %s is acceptable.", strings.Join(shas, ", "), p.SHA256)
+			}
+		}
+		rep.Report(ctx, StageError, 0, "cannot get the root image: %v. Check that the herd server (%s) is running and serves %s, and the network between this node and it.%s Retrying in %s (round %d).",
+			err, p.Server, p.Image, others, roundWait, round)
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(roundWait):
+		}
+	}
+}

@@ -1,0 +1,89 @@
+package nodeboot
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ReportUp is `herd-boot report-up` (herd-up.service): it waits until systemd
+// has finished starting the system (multi-user reached), then posts stage
+// "up" with the running kernel, NVIDIA driver version and image id.
+func ReportUp(ctx context.Context, s *System) error {
+	p, err := ReadCmdline(s.Cmdline)
+	if err != nil {
+		return err
+	}
+	state := waitSystemStarted(ctx, 20*time.Minute)
+	mac, _ := PrimaryMAC()
+	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Timeout: 5 * time.Second}
+	ev := Event{Stage: StageUp, Kernel: KernelRelease(), NVIDIA: NVIDIAVersion(s.SysRoot),
+		Message: "system " + state}
+	if s.Console != nil {
+		fmt.Fprintf(s.Console, "herd: node %s up: kernel %s, nvidia %q, image %s, system %s\n", p.Node, ev.Kernel, ev.NVIDIA, p.ID, state)
+	}
+	var last error
+	for i, wait := 0, time.Second; i < 6; i, wait = i+1, wait*2 {
+		if last = rep.Post(ctx, ev); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	return fmt.Errorf("report up: %w", last)
+}
+
+// waitSystemStarted polls `systemctl is-system-running` until start-up is
+// over (running or degraded) and returns that state.
+func waitSystemStarted(ctx context.Context, limit time.Duration) string {
+	deadline := time.Now().Add(limit)
+	for {
+		out, _ := exec.CommandContext(ctx, "systemctl", "is-system-running").Output()
+		st := strings.TrimSpace(string(out))
+		switch st {
+		case "running", "degraded", "maintenance", "stopping":
+			return st
+		case "":
+			if _, err := exec.LookPath("systemctl"); err != nil {
+				return "unknown (no systemctl)"
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return st + " (gave up waiting)"
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// KernelRelease is `uname -r`.
+func KernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return string(bytes.TrimRight(u.Release[:], "\x00"))
+}
+
+// NVIDIAVersion reads the loaded driver's version, else the installed
+// module's (modinfo), else "" (no GPU driver).
+func NVIDIAVersion(sysRoot string) string {
+	if b, err := os.ReadFile(sysRoot + "/module/nvidia/version"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	if out, err := exec.Command("modinfo", "-F", "version", "nvidia").Output(); err == nil {
+		return strings.TrimSpace(string(out))
+	}
+	return ""
+}
