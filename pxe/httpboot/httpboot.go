@@ -1,0 +1,633 @@
+// Package httpboot is herd's HTTP boot service: everything a node fetches
+// after the iPXE binary. Routes:
+//
+//	GET  /boot/<mac>.ipxe            the node's iPXE script (HACKING.md boot contract)
+//	GET  /images/<id>/<artifact>     vmlinuz, initrd.img, rootfs.squashfs, manifest.json
+//	GET  /nodes/<name>/overlay.cpio  the node's runtime overlay, only to the node's address
+//	POST /events                     boot progress reported by nodes
+//	GET  /metrics, /healthz
+//
+// Unknown MACs get 404, unless dhcp.unknown is "discover": then the request
+// itself is the discovery event (the MAC lands in the inventory, nameless)
+// and the answer is an iPXE script that prints "unknown node <mac>" with the
+// `herd node add` command to run, waits 30 s and asks again — so a node
+// boots by itself as soon as the admin names it. herd never boots a node
+// under a made-up name: its identity (host keys, overlay) needs a name.
+package httpboot
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/site"
+)
+
+// Images is the read-only view of the image store the server needs.
+type Images interface {
+	// Current returns the current image ID ("" if none is promoted).
+	Current() (string, error)
+	// Resolve returns a published image's full ID, directory and manifest;
+	// id may be a unique prefix (node pins in herd.yaml may be short).
+	Resolve(id string) (fullID, dir string, m *manifest.Manifest, err error)
+}
+
+// RuntimeFile is one entry of a node's runtime overlay (mirrors overlays.File).
+type RuntimeFile struct {
+	Path string // relative, e.g. etc/hostname
+	Mode fs.FileMode
+	UID  int
+	GID  int
+	Data []byte
+	Link string
+	Dir  bool
+}
+
+// RuntimeRenderer renders a node's runtime overlay (overlays.RenderRuntime
+// behind an adapter, so this package does not depend on the template set).
+type RuntimeRenderer func(cfg *site.Config, node *site.Node, s Secrets, ldapBindPassword string) ([]RuntimeFile, error)
+
+// LeaseLookup returns the address DHCP currently leases to mac, if any.
+type LeaseLookup func(mac string) (ip string, ok bool)
+
+// Options are the server's collaborators.
+type Options struct {
+	StateDir  string
+	Images    Images
+	Render    RuntimeRenderer
+	Inventory *inventory.Inventory
+	Leases    LeaseLookup // nil when herd's DHCP does not lease addresses
+	Log       *slog.Logger
+	// Registry receives this package's metrics; Gatherer is served at /metrics.
+	Registry prometheus.Registerer
+	Gatherer prometheus.Gatherer
+	// Now is the clock (tests may fix it).
+	Now func() time.Time
+}
+
+// Server serves the HTTP boot routes; safe for concurrent use.
+type Server struct {
+	opt     Options
+	cfg     atomic.Pointer[site.Config]
+	slots   atomic.Pointer[chan struct{}]
+	log     *slog.Logger
+	metrics http.Handler
+
+	requests *prometheus.CounterVec
+	sent     *prometheus.CounterVec
+	active   prometheus.Gauge
+	queued   prometheus.Gauge
+	events   *prometheus.CounterVec
+}
+
+// Artifacts served from an image directory.
+var Artifacts = []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs, manifest.FileName}
+
+// New builds the server for cfg.
+func New(cfg *site.Config, opt Options) (*Server, error) {
+	if opt.Images == nil || opt.Inventory == nil || opt.Render == nil || opt.StateDir == "" {
+		return nil, errors.New("httpboot: Images, Inventory, Render and StateDir are required")
+	}
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	s := &Server{
+		opt: opt,
+		log: opt.Log.With("service", "http"),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_http_sent_bytes_total", Help: "Response bytes sent, by route.",
+		}, []string{"route"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herd_http_active_downloads", Help: "Image downloads in progress.",
+		}),
+		queued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herd_http_queued_downloads", Help: "Image downloads waiting for a free slot (server.max_http).",
+		}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_boot_events_total", Help: "Boot events received from nodes, by stage.",
+		}, []string{"stage"}),
+	}
+	if opt.Registry != nil {
+		for _, c := range []prometheus.Collector{s.requests, s.sent, s.active, s.queued, s.events} {
+			if err := opt.Registry.Register(c); err != nil {
+				return nil, fmt.Errorf("register http metrics: %w", err)
+			}
+		}
+	}
+	g := opt.Gatherer
+	if g == nil {
+		g = prometheus.NewRegistry()
+	}
+	s.metrics = promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	s.SetConfig(cfg)
+	return s, nil
+}
+
+// SetConfig swaps in a new site config (SIGHUP). Requests in flight finish
+// with the config they started with; a new max_http applies to new downloads.
+func (s *Server) SetConfig(cfg *site.Config) {
+	old := s.cfg.Swap(cfg)
+	if old == nil || old.Server.MaxHTTP != cfg.Server.MaxHTTP {
+		ch := make(chan struct{}, cfg.Server.MaxHTTP)
+		s.slots.Store(&ch)
+	}
+}
+
+// Config returns the config in use.
+func (s *Server) Config() *site.Config { return s.cfg.Load() }
+
+// recorder captures status and size for the access log.
+type recorder struct {
+	http.ResponseWriter
+	code  int
+	bytes int64
+}
+
+func (r *recorder) WriteHeader(c int) { r.code = c; r.ResponseWriter.WriteHeader(c) }
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.code == 0 {
+		r.code = 200
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps sendfile(2) working through the recorder.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.code == 0 {
+		r.code = 200
+	}
+	n, err := io.Copy(r.ResponseWriter, src)
+	r.bytes += n
+	return n, err
+}
+
+// ServeHTTP routes a request and writes one access-log line for it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := s.opt.Now()
+	rec := &recorder{ResponseWriter: w}
+	route := s.route(rec, r)
+	if rec.code == 0 {
+		rec.code = 200
+	}
+	s.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Inc()
+	s.sent.WithLabelValues(route).Add(float64(rec.bytes))
+	s.log.Info("http request", "remote", remoteIP(r), "method", r.Method, "path", r.URL.Path,
+		"range", r.Header.Get("Range"), "status", rec.code, "bytes", rec.bytes, "route", route,
+		"seconds", time.Since(start).Seconds())
+}
+
+func (s *Server) route(w http.ResponseWriter, r *http.Request) string {
+	p := r.URL.Path
+	switch {
+	case p == "/healthz":
+		io.WriteString(w, "ok\n")
+		return "healthz"
+	case p == "/metrics":
+		s.metrics.ServeHTTP(w, r)
+		return "metrics"
+	case p == "/events":
+		s.serveEvent(w, r)
+		return "events"
+	case strings.HasPrefix(p, "/boot/"):
+		s.serveScript(w, r)
+		return "boot"
+	case strings.HasPrefix(p, "/images/"):
+		s.serveImage(w, r)
+		return "images"
+	case strings.HasPrefix(p, "/nodes/"):
+		s.serveOverlay(w, r)
+		return "overlay"
+	}
+	http.NotFound(w, r)
+	return "other"
+}
+
+func remoteIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func onlyGet(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return false
+	}
+	return true
+}
+
+// ParseScriptPath extracts the MAC from "/boot/<mac>.ipxe" (colon or dash
+// form, any case) and returns it lower-case with colons.
+func ParseScriptPath(p string) (string, error) {
+	rest, ok := strings.CutPrefix(p, "/boot/")
+	if !ok {
+		return "", fmt.Errorf("%q is not under /boot/", p)
+	}
+	macStr, ok := strings.CutSuffix(rest, ".ipxe")
+	if !ok || len(macStr) != 17 {
+		return "", fmt.Errorf("%q is not /boot/<mac>.ipxe", p)
+	}
+	for i := 0; i < 17; i++ {
+		c := macStr[i]
+		if i%3 == 2 {
+			if c != ':' && c != '-' || c != macStr[2] {
+				return "", fmt.Errorf("%q: MAC separators must be all ':' or all '-'", p)
+			}
+			continue
+		}
+		if !isHex(c) {
+			return "", fmt.Errorf("%q: %q is not a MAC address", p, macStr)
+		}
+	}
+	return strings.ToLower(strings.ReplaceAll(macStr, "-", ":")), nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+var idRe = regexp.MustCompile(`^[0-9a-f]{8,64}$`)
+
+// ParseImagePath splits "/images/<id>/<artifact>" and checks both parts:
+// the ID is lower-case hex and the artifact one of Artifacts.
+func ParseImagePath(p string) (id, artifact string, err error) {
+	rest, ok := strings.CutPrefix(p, "/images/")
+	if !ok {
+		return "", "", fmt.Errorf("%q is not under /images/", p)
+	}
+	id, artifact, ok = strings.Cut(rest, "/")
+	if !ok || !idRe.MatchString(id) {
+		return "", "", fmt.Errorf("%q: not /images/<id>/<artifact>", p)
+	}
+	for _, a := range Artifacts {
+		if artifact == a {
+			return id, artifact, nil
+		}
+	}
+	return "", "", fmt.Errorf("%q: %q is not one of %s", p, artifact, strings.Join(Artifacts, ", "))
+}
+
+// ParseOverlayPath extracts the node name from "/nodes/<name>/overlay.cpio".
+func ParseOverlayPath(p string) (string, error) {
+	rest, ok := strings.CutPrefix(p, "/nodes/")
+	if !ok {
+		return "", fmt.Errorf("%q is not under /nodes/", p)
+	}
+	name, ok := strings.CutSuffix(rest, "/overlay.cpio")
+	if !ok || !nodeNameRe.MatchString(name) {
+		return "", fmt.Errorf("%q is not /nodes/<name>/overlay.cpio", p)
+	}
+	return name, nil
+}
+
+// Script renders the iPXE script of the boot contract for node and image.
+func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (string, error) {
+	root, ok := m.Artifacts[manifest.Rootfs]
+	if !ok || root.SHA256 == "" {
+		return "", fmt.Errorf("image %s: manifest has no %s hash", id, manifest.Rootfs)
+	}
+	base := cfg.ServerURL()
+	img := base + "/images/" + id
+	args := []string{
+		img + "/" + manifest.Kernel,
+		"initrd=" + manifest.Initrd, "initrd=overlay.cpio",
+		"boot=herd", "ip=dhcp",
+		"herd.image=" + img + "/" + manifest.Rootfs,
+		"herd.sha256=" + root.SHA256,
+		"herd.id=" + id,
+		"herd.node=" + node.Name,
+		"herd.server=" + base,
+		"herd.cache=" + cfg.CacheDiskFor(node),
+		"herd.keep=" + strconv.Itoa(cfg.Cache.KeepImages),
+		"console=tty0", "console=ttyS0,115200n8",
+	}
+	if ka := strings.TrimSpace(node.KernelArgs); ka != "" {
+		args = append(args, ka)
+	}
+	var b strings.Builder
+	b.WriteString("#!ipxe\n")
+	b.WriteString("kernel " + strings.Join(args, " ") + "\n")
+	b.WriteString("initrd --name " + manifest.Initrd + " " + img + "/" + manifest.Initrd + "\n")
+	b.WriteString("initrd --name overlay.cpio " + base + "/nodes/" + node.Name + "/overlay.cpio\n")
+	b.WriteString("boot\n")
+	return b.String(), nil
+}
+
+// retryScript is served when the node is known but cannot boot right now
+// (no current image, pinned image missing): iPXE prints why and asks again.
+func retryScript(base, mac, why string) string {
+	return "#!ipxe\n" +
+		"echo herd: cannot boot " + mac + ": " + why + "\n" +
+		"echo herd: retrying in 60 seconds\n" +
+		"sleep 60\n" +
+		"chain --replace " + base + "/boot/" + mac + ".ipxe\n"
+}
+
+func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
+	if !onlyGet(w, r) {
+		return
+	}
+	mac, err := ParseScriptPath(r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	cfg := s.cfg.Load()
+	from := remoteIP(r)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	node, ok := cfg.NodeByMAC(mac)
+	if !ok {
+		if cfg.DHCP.Unknown != site.UnknownDiscover {
+			http.Error(w, "unknown node "+mac+" (not in herd.yaml)", http.StatusNotFound)
+			return
+		}
+		if err := s.opt.Inventory.RecordScript(mac, "", "", from, s.opt.Now()); err != nil {
+			s.log.Error("record discovery", "mac", mac, "err", err)
+		}
+		s.log.Warn("unknown node asked for a boot script (discover)", "mac", mac, "remote", from)
+		io.WriteString(w, "#!ipxe\n"+
+			"echo herd: unknown node "+mac+" (not in herd.yaml)\n"+
+			"echo herd: on the server run: herd node add <name> "+mac+"\n"+
+			"echo herd: asking again in 30 seconds\n"+
+			"sleep 30\n"+
+			"chain --replace "+cfg.ServerURL()+"/boot/"+mac+".ipxe\n")
+		return
+	}
+	want := node.Image
+	if want == "" {
+		want, err = s.opt.Images.Current()
+		if err != nil {
+			s.log.Error("read current image", "err", err)
+			io.WriteString(w, retryScript(cfg.ServerURL(), mac, "the image store cannot be read"))
+			return
+		}
+		if want == "" {
+			s.log.Warn("no current image to boot", "node", node.Name)
+			io.WriteString(w, retryScript(cfg.ServerURL(), mac, "no image is current (herd image promote)"))
+			return
+		}
+	}
+	id, _, m, err := s.opt.Images.Resolve(want)
+	if err != nil {
+		s.log.Error("resolve image for node", "node", node.Name, "image", want, "err", err)
+		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "image "+want+" is not published"))
+		return
+	}
+	script, err := Script(cfg, node, id, m)
+	if err != nil {
+		s.log.Error("render boot script", "node", node.Name, "err", err)
+		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "image "+id+" is incomplete"))
+		return
+	}
+	if err := s.opt.Inventory.RecordScript(mac, node.Name, id, from, s.opt.Now()); err != nil {
+		s.log.Error("record script fetch", "node", node.Name, "err", err)
+	}
+	io.WriteString(w, script)
+}
+
+func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
+	if !onlyGet(w, r) {
+		return
+	}
+	id, artifact, err := ParseImagePath(r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	full, dir, m, err := s.opt.Images.Resolve(id)
+	if err != nil || full != id {
+		// Only full IDs in URLs: a prefix would make a cached URL change meaning.
+		http.Error(w, "no published image "+id, http.StatusNotFound)
+		return
+	}
+	f, err := os.Open(path.Join(dir, artifact))
+	if err != nil {
+		s.log.Error("open artifact", "image", id, "artifact", artifact, "err", err)
+		http.Error(w, "artifact missing", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		http.Error(w, "artifact missing", http.StatusNotFound)
+		return
+	}
+	if a, ok := m.Artifacts[artifact]; ok && a.SHA256 != "" {
+		// The content hash is the perfect validator: If-Range and If-None-Match work.
+		w.Header().Set("ETag", `"`+a.SHA256+`"`)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+
+	slots := *s.slots.Load()
+	s.queued.Inc()
+	select {
+	case slots <- struct{}{}:
+		s.queued.Dec()
+	case <-r.Context().Done():
+		s.queued.Dec()
+		return
+	}
+	s.active.Inc()
+	defer func() { <-slots; s.active.Dec() }()
+	// ServeContent with an *os.File: Range, Content-Length, and sendfile(2)
+	// through the connection's ReadFrom.
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
+	if !onlyGet(w, r) {
+		return
+	}
+	name, err := ParseOverlayPath(r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	cfg := s.cfg.Load()
+	node, ok := cfg.NodeByName(name)
+	if !ok {
+		http.Error(w, "unknown node "+name, http.StatusNotFound)
+		return
+	}
+	from := remoteIP(r)
+	if allowed, why := s.overlayAllowed(node, from); !allowed {
+		s.log.Warn("overlay refused", "node", name, "remote", from, "why", why)
+		http.Error(w, "forbidden: "+why, http.StatusForbidden)
+		return
+	}
+	data, err := s.buildOverlay(cfg, node)
+	if err != nil {
+		s.log.Error("build runtime overlay", "node", name, "err", err)
+		http.Error(w, "cannot build the runtime overlay; see the server log", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Header().Set("Cache-Control", "no-store")
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(data)
+}
+
+// overlayAllowed decides whether from may fetch node's secrets: it must be
+// the node's reserved address, else its current DHCP lease, else — when
+// herd knows neither (proxy/off mode without a reserved ip) — the address
+// that fetched this node's boot script last.
+func (s *Server) overlayAllowed(node *site.Node, from string) (bool, string) {
+	if node.IP != "" {
+		if from == node.IP {
+			return true, ""
+		}
+		return false, from + " is not " + node.Name + "'s reserved address"
+	}
+	if s.opt.Leases != nil {
+		if ip, ok := s.opt.Leases(node.MAC); ok {
+			if ip == from {
+				return true, ""
+			}
+			return false, from + " does not hold " + node.Name + "'s lease"
+		}
+	}
+	if rec, ok := s.opt.Inventory.Get(node.MAC); ok && rec.Address != "" && !rec.ScriptServed.IsZero() {
+		if rec.Address == from {
+			return true, ""
+		}
+		return false, from + " is not the address that fetched " + node.Name + "'s boot script"
+	}
+	return false, node.Name + " has no known address (no reserved ip, no lease, no script fetched)"
+}
+
+// buildOverlay renders the runtime overlay and packs it as newc cpio with
+// every path under herd/overlay/.
+func (s *Server) buildOverlay(cfg *site.Config, node *site.Node) ([]byte, error) {
+	sec, err := NodeSecrets(s.opt.StateDir, node.Name)
+	if err != nil {
+		return nil, err
+	}
+	var pw string
+	if cfg.LDAP.BindDN != "" && cfg.LDAP.BindPasswordFile != "" {
+		b, err := os.ReadFile(cfg.LDAP.BindPasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("ldap.bind_password_file: %w", err)
+		}
+		pw = strings.TrimRight(string(b), "\r\n")
+	}
+	files, err := s.opt.Render(cfg, node, sec, pw)
+	if err != nil {
+		return nil, err
+	}
+	return PackOverlay(files)
+}
+
+// PackOverlay packs runtime files into a newc cpio under herd/overlay/,
+// parent directories first (the kernel's unpacker does not create them).
+func PackOverlay(files []RuntimeFile) ([]byte, error) {
+	const prefix = "herd/overlay"
+	dirs := map[string]RuntimeFile{
+		"herd": {Path: "herd", Mode: fs.ModeDir | 0o755, Dir: true},
+		prefix: {Path: prefix, Mode: fs.ModeDir | 0o755, Dir: true},
+	}
+	var rest []RuntimeFile
+	for _, f := range files {
+		if f.Path == "" || strings.HasPrefix(f.Path, "/") || path.Clean(f.Path) != f.Path || strings.HasPrefix(f.Path, "..") {
+			return nil, fmt.Errorf("runtime overlay: bad path %q", f.Path)
+		}
+		full := prefix + "/" + f.Path
+		for d := path.Dir(full); d != prefix && d != "."; d = path.Dir(d) {
+			if _, ok := dirs[d]; !ok {
+				dirs[d] = RuntimeFile{Path: d, Mode: fs.ModeDir | 0o755, Dir: true}
+			}
+		}
+		f.Path = full
+		if f.Dir {
+			f.Mode |= fs.ModeDir
+			dirs[full] = f // an explicit directory keeps its owner and mode
+			continue
+		}
+		rest = append(rest, f)
+	}
+	names := make([]string, 0, len(dirs))
+	for d := range dirs {
+		names = append(names, d)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	w := cpio.NewWriter(&b)
+	for _, d := range names {
+		f := dirs[d]
+		if err := w.WriteHeader(&cpio.Header{Name: d, Mode: cpio.FileMode(f.Mode | fs.ModeDir), UID: f.UID, GID: f.GID}); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range rest {
+		mode, data := f.Mode, f.Data
+		if f.Link != "" {
+			mode, data = fs.ModeSymlink|0o777, []byte(f.Link)
+		}
+		if err := w.WriteHeader(&cpio.Header{Name: f.Path, Mode: cpio.FileMode(mode), UID: f.UID, GID: f.GID, Size: int64(len(data))}); err != nil {
+			return nil, err
+		}
+		if _, err := w.Write(data); err != nil {
+			return nil, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return []byte(b.String()), nil
+}
+
+func (s *Server) serveEvent(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	var e inventory.Event
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err := dec.Decode(&e); err != nil {
+		http.Error(w, "bad event JSON: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	from := remoteIP(r)
+	if err := s.opt.Inventory.RecordEvent(e, from, s.opt.Now()); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.events.WithLabelValues(e.Stage).Inc()
+	s.log.Info("boot event", "node", e.Node, "mac", e.MAC, "stage", e.Stage, "percent", e.Percent,
+		"message", e.Message, "image", e.Image, "remote", from)
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,469 @@
+package httpboot
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/site"
+)
+
+// PublishTestImage writes a published image with random artifacts of the
+// given sizes into <state>/images/<id> and makes it current; it returns the ID.
+func publishTestImage(t testing.TB, state string, sizes map[string]int, current bool) string {
+	t.Helper()
+	tmp := filepath.Join(state, "tmp", fmt.Sprint(time.Now().UnixNano()))
+	os.MkdirAll(tmp, 0o755)
+	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: "test", KernelABI: "6.8.0-149-generic", Artifacts: map[string]manifest.Artifact{}}
+	for name, n := range sizes {
+		b := make([]byte, n)
+		rand.Read(b)
+		p := filepath.Join(tmp, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a, err := manifest.HashFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Artifacts[name] = a
+	}
+	m.ID = m.ComputeID()
+	if err := m.Write(tmp); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(state, "images"), 0o755)
+	if err := os.Rename(tmp, filepath.Join(state, "images", m.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if current {
+		os.WriteFile(filepath.Join(state, "current"), []byte(m.ID+"\n"), 0o644)
+	}
+	return m.ID
+}
+
+// testRender stands in for overlays.RenderRuntime (tested with the real
+// renderer in pxe/server): it exercises packing, modes and owners.
+func testRender(cfg *site.Config, node *site.Node, s Secrets, pw string) ([]RuntimeFile, error) {
+	files := []RuntimeFile{
+		{Path: "etc/hostname", Mode: 0o644, Data: []byte(node.Name + "\n")},
+		{Path: "etc/machine-id", Mode: 0o444, Data: []byte(s.MachineID + "\n")},
+		{Path: "etc/sssd", Mode: 0o711, Dir: true},
+		{Path: "etc/sssd/conf.d/herd-bind.conf", Mode: 0o600, Data: []byte("ldap_default_authtok = " + pw + "\n")},
+		{Path: "var/lib/herdadmin", Mode: 0o700, UID: 990, GID: 990, Dir: true},
+		{Path: "etc/systemd/system/multi-user.target.wants/x.service", Link: "/lib/systemd/system/x.service"},
+	}
+	for _, k := range s.SSHHostKeys {
+		files = append(files,
+			RuntimeFile{Path: "etc/ssh/ssh_host_" + k.Type + "_key", Mode: 0o600, Data: k.Private},
+			RuntimeFile{Path: "etc/ssh/ssh_host_" + k.Type + "_key.pub", Mode: 0o644, Data: k.Public})
+	}
+	return files, nil
+}
+
+type fixture struct {
+	state string
+	id    string
+	url   string
+	srv   *Server
+	inv   *inventory.Inventory
+	logs  *syncBuf
+	cfg   *site.Config
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+const siteYAML = `server:
+  address: 127.0.0.1
+  http_port: %d
+dhcp:
+  mode: off
+  unknown: %s
+ldap:
+  uri: ldap://127.0.0.1/
+  base: dc=lab,dc=test
+  bind_dn: cn=node,dc=lab,dc=test
+  bind_password_file: %s
+nas:
+  address: 127.0.0.1
+  homes: /export/homes
+nodes:
+  - name: gpu1
+    mac: 52:54:00:aa:bb:01
+    ip: 127.0.0.1
+    kernel_args: nvidia.NVreg_X=1
+  - name: gpu2
+    mac: 52:54:00:aa:bb:02
+    ip: 127.0.0.2
+    image: %s
+  - name: gpu3
+    mac: 52:54:00:aa:bb:03
+`
+
+func newFixture(t *testing.T, unknown string) *fixture {
+	t.Helper()
+	f := &fixture{state: t.TempDir(), logs: &syncBuf{}}
+	f.id = publishTestImage(t, f.state, map[string]int{manifest.Kernel: 3 << 20, manifest.Initrd: 1 << 20, manifest.Rootfs: 5 << 20}, true)
+	pinned := publishTestImage(t, f.state, map[string]int{manifest.Kernel: 1000, manifest.Initrd: 1000, manifest.Rootfs: 1000}, false)
+	pwFile := filepath.Join(f.state, "bindpw")
+	os.WriteFile(pwFile, []byte("s3cret\n"), 0o600)
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	cfg, err := site.Parse("herd.yaml", []byte(fmt.Sprintf(siteYAML, port, unknown, pwFile, pinned[:10])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg = cfg
+	f.inv, err = inventory.Load(f.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	f.srv, err = New(cfg, Options{
+		StateDir: f.state, Images: StateImages{f.state}, Render: testRender, Inventory: f.inv,
+		Log: slog.New(slog.NewJSONHandler(f.logs, nil)), Registry: reg, Gatherer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: f.srv}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Shutdown(context.Background()) })
+	f.url = fmt.Sprintf("http://127.0.0.1:%d", port)
+	return f
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestBootScript(t *testing.T) {
+	f := newFixture(t, "ignore")
+	code, body := get(t, f.url+"/boot/52-54-00-AA-BB-01.ipxe")
+	if code != 200 {
+		t.Fatalf("known MAC: %d %s", code, body)
+	}
+	m, _ := manifest.Read(filepath.Join(f.state, "images", f.id))
+	base := f.url
+	want := "#!ipxe\n" +
+		"kernel " + base + "/images/" + f.id + "/vmlinuz initrd=initrd.img initrd=overlay.cpio boot=herd ip=dhcp herd.image=" + base + "/images/" + f.id + "/rootfs.squashfs herd.sha256=" + m.Artifacts[manifest.Rootfs].SHA256 + " herd.id=" + f.id + " herd.node=gpu1 herd.server=" + base + " herd.cache=auto herd.keep=2 console=tty0 console=ttyS0,115200n8 nvidia.NVreg_X=1\n" +
+		"initrd --name initrd.img " + base + "/images/" + f.id + "/initrd.img\n" +
+		"initrd --name overlay.cpio " + base + "/nodes/gpu1/overlay.cpio\n" +
+		"boot\n"
+	if body != want {
+		t.Errorf("script:\n%s\nwant:\n%s", body, want)
+	}
+	// The pinned node gets its pinned image (given as a prefix), by full ID.
+	_, body = get(t, f.url+"/boot/52:54:00:aa:bb:02.ipxe")
+	if strings.Contains(body, f.id) || !strings.Contains(body, "herd.node=gpu2") {
+		t.Errorf("pinned node got:\n%s", body)
+	}
+	// Unknown MAC: 404 under the default policy.
+	if code, _ := get(t, f.url+"/boot/52:54:00:00:00:99.ipxe"); code != 404 {
+		t.Errorf("unknown MAC: %d, want 404", code)
+	}
+	for _, bad := range []string{"/boot/52:54:00:aa:bb.ipxe", "/boot/52:54-00:aa:bb:01.ipxe", "/boot/../etc/passwd", "/boot/zz:54:00:aa:bb:01.ipxe"} {
+		if code, _ := get(t, f.url+bad); code != 404 {
+			t.Errorf("%s: %d, want 404", bad, code)
+		}
+	}
+	rec, ok := f.inv.Get("52:54:00:aa:bb:01")
+	if !ok || rec.ScriptImage != f.id || rec.Name != "gpu1" {
+		t.Errorf("inventory after script fetch: %+v", rec)
+	}
+}
+
+func TestUnknownDiscover(t *testing.T) {
+	f := newFixture(t, "discover")
+	code, body := get(t, f.url+"/boot/52:54:00:00:00:99.ipxe")
+	if code != 200 || !strings.Contains(body, "unknown node 52:54:00:00:00:99") || !strings.Contains(body, "herd node add <name> 52:54:00:00:00:99") {
+		t.Fatalf("discover: %d\n%s", code, body)
+	}
+	if strings.Contains(body, "kernel ") {
+		t.Error("an unknown node was given a kernel")
+	}
+	if _, ok := f.inv.Get("52:54:00:00:00:99"); !ok {
+		t.Error("discovered MAC not in the inventory")
+	}
+}
+
+func TestNoCurrentImage(t *testing.T) {
+	f := newFixture(t, "ignore")
+	os.Remove(filepath.Join(f.state, "current"))
+	code, body := get(t, f.url+"/boot/52:54:00:aa:bb:01.ipxe")
+	if code != 200 || !strings.Contains(body, "no image is current") || strings.Contains(body, "kernel") {
+		t.Errorf("%d\n%s", code, body)
+	}
+}
+
+// TestImagesWithCurl: full download, ranges, HEAD, and refusals.
+func TestImagesWithCurl(t *testing.T) {
+	testenv.RequireCommands(t, "curl")
+	f := newFixture(t, "ignore")
+	src := filepath.Join(f.state, "images", f.id, manifest.Kernel)
+	want, _ := os.ReadFile(src)
+	out := filepath.Join(t.TempDir(), "k")
+	if b, err := exec.Command("curl", "-fsS", "-o", out, f.url+"/images/"+f.id+"/vmlinuz").CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v %s", err, b)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+		t.Fatal("downloaded kernel differs")
+	}
+	// A range in the middle.
+	b, err := exec.Command("curl", "-fsS", "-r", "1000-1999", f.url+"/images/"+f.id+"/vmlinuz").Output()
+	if err != nil || !bytes.Equal(b, want[1000:2000]) {
+		t.Fatalf("range: %v, %d bytes", err, len(b))
+	}
+	// Resume (-C -) from a partial file, as the node agent does.
+	part := filepath.Join(t.TempDir(), "part")
+	os.WriteFile(part, want[:12345], 0o644)
+	if b, err := exec.Command("curl", "-fsS", "-C", "-", "-o", part, f.url+"/images/"+f.id+"/vmlinuz").CombinedOutput(); err != nil {
+		t.Fatalf("resume: %v %s", err, b)
+	}
+	if got, _ := os.ReadFile(part); !bytes.Equal(got, want) {
+		t.Fatal("resumed download differs")
+	}
+	// HEAD: Content-Length and ETag = sha256.
+	hdr, _ := exec.Command("curl", "-fsSI", f.url+"/images/"+f.id+"/vmlinuz").Output()
+	m, _ := manifest.Read(filepath.Join(f.state, "images", f.id))
+	if !strings.Contains(string(hdr), fmt.Sprintf("Content-Length: %d", len(want))) || !strings.Contains(string(hdr), m.Artifacts[manifest.Kernel].SHA256) {
+		t.Errorf("HEAD headers:\n%s", hdr)
+	}
+	for _, bad := range []string{
+		"/images/" + f.id + "/build.log", "/images/" + f.id[:10] + "/vmlinuz", "/images/" + f.id + "/../current",
+		"/images/deadbeefdeadbeef/vmlinuz", "/images/" + f.id + "/vmlinuz/x",
+	} {
+		code, _ := exec.Command("curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", f.url+bad).Output()
+		if string(code) != "404" {
+			t.Errorf("%s: %s, want 404", bad, code)
+		}
+	}
+	// The access log names the client and the path: a test can assert that
+	// the rootfs was (not) downloaded.
+	if !strings.Contains(f.logs.String(), `"path":"/images/`+f.id+`/vmlinuz"`) || strings.Contains(f.logs.String(), "rootfs.squashfs\",\"range") {
+		t.Errorf("access log:\n%s", f.logs.String())
+	}
+	if !strings.Contains(f.logs.String(), `"remote":"127.0.0.1"`) {
+		t.Error("access log lacks the remote address")
+	}
+}
+
+// TestOverlay parses the served cpio back, with GNU cpio too, and checks
+// that a foreign address gets 403 and that keys are stable.
+func TestOverlay(t *testing.T) {
+	testenv.RequireCommands(t, "curl", "cpio")
+	f := newFixture(t, "ignore")
+	fetch := func(node, from string) (string, []byte) {
+		out := filepath.Join(t.TempDir(), "o.cpio")
+		code, err := exec.Command("curl", "-s", "--interface", from, "-o", out, "-w", "%{http_code}", f.url+"/nodes/"+node+"/overlay.cpio").Output()
+		if err != nil {
+			t.Fatalf("curl: %v", err)
+		}
+		b, _ := os.ReadFile(out)
+		return string(code), b
+	}
+	code, data := fetch("gpu1", "127.0.0.1")
+	if code != "200" {
+		t.Fatalf("overlay: %s %s", code, data)
+	}
+	es, err := cpio.ReadAll(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]cpio.Entry{}
+	for i, e := range es {
+		if !strings.HasPrefix(e.Name, "herd/overlay/") && e.Name != "herd" && e.Name != "herd/overlay" {
+			t.Errorf("entry %q outside herd/overlay/", e.Name)
+		}
+		// every parent precedes its children
+		if d := filepath.Dir(e.Name); d != "." {
+			if _, ok := byName[d]; !ok {
+				t.Errorf("entry %d %q comes before its directory", i, e.Name)
+			}
+		}
+		byName[e.Name] = e
+	}
+	check := func(name string, mode uint32, uid int) cpio.Entry {
+		e, ok := byName["herd/overlay/"+name]
+		if !ok {
+			t.Fatalf("%s missing", name)
+		}
+		if e.Mode != mode || e.UID != uid {
+			t.Errorf("%s: mode %o uid %d, want %o %d", name, e.Mode, e.UID, mode, uid)
+		}
+		return e
+	}
+	check("etc/hostname", cpio.TypeReg|0o644, 0)
+	check("etc/sssd", cpio.TypeDir|0o711, 0)
+	check("var/lib/herdadmin", cpio.TypeDir|0o700, 990)
+	if e := check("etc/sssd/conf.d/herd-bind.conf", cpio.TypeReg|0o600, 0); !strings.Contains(string(e.Data), "s3cret") || strings.Contains(string(e.Data), "s3cret\n\n") {
+		t.Errorf("bind password: %q", e.Data)
+	}
+	check("etc/systemd/system/multi-user.target.wants/x.service", cpio.TypeLink|0o777, 0)
+	for _, typ := range []string{"ed25519", "ecdsa", "rsa"} {
+		e := check("etc/ssh/ssh_host_"+typ+"_key", cpio.TypeReg|0o600, 0)
+		key, err := ssh.ParsePrivateKey(e.Data)
+		if err != nil {
+			t.Fatalf("%s key: %v", typ, err)
+		}
+		pub := check("etc/ssh/ssh_host_"+typ+"_key.pub", cpio.TypeReg|0o644, 0)
+		pk, _, _, _, err := ssh.ParseAuthorizedKey(pub.Data)
+		if err != nil || !bytes.Equal(pk.Marshal(), key.PublicKey().Marshal()) {
+			t.Errorf("%s: public key does not match the private key", typ)
+		}
+		st, err := os.Stat(filepath.Join(f.state, "nodes", "gpu1", "ssh_host_"+typ+"_key"))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("stored %s key: %v %v", typ, st.Mode(), err)
+		}
+	}
+	mid := strings.TrimSpace(string(byName["herd/overlay/etc/machine-id"].Data))
+	if len(mid) != 32 {
+		t.Errorf("machine-id %q", mid)
+	}
+	// GNU cpio unpacks it (same format as the kernel's initramfs unpacker).
+	dir := t.TempDir()
+	cmd := exec.Command("cpio", "-idm", "--quiet", "--no-absolute-filenames")
+	cmd.Dir, cmd.Stdin = dir, bytes.NewReader(data)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v %s", err, out)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "herd/overlay/etc/ssh/ssh_host_ed25519_key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("unpacked key: %v", err)
+	}
+	// Stable: a second fetch is byte-identical (keys and machine-id kept).
+	if _, again := fetch("gpu1", "127.0.0.1"); !bytes.Equal(again, data) {
+		t.Error("second overlay differs: secrets were regenerated")
+	}
+	// Another address gets 403 and no secrets.
+	if code, body := fetch("gpu1", "127.0.0.3"); code != "403" || bytes.Contains(body, []byte("PRIVATE KEY")) {
+		t.Errorf("foreign address: %s", code)
+	}
+	// gpu3 has no reserved ip: only the address that fetched its script may.
+	if code, _ := fetch("gpu3", "127.0.0.4"); code != "403" {
+		t.Errorf("gpu3 before its script: %s, want 403", code)
+	}
+	if out, err := exec.Command("curl", "-fsS", "--interface", "127.0.0.4", "-o", "/dev/null", f.url+"/boot/52:54:00:aa:bb:03.ipxe").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if code, _ := fetch("gpu3", "127.0.0.5"); code != "403" {
+		t.Errorf("gpu3 from another address: %s, want 403", code)
+	}
+	if code, _ := fetch("gpu3", "127.0.0.4"); code != "200" {
+		t.Errorf("gpu3 from its script address: %s, want 200", code)
+	}
+	if code, _ := fetch("nosuch", "127.0.0.1"); code != "404" {
+		t.Errorf("unknown node: %s", code)
+	}
+}
+
+func TestEvents(t *testing.T) {
+	f := newFixture(t, "ignore")
+	post := func(v any) int {
+		b, _ := json.Marshal(v)
+		resp, err := http.Post(f.url+"/events", "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	ev := inventory.Event{Node: "gpu1", MAC: "52:54:00:aa:bb:01", Stage: "download", Percent: 40, Message: "rootfs 40%"}
+	if c := post(ev); c != 204 {
+		t.Fatalf("event: %d", c)
+	}
+	ev.Stage, ev.Percent, ev.Image, ev.Kernel, ev.NVIDIA = "up", 100, f.id, "6.8.0-149-generic", "580.178.04"
+	if c := post(ev); c != 204 {
+		t.Fatalf("event: %d", c)
+	}
+	if c := post(map[string]any{"mac": "52:54:00:aa:bb:01", "stage": "bogus"}); c != 400 {
+		t.Errorf("bad stage: %d", c)
+	}
+	resp, _ := http.Post(f.url+"/events", "application/json", strings.NewReader("{"))
+	if resp.StatusCode != 400 {
+		t.Errorf("bad json: %d", resp.StatusCode)
+	}
+	inv, _ := inventory.Load(f.state)
+	r, ok := inv.Get("52:54:00:aa:bb:01")
+	if !ok || r.Stage != "up" || r.Image != f.id || r.Boots != 1 || r.Address != "127.0.0.1" {
+		t.Errorf("record: %+v", r)
+	}
+	_, metrics := get(t, f.url+"/metrics")
+	if !strings.Contains(metrics, `herd_boot_events_total{stage="up"} 1`) {
+		t.Errorf("metrics:\n%s", metrics)
+	}
+	if code, body := get(t, f.url+"/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("healthz: %d %q", code, body)
+	}
+}
+
+func TestPackOverlayRefusesBadPaths(t *testing.T) {
+	for _, p := range []string{"/etc/x", "../x", "a/../../x", ""} {
+		if _, err := PackOverlay([]RuntimeFile{{Path: p, Mode: 0o644}}); err == nil {
+			t.Errorf("%q accepted", p)
+		}
+	}
+	if _, err := PackOverlay([]RuntimeFile{{Path: "etc/x", Mode: fs.FileMode(0o644)}}); err != nil {
+		t.Error(err)
+	}
+}
+
+func FuzzParsePaths(f *testing.F) {
+	for _, s := range []string{"/boot/52:54:00:aa:bb:01.ipxe", "/boot/52-54-00-AA-BB-01.ipxe", "/images/0123456789abcdef/vmlinuz", "/images/../x", "/nodes/gpu1/overlay.cpio", "/nodes/../overlay.cpio"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		if mac, err := ParseScriptPath(p); err == nil {
+			if hw, err := net.ParseMAC(mac); err != nil || hw.String() != mac {
+				t.Fatalf("%q gave MAC %q", p, mac)
+			}
+		}
+		if id, art, err := ParseImagePath(p); err == nil {
+			if strings.ContainsAny(id+art, "/\\") || strings.Contains(art, "..") {
+				t.Fatalf("%q gave %q %q", p, id, art)
+			}
+		}
+		if name, err := ParseOverlayPath(p); err == nil {
+			if strings.ContainsAny(name, "/.\\") {
+				t.Fatalf("%q gave node %q", p, name)
+			}
+		}
+	})
+}
