@@ -87,4 +87,3 @@ func TestCorruptFileNamed(t *testing.T) {
 		t.Fatalf("err = %v, want one naming %s", err, FileName)
 	}
 }
-

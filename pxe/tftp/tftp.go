@@ -52,14 +52,14 @@ type Config struct {
 
 // Server is a read-only TFTP server confined to one directory.
 type Server struct {
-	cfg   Config
-	root  atomic.Pointer[os.Root]
+	cfg  Config
+	root atomic.Pointer[os.Root]
 	// pinned maps a boot binary's name to the file outside the root its
 	// distribution symlink points at (see BootFiles).
 	pinned atomic.Pointer[map[string]string]
-	slots chan struct{}
-	srv   *ptftp.Server
-	log   *slog.Logger
+	slots  chan struct{}
+	srv    *ptftp.Server
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	stopping bool
