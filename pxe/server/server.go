@@ -1,0 +1,307 @@
+// Package server runs `herd serve`: the DHCP (unless dhcp.mode is off),
+// TFTP and HTTP boot services over one site config, with SIGHUP reloading
+// herd.yaml (a bad file keeps the old config running) and SIGTERM draining
+// transfers in flight before exiting.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/herdlab/herd/pxe/httpboot"
+	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/pxe/tftp"
+	"github.com/herdlab/herd/site"
+)
+
+// DHCP is what the server needs from a running DHCP service (pxe/dhcp).
+type DHCP interface {
+	// SetConfig applies a reloaded site config.
+	SetConfig(cfg *site.Config) error
+	// Lease returns the address currently leased to mac (full mode).
+	Lease(mac string) (ip string, ok bool)
+	// Shutdown stops answering and releases the sockets.
+	Shutdown(ctx context.Context) error
+}
+
+// DHCPEnv is what a DHCP service gets from the server.
+type DHCPEnv struct {
+	StateDir string
+	Force    bool // skip the "another DHCP server answers" probe
+	Log      *slog.Logger
+	Registry prometheus.Registerer
+	// Seen records a DHCP exchange in the inventory (name "" if unknown).
+	Seen func(mac, name, ip string)
+}
+
+// DHCPStarter starts the DHCP service for cfg (mode full or proxy).
+type DHCPStarter func(ctx context.Context, cfg *site.Config, env DHCPEnv) (DHCP, error)
+
+// DefaultRender is the runtime overlay renderer Run uses when Options.Render
+// is nil; overlay.go sets it to the overlays package's RenderRuntime.
+var DefaultRender httpboot.RuntimeRenderer
+
+// Options configure Run.
+type Options struct {
+	StateDir   string
+	ConfigPath string
+	// Listen overrides the address TFTP and HTTP bind to (default
+	// server.address, or all addresses when that is empty).
+	Listen string
+	// HTTPPort overrides server.http_port for binding only (0: config).
+	HTTPPort int
+	// TFTPPort is the TFTP port (default 69).
+	TFTPPort int
+	Force    bool
+	Log      *slog.Logger
+	// DHCP starts the DHCP service; nil means herd was built without it,
+	// and only dhcp.mode off can run.
+	DHCP DHCPStarter
+	// Images is the image store view (default: httpboot.StateImages).
+	Images httpboot.Images
+	// Render renders runtime overlays (default DefaultRender).
+	Render httpboot.RuntimeRenderer
+	// DrainTimeout bounds the wait for transfers in flight on SIGTERM (default 30 s).
+	DrainTimeout time.Duration
+	// Ready, if set, is called with the bound addresses once serving.
+	Ready func(httpAddr, tftpAddr string)
+}
+
+// Server is a running `herd serve`.
+type Server struct {
+	opt  Options
+	log  *slog.Logger
+	mu   sync.Mutex
+	cfg  *site.Config
+	http *httpboot.Server
+	tftp *tftp.Server
+	dhcp DHCP
+}
+
+// Reload re-reads the config file; on any error the running config stays
+// and the error (with file:line of each problem) is returned and logged.
+func (s *Server) Reload() error {
+	cfg, err := site.Load(s.opt.ConfigPath, nil)
+	if err != nil {
+		s.log.Error("reload refused: keeping the running config", "file", s.opt.ConfigPath, "err", err)
+		return fmt.Errorf("reload %s: %w", s.opt.ConfigPath, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.cfg
+	if cfg.DHCP.Mode != old.DHCP.Mode || cfg.Server.Interface != old.Server.Interface ||
+		cfg.Server.Address != old.Server.Address || cfg.Server.HTTPPort != old.Server.HTTPPort {
+		// Sockets are bound once; these take a restart. Say so, apply the rest.
+		s.log.Warn("reload: server.interface/address/http_port and dhcp.mode changes need a restart; the old values stay in effect until then")
+		cfg.DHCP.Mode, cfg.Server.Interface, cfg.Server.Address, cfg.Server.HTTPPort =
+			old.DHCP.Mode, old.Server.Interface, old.Server.Address, old.Server.HTTPPort
+	}
+	if cfg.Server.TFTPRoot != old.Server.TFTPRoot {
+		if err := s.tftp.SetRoot(cfg.Server.TFTPRoot); err != nil {
+			s.log.Error("reload refused: keeping the running config", "err", err)
+			return err
+		}
+	}
+	if s.dhcp != nil {
+		if err := s.dhcp.SetConfig(cfg); err != nil {
+			s.log.Error("reload: DHCP refused the new config; keeping the running config", "err", err)
+			return err
+		}
+	}
+	s.http.SetConfig(cfg)
+	s.cfg = cfg
+	s.log.Info("config reloaded", "file", s.opt.ConfigPath, "nodes", len(cfg.Nodes))
+	return nil
+}
+
+// Config returns the config in effect.
+func (s *Server) Config() *site.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
+// Run serves until ctx ends or SIGTERM/SIGINT arrives, then drains and
+// returns nil; SIGHUP reloads the config. It fails early, naming the
+// service, when a port cannot be bound.
+func Run(ctx context.Context, opt Options) error {
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.TFTPPort == 0 {
+		opt.TFTPPort = 69
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 30 * time.Second
+	}
+	if opt.Images == nil {
+		opt.Images = httpboot.StateImages{StateDir: opt.StateDir}
+	}
+	if opt.Render == nil {
+		opt.Render = DefaultRender
+	}
+	if opt.Render == nil {
+		return errors.New("serve: no runtime overlay renderer (the overlays package is not linked in)")
+	}
+	cfg, err := site.Load(opt.ConfigPath, nil)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(opt.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	inv, err := inventory.Load(opt.StateDir)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	s := &Server{opt: opt, log: opt.Log, cfg: cfg}
+	bindIP := opt.Listen
+	if bindIP == "" {
+		bindIP = cfg.Server.Address
+	}
+	httpPort := cfg.Server.HTTPPort
+	if opt.HTTPPort != 0 {
+		httpPort = opt.HTTPPort
+	}
+
+	// DHCP first: in full mode it probes for a rival server before anything listens.
+	if cfg.DHCP.Mode != site.DHCPOff {
+		if opt.DHCP == nil {
+			return cfg.Doc.Errorf("dhcp.mode", "%s needs herd's DHCP service, which this build lacks; set dhcp.mode: off", cfg.DHCP.Mode)
+		}
+		s.dhcp, err = opt.DHCP(ctx, cfg, DHCPEnv{
+			StateDir: opt.StateDir, Force: opt.Force, Log: opt.Log.With("service", "dhcp"), Registry: reg,
+			Seen: func(mac, name, ip string) {
+				if err := inv.RecordDHCP(mac, name, ip, time.Now()); err != nil {
+					opt.Log.Error("record DHCP", "mac", mac, "err", err)
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("dhcp: %w", err)
+		}
+	}
+	var leases httpboot.LeaseLookup
+	if s.dhcp != nil {
+		leases = s.dhcp.Lease
+	}
+
+	s.tftp, err = tftp.New(tftp.Config{Root: cfg.Server.TFTPRoot, MaxTransfers: cfg.Server.MaxTFTP, Log: opt.Log, Registry: reg})
+	if err != nil {
+		s.stopDHCP()
+		return err
+	}
+	tconn, err := net.ListenPacket("udp4", net.JoinHostPort(bindIP, strconv.Itoa(opt.TFTPPort)))
+	if err != nil {
+		s.stopDHCP()
+		return fmt.Errorf("tftp: listen on %s port %d: %w", bindIP, opt.TFTPPort, err)
+	}
+	s.http, err = httpboot.New(cfg, httpboot.Options{
+		StateDir: opt.StateDir, Images: opt.Images, Render: opt.Render, Inventory: inv,
+		Leases: leases, Log: opt.Log, Registry: reg, Gatherer: reg,
+	})
+	if err != nil {
+		tconn.Close()
+		s.stopDHCP()
+		return err
+	}
+	hln, err := net.Listen("tcp4", net.JoinHostPort(bindIP, strconv.Itoa(httpPort)))
+	if err != nil {
+		tconn.Close()
+		s.stopDHCP()
+		return fmt.Errorf("http: listen on %s port %d: %w", bindIP, httpPort, err)
+	}
+	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 30 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() {
+		if err := s.tftp.Serve(tconn); err != nil {
+			errc <- fmt.Errorf("tftp: %w", err)
+		}
+	}()
+	go func() {
+		if err := hs.Serve(hln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	opt.Log.Warn("herd serving", "http", hln.Addr().String(), "tftp", tconn.LocalAddr().String(),
+		"dhcp", cfg.DHCP.Mode, "nodes", len(cfg.Nodes), "config", opt.ConfigPath)
+	if opt.Ready != nil {
+		opt.Ready(hln.Addr().String(), tconn.LocalAddr().String())
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
+	var runErr error
+loop:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				s.Reload()
+				continue
+			}
+			opt.Log.Warn("draining", "signal", sig.String())
+			break loop
+		case <-ctx.Done():
+			break loop
+		case runErr = <-errc:
+			break loop
+		}
+	}
+
+	// Drain: stop accepting, let downloads and TFTP transfers finish, bounded.
+	dctx, cancel := context.WithTimeout(context.Background(), opt.DrainTimeout)
+	defer cancel()
+	s.stopDHCPctx(dctx)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := hs.Shutdown(dctx); err != nil {
+			opt.Log.Warn("http drain cut short", "err", err)
+			hs.Close()
+		}
+	}()
+	go func() { defer wg.Done(); s.tftp.Shutdown() }()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-dctx.Done():
+		opt.Log.Warn("drain timeout: exiting with transfers still open", "timeout", opt.DrainTimeout)
+	}
+	opt.Log.Warn("herd stopped")
+	return runErr
+}
+
+func (s *Server) stopDHCP() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.stopDHCPctx(ctx)
+}
+
+func (s *Server) stopDHCPctx(ctx context.Context) {
+	if s.dhcp != nil {
+		if err := s.dhcp.Shutdown(ctx); err != nil {
+			s.log.Warn("dhcp shutdown", "err", err)
+		}
+	}
+}
