@@ -165,7 +165,7 @@ func (s *System) setupCache(ctx context.Context, p *Params, rep *Reporter, mnt s
 		}
 	} else {
 		var err error
-		part, err = waitPartition(ctx, ch.Disk.Dev)
+		part, err = WaitPartition(ctx, ch.Disk.Dev, ch.Disk.Content.PartStart, ch.Disk.Content.PartSize)
 		if err != nil {
 			rep.Report(ctx, StageError, 0, "cache disk %s: %v; running from RAM", ch.Disk.Dev, err)
 			return ImageDir{}, false

@@ -22,6 +22,8 @@ type Content struct {
 	Herd bool
 	// HerdFormatted: that partition also holds ext4 labelled herd-cache.
 	HerdFormatted bool
+	// PartStart and PartSize locate herd's partition in bytes.
+	PartStart, PartSize int64
 	// What describes a non-blank, non-herd disk for the console and events.
 	What string
 }
@@ -54,8 +56,8 @@ func Inspect(r io.ReaderAt, size int64) (Content, error) {
 		return c, nil
 	}
 	for _, sector := range []int64{512, 4096} {
-		if p, ok := herdPartition(r, head, sector); ok {
-			c.Herd = true
+		if p, size, ok := herdPartition(r, head, sector); ok {
+			c.Herd, c.PartStart, c.PartSize = true, p, size
 			sb := make([]byte, 1024)
 			if _, err := r.ReadAt(sb, p+1024); err == nil && isExt(sb) && extLabel(sb) == CacheLabel {
 				c.HerdFormatted = true
@@ -77,24 +79,23 @@ func allZero(b []byte) bool {
 }
 
 // herdPartition parses a GPT (header at LBA 1) and returns the byte offset
-// of its partition when the table holds exactly one partition, named
-// herd-cache. Anything else — more partitions, another name — is foreign.
-func herdPartition(r io.ReaderAt, head []byte, sector int64) (int64, bool) {
+// and size of its partition when the table holds exactly one partition,
+// named herd-cache. Anything else — more partitions, another name — is foreign.
+func herdPartition(r io.ReaderAt, head []byte, sector int64) (start, size int64, ok bool) {
 	h := head[sector : sector+92]
 	if string(h[:8]) != "EFI PART" {
-		return 0, false
+		return 0, 0, false
 	}
 	entLBA := int64(binary.LittleEndian.Uint64(h[72:]))
 	n := int64(binary.LittleEndian.Uint32(h[80:]))
 	esz := int64(binary.LittleEndian.Uint32(h[84:]))
 	if esz < 128 || esz > 4096 || n < 1 || n > 1024 {
-		return 0, false
+		return 0, 0, false
 	}
 	ents := make([]byte, n*esz)
 	if _, err := r.ReadAt(ents, entLBA*sector); err != nil {
-		return 0, false
+		return 0, 0, false
 	}
-	var start int64
 	used := 0
 	for i := int64(0); i < n; i++ {
 		e := ents[i*esz : (i+1)*esz]
@@ -104,9 +105,10 @@ func herdPartition(r io.ReaderAt, head []byte, sector int64) (int64, bool) {
 		used++
 		if gptName(e[56:128]) == CacheLabel {
 			start = int64(binary.LittleEndian.Uint64(e[32:])) * sector
+			size = (int64(binary.LittleEndian.Uint64(e[40:]))+1)*sector - start
 		}
 	}
-	return start, used == 1 && start > 0
+	return start, size, used == 1 && start > 0 && size > 0
 }
 
 func gptName(b []byte) string {

@@ -2,15 +2,18 @@ package nodeboot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"golang.org/x/sys/unix"
 )
 
 // Prepare turns a blank disk (or one whose herd partition lost its
@@ -31,12 +34,19 @@ func Prepare(ctx context.Context, dev, mke2fs string) (string, error) {
 	if !c.Blank && !c.Herd {
 		return "", fmt.Errorf("prepare %s: refusing, it holds %s", dev, c.What)
 	}
+	start, psize := c.PartStart, c.PartSize
 	if c.Blank {
-		if err := writeGPT(dev); err != nil {
+		if start, psize, err = writeGPT(dev); err != nil {
+			return "", err
+		}
+		// go-diskfs holds the disk open with O_EXCL while it asks the kernel
+		// to re-read the table, and the kernel refuses (EBUSY) on a claimed
+		// disk; ask again now that it is closed.
+		if err := rereadPartitions(ctx, dev); err != nil {
 			return "", err
 		}
 	}
-	part, err := waitPartition(ctx, dev)
+	part, err := WaitPartition(ctx, dev, start, psize)
 	if err != nil {
 		return "", err
 	}
@@ -50,10 +60,11 @@ func Prepare(ctx context.Context, dev, mke2fs string) (string, error) {
 	return part, nil
 }
 
-func writeGPT(dev string) error {
+// writeGPT writes herd's GPT and returns the partition's byte range.
+func writeGPT(dev string) (start, size int64, err error) {
 	d, err := diskfs.Open(dev, diskfs.WithOpenMode(diskfs.ReadWriteExclusive))
 	if err != nil {
-		return fmt.Errorf("open %s for partitioning: %w", dev, err)
+		return 0, 0, fmt.Errorf("open %s for partitioning: %w", dev, err)
 	}
 	defer d.Close()
 	sector := uint64(d.LogicalBlocksize)
@@ -62,14 +73,15 @@ func writeGPT(dev string) error {
 	}
 	total := uint64(d.Size) / sector
 	// Start at 1 MiB; end 1 MiB before the end (backup GPT + alignment).
-	start := uint64(mib) / sector
+	first := uint64(mib) / sector
 	end := total - uint64(mib)/sector - 1
 	table := &gpt.Table{
 		LogicalSectorSize:  int(sector),
 		PhysicalSectorSize: int(d.PhysicalBlocksize),
 		ProtectiveMBR:      true,
 		Partitions: []*gpt.Partition{{
-			Start: start,
+			Index: 1,
+			Start: first,
 			End:   end,
 			Type:  gpt.LinuxFilesystem,
 			Name:  CacheLabel,
@@ -79,9 +91,37 @@ func writeGPT(dev string) error {
 		table.PhysicalSectorSize = int(sector)
 	}
 	if err := d.Partition(table); err != nil {
-		return fmt.Errorf("write GPT on %s: %w", dev, err)
+		return 0, 0, fmt.Errorf("write GPT on %s: %w", dev, err)
 	}
-	return nil
+	return int64(first * sector), int64((end - first + 1) * sector), nil
+}
+
+// rereadPartitions asks the kernel to re-read dev's partition table
+// (BLKRRPART), retrying while udev or blkid briefly hold the disk.
+func rereadPartitions(ctx context.Context, dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Mode()&os.ModeDevice == 0 {
+		return err // a disk image file (tests): nothing to re-read
+	}
+	for i := 0; ; i++ {
+		_, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKRRPART)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || i == 50 {
+			return fmt.Errorf("re-read partition table of %s: %w", dev, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // PartitionDev names partition 1 of a whole-disk device the way the kernel
@@ -94,9 +134,11 @@ func PartitionDev(dev string) string {
 	return dev + "1"
 }
 
-// waitPartition waits for the kernel (devtmpfs/udev) to create the
-// partition's device node after the table was re-read.
-func waitPartition(ctx context.Context, dev string) (string, error) {
+// WaitPartition returns the node of partition 1 of dev (at start, size
+// bytes), waiting for the kernel and devtmpfs to create it. A kernel built
+// without GPT support never does; then the partition is registered by hand
+// (BLKPG_ADD_PARTITION, as partx -a does) from the range herd read itself.
+func WaitPartition(ctx context.Context, dev string, start, size int64) (string, error) {
 	real, err := filepath.EvalSymlinks(dev)
 	if err != nil {
 		return "", err
@@ -106,6 +148,21 @@ func waitPartition(ctx context.Context, dev string) (string, error) {
 		if st, err := os.Stat(part); err == nil && st.Mode()&os.ModeDevice != 0 {
 			return part, nil
 		}
+		if i == 10 && start > 0 && size > 0 {
+			if _, err := os.Stat(filepath.Join("/sys/class/block", filepath.Base(part))); err != nil {
+				if err := addPartition(real, start, size); err != nil {
+					return "", err
+				}
+			}
+		}
+		// Without devtmpfs/udev the kernel knows the partition (sysfs) but
+		// nobody creates its node: make it from /sys/class/block/<p>/dev.
+		if mm := readTrim(filepath.Join("/sys/class/block", filepath.Base(part), "dev")); mm != "" {
+			var maj, mnr uint32
+			if _, err := fmt.Sscanf(mm, "%d:%d", &maj, &mnr); err == nil {
+				unix.Mknod(part, unix.S_IFBLK|0o660, int(unix.Mkdev(maj, mnr)))
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
@@ -113,4 +170,19 @@ func waitPartition(ctx context.Context, dev string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("partition %s did not appear after writing the GPT on %s", part, dev)
+}
+
+// addPartition registers partition 1 of dev with the kernel (BLKPG).
+func addPartition(dev string, start, size int64) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer f.Close()
+	p := unix.BlkpgPartition{Start: start, Length: size, Pno: 1}
+	arg := unix.BlkpgIoctlArg{Op: unix.BLKPG_ADD_PARTITION, Datalen: int32(unsafe.Sizeof(p)), Data: (*byte)(unsafe.Pointer(&p))}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKPG, uintptr(unsafe.Pointer(&arg))); e != 0 && e != unix.EBUSY {
+		return fmt.Errorf("register partition 1 of %s with the kernel (BLKPG): %w", dev, e)
+	}
+	return nil
 }
