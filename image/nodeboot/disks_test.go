@@ -91,6 +91,7 @@ func writeGPTHeader(t *testing.T, path string, names ...string) {
 		e := make([]byte, 128)
 		e[0] = 0xAF // non-zero type GUID
 		binary.LittleEndian.PutUint64(e[32:], 2048)
+		binary.LittleEndian.PutUint64(e[40:], 2048+100000)
 		for j, u := range utf16.Encode([]rune(n)) {
 			binary.LittleEndian.PutUint16(e[56+2*j:], u)
 		}
