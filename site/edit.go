@@ -120,14 +120,44 @@ func edit(path string, fn func(doc *yaml.Node) error) error {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
 	enc.Close()
-	if _, err := Parse(path+" (edited)", b.Bytes()); err != nil {
+	out := keepBlankLines(data, b.Bytes())
+	if _, err := Parse(path+" (edited)", out); err != nil {
 		return fmt.Errorf("refusing the edit, the result would be invalid: %w", err)
 	}
 	mode := os.FileMode(0o644)
 	if st, err := os.Stat(path); err == nil {
 		mode = st.Mode().Perm()
 	}
-	return atomicfile.WriteFile(path, b.Bytes(), mode)
+	return atomicfile.WriteFile(path, out, mode)
+}
+
+// keepBlankLines puts back the blank lines that separated top-level
+// sections in the original (yaml.v3 keeps comments but drops blank lines).
+func keepBlankLines(orig, out []byte) []byte {
+	blankBefore := map[string]bool{}
+	prevBlank := false
+	for _, l := range strings.Split(string(orig), "\n") {
+		if strings.TrimSpace(l) == "" {
+			prevBlank = true
+			continue
+		}
+		if prevBlank && l[0] != ' ' && l[0] != '\t' && l[0] != '-' {
+			blankBefore[l[:strings.IndexAny(l+":", ":#")]] = true
+		}
+		prevBlank = false
+	}
+	var b strings.Builder
+	lines := strings.Split(string(out), "\n")
+	for i, l := range lines {
+		if i > 0 && l != "" && l[0] != ' ' && l[0] != '-' && blankBefore[l[:strings.IndexAny(l+":", ":#")]] {
+			b.WriteString("\n")
+		}
+		b.WriteString(l)
+		if i < len(lines)-1 {
+			b.WriteString("\n")
+		}
+	}
+	return []byte(b.String())
 }
 
 // nodesSeq finds the top-level nodes sequence, creating it if asked.

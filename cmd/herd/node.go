@@ -1,0 +1,203 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/site"
+)
+
+// nodeView is one node as `herd node list|show` prints it: herd.yaml's
+// entry joined with what the server saw.
+type nodeView struct {
+	Name       string            `json:"name"`
+	MAC        string            `json:"mac"`
+	IP         string            `json:"ip,omitempty"`
+	Image      string            `json:"image_pin,omitempty"`
+	KernelArgs string            `json:"kernel_args,omitempty"`
+	Configured bool              `json:"configured"`
+	Seen       *inventory.Record `json:"seen,omitempty"`
+}
+
+func nodeViews(cfg *site.Config, inv *inventory.Inventory) []nodeView {
+	var out []nodeView
+	seen := map[string]bool{}
+	for _, n := range cfg.Nodes {
+		v := nodeView{Name: n.Name, MAC: n.MAC, IP: n.IP, Image: n.Image, KernelArgs: n.KernelArgs, Configured: true}
+		if r, ok := inv.Get(n.MAC); ok {
+			v.Seen = &r
+		}
+		seen[n.MAC] = true
+		out = append(out, v)
+	}
+	// MACs the server met that herd.yaml does not name (discovered).
+	for _, r := range inv.Records() {
+		if !seen[r.MAC] {
+			r := r
+			out = append(out, nodeView{Name: r.Name, MAC: r.MAC, Seen: &r})
+		}
+	}
+	return out
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return dash(id)
+}
+
+func init() {
+	var asJSON bool
+	nodeCmd := &cobra.Command{Use: "node", Short: "List, show, add and remove nodes (herd.yaml plus what the server saw)"}
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List nodes with their last DHCP, boot stage and image",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadSite(true)
+			if err != nil {
+				return err
+			}
+			inv, err := inventory.Load(globals.state)
+			if err != nil {
+				return err
+			}
+			views := nodeViews(cfg, inv)
+			if asJSON {
+				if views == nil {
+					views = []nodeView{}
+				}
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(views)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS")
+			for _, v := range views {
+				name := v.Name
+				if !v.Configured {
+					name = dash(name) + " (not in herd.yaml)"
+				}
+				ip, dhcp, stage, when, img, boots := v.IP, "-", "-", "-", "-", 0
+				if r := v.Seen; r != nil {
+					if ip == "" {
+						ip = r.LastDHCPIP
+					}
+					dhcp, stage, when, img, boots = ago(r.LastDHCP), dash(r.Stage), ago(r.StageTime), short(r.Image), r.Boots
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", name, v.MAC, dash(ip), dhcp, stage, when, img, boots)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	show := &cobra.Command{
+		Use:   "show NAME|MAC",
+		Short: "Show one node in full",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadSite(true)
+			if err != nil {
+				return err
+			}
+			inv, err := inventory.Load(globals.state)
+			if err != nil {
+				return err
+			}
+			for _, v := range nodeViews(cfg, inv) {
+				if v.Name == args[0] || sameMAC(v.MAC, args[0]) {
+					if asJSON {
+						enc := json.NewEncoder(cmd.OutOrStdout())
+						enc.SetIndent("", "  ")
+						return enc.Encode(v)
+					}
+					w := cmd.OutOrStdout()
+					fmt.Fprintf(w, "name:        %s\nmac:         %s\nip:          %s\nin herd.yaml: %v\n", dash(v.Name), v.MAC, dash(v.IP), v.Configured)
+					if v.Image != "" {
+						fmt.Fprintf(w, "image pin:   %s\n", v.Image)
+					}
+					if v.KernelArgs != "" {
+						fmt.Fprintf(w, "kernel args: %s\n", v.KernelArgs)
+					}
+					if r := v.Seen; r != nil {
+						fmt.Fprintf(w, "last DHCP:   %s (%s)\n", ago(r.LastDHCP), dash(r.LastDHCPIP))
+						fmt.Fprintf(w, "script:      %s (image %s)\n", ago(r.ScriptServed), short(r.ScriptImage))
+						fmt.Fprintf(w, "last stage:  %s %d%% %s (%s, from %s)\n", dash(r.Stage), r.Percent, r.Message, ago(r.StageTime), dash(r.Address))
+						fmt.Fprintf(w, "booted:      image %s, kernel %s, nvidia %s (%s)\n", dash(r.Image), dash(r.Kernel), dash(r.NVIDIA), ago(r.UpTime))
+						fmt.Fprintf(w, "boots:       %d (errors %d)\n", r.Boots, r.Errors)
+					} else {
+						fmt.Fprintln(w, "seen:        never")
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no node %q in %s or the inventory", args[0], globals.config)
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var add site.Node
+	addCmd := &cobra.Command{
+		Use:   "add NAME MAC",
+		Short: "Add a node to herd.yaml (comments kept; the file is validated before it is replaced)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n := add
+			n.Name, n.MAC = args[0], args[1]
+			if err := site.AddNode(globals.config, n); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added %s (%s) to %s; a running herd serve picks it up on SIGHUP\n", n.Name, n.MAC, globals.config)
+			return nil
+		},
+	}
+	addCmd.Flags().StringVar(&add.IP, "ip", "", "reserved address (required in full DHCP mode)")
+	addCmd.Flags().StringVar(&add.Image, "image", "", "pin the node to this image ID")
+	addCmd.Flags().StringVar(&add.KernelArgs, "kernel-args", "", "extra kernel arguments")
+	addCmd.Flags().StringVar(&add.CacheDisk, "cache-disk", "", "cache disk for this node (auto, none, /dev/disk/by-id/...)")
+
+	rm := &cobra.Command{
+		Use:   "rm NAME|MAC",
+		Short: "Remove a node from herd.yaml (its records and keys under --state stay)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := site.RemoveNode(globals.config, args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s) from %s\n", n.Name, n.MAC, globals.config)
+			return nil
+		},
+	}
+	nodeCmd.AddCommand(list, show, addCmd, rm)
+	root.AddCommand(nodeCmd)
+}
+
+func sameMAC(a, b string) bool {
+	x, err1 := net.ParseMAC(a)
+	y, err2 := net.ParseMAC(b)
+	return err1 == nil && err2 == nil && x.String() == y.String()
+}
