@@ -1,0 +1,98 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/site"
+	"github.com/herdlab/herd/testlab"
+)
+
+// TestDoctor runs the checks inside a namespace with a real bridge: all
+// pass, then a taken HTTP port, a missing address and a damaged artifact fail.
+func TestDoctor(t *testing.T) {
+	testenv.RequireNetns(t)
+	ns, err := testlab.NewNetns("doctor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.AddBridge("br-herd", "10.91.0.1/24"); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	id := publish(t, state, map[string]int{manifest.Kernel: 1000, manifest.Initrd: 1000, manifest.Rootfs: 1000})
+	cfg, err := site.Parse("herd.yaml", []byte(`server:
+  interface: br-herd
+  address: 10.91.0.1
+dhcp:
+  mode: proxy
+overlays: [base]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(c *site.Config, hash bool) (res []Check) {
+		if err := ns.Do(func() error {
+			res = Doctor(context.Background(), c, DoctorOptions{StateDir: state, Hash: hash})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	failed := func(res []Check) []string {
+		var f []string
+		for _, c := range res {
+			if !c.OK {
+				f = append(f, c.Name+": "+c.Detail)
+			}
+		}
+		return f
+	}
+	if f := failed(run(cfg, true)); len(f) != 0 {
+		t.Fatalf("healthy set-up failed: %v", f)
+	}
+
+	// Take the HTTP port inside the namespace.
+	var l net.Listener
+	ns.Do(func() (err error) { l, err = net.Listen("tcp4", "10.91.0.1:8080"); return })
+	if l == nil {
+		t.Fatal("could not occupy the port")
+	}
+	f := failed(run(cfg, false))
+	l.Close()
+	if len(f) != 1 || !strings.Contains(f[0], "port http tcp/8080") {
+		t.Errorf("taken port: %v", f)
+	}
+
+	// An address the interface does not have.
+	bad := *cfg
+	bad.Server.Address = "10.91.0.9"
+	if f := failed(run(&bad, false)); len(f) == 0 || !strings.Contains(strings.Join(f, "\n"), "10.91.0.9 is not on br-herd") {
+		t.Errorf("wrong address: %v", f)
+	}
+
+	// A damaged rootfs (same size) fails the hash check only.
+	p := filepath.Join(state, "images", id, manifest.Rootfs)
+	b, _ := os.ReadFile(p)
+	b[0] ^= 0xff
+	os.WriteFile(p, b, 0o644)
+	if f := failed(run(cfg, false)); len(f) != 0 {
+		t.Errorf("size check failed on a same-size file: %v", f)
+	}
+	if f := failed(run(cfg, true)); len(f) != 1 || !strings.Contains(f[0], "sha256") {
+		t.Errorf("hash check: %v", f)
+	}
+	os.Remove(filepath.Join(state, "current"))
+	if f := failed(run(cfg, false)); len(f) != 1 || !strings.Contains(f[0], "no image is current") {
+		t.Errorf("no current: %v", fmt.Sprint(f))
+	}
+}
