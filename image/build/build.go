@@ -1,0 +1,356 @@
+// Package build turns a recipe into an image: stages bootstrap (mmdebstrap)
+// → packages (the pinned NVIDIA driver, post commands, apt pins) → overlays
+// → initramfs → pack (mksquashfs). Each stage's output is cached under
+// <state>/stages/<key>, where the key hashes the previous key, the stage's
+// definition and the exact package versions or files it puts in, so a driver
+// bump rebuilds only from the packages stage on and an unchanged recipe
+// returns the same image without redoing work.
+//
+// Stages after bootstrap work on an overlayfs over the earlier stages'
+// layers and keep only their upper directory, so the cache stores each
+// change once. All mounts live in a private mount namespace of one thread
+// and all commands in their own PID namespace: a killed build leaves no
+// mount and no process behind, and the store's lock plus an atomic publish
+// leave no partial image.
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/recipe"
+)
+
+// Store is the part of image/store a build needs (see HACKING.md).
+type Store interface {
+	Lock(ctx context.Context) (unlock func(), err error)
+	StagingDir() (string, error)
+	Publish(stagingDir string, m *manifest.Manifest) (id string, err error)
+}
+
+// Options configure one build.
+type Options struct {
+	// StateDir is herd's state directory (stages/, debs/, keyrings/, tmp/).
+	StateDir string
+	Store    Store
+	// Overlays renders the recipe's system overlays (package overlays, wired
+	// by cmd/herd with the site config); nil only works for recipes with none.
+	Overlays func(names []string) (OverlaySet, error)
+	// AgentPath is the static herd-boot binary put into the initramfs;
+	// "" searches HERD_BOOT_BIN, next to the running executable, /usr/lib/herd.
+	AgentPath   string
+	HerdVersion string
+	// NoCache rebuilds every stage even when a cached output exists.
+	NoCache bool
+	// UpdateLock ignores the recipe's lock file and rewrites it.
+	UpdateLock bool
+	// Progress receives stage lines; Terminal redraws elapsed time in place.
+	Progress io.Writer
+	Terminal bool
+}
+
+// Result is what a build produced.
+type Result struct {
+	ID string
+	// Manifest is this build's record (its Stages say what was reused),
+	// even when the published image already existed.
+	Manifest *manifest.Manifest
+	// LogPath is the build log inside the image directory.
+	LogPath string
+}
+
+// BuildError is a failed build: the cause plus where its full log is.
+type BuildError struct {
+	Err     error
+	LogPath string
+	Tail    []string // the log's last lines
+}
+
+func (e *BuildError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%v\n--- last %d lines of %s ---\n", e.Err, len(e.Tail), e.LogPath)
+	for _, l := range e.Tail {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func (e *BuildError) Unwrap() error { return e.Err }
+
+type builder struct {
+	recipe  *recipe.Recipe
+	opts    Options
+	state   string
+	tmp     string
+	log     io.Writer
+	logPath string
+	prog    *progress
+}
+
+// Build builds r and publishes the image into the store; it holds the store
+// lock for the whole build.
+func Build(ctx context.Context, r *recipe.Recipe, opts Options) (*Result, error) {
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.Overlays == nil {
+		opts.Overlays = func(names []string) (OverlaySet, error) {
+			if len(names) > 0 {
+				return nil, fmt.Errorf("recipe %s lists overlays %v but this build has no overlay renderer", r.Path, names)
+			}
+			return emptySet{}, nil
+		}
+	}
+	if opts.HerdVersion == "" {
+		opts.HerdVersion = "dev"
+	}
+	for _, tool := range []string{"mmdebstrap", "mksquashfs", "unshare", "chroot", "gpg", "apt-get", "dpkg-query", "rm"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s is not installed (make deps installs it): %w", tool, err)
+		}
+	}
+	agent, err := findAgent(opts.AgentPath)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{recipe: r, opts: opts, state: opts.StateDir, tmp: filepath.Join(opts.StateDir, "tmp"),
+		prog: newProgress(opts.Progress, opts.Terminal)}
+	unlock, err := opts.Store.Lock(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lock the store: %w", err)
+	}
+	defer unlock()
+	for _, d := range []string{"stages", "debs", "keyrings", "tmp", "logs"} {
+		if err := os.MkdirAll(filepath.Join(b.state, d), 0o755); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
+	if err := cleanStale(b.tmp); err != nil {
+		return nil, err
+	}
+	staging, err := opts.Store.StagingDir()
+	if err != nil {
+		return nil, fmt.Errorf("staging dir: %w", err)
+	}
+	b.logPath = filepath.Join(staging, "build.log")
+	logf, err := os.OpenFile(b.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		os.RemoveAll(staging)
+		return nil, fmt.Errorf("build log: %w", err)
+	}
+	b.log = logf
+	res, err := b.build(ctx, staging, agent)
+	logf.Close()
+	if err != nil {
+		kept := filepath.Join(b.state, "logs", fmt.Sprintf("build-%s-%s.log", r.Name, time.Now().UTC().Format("20060102T150405")))
+		if cerr := copyFile(b.logPath, kept, 0o644); cerr != nil {
+			kept = b.logPath
+		}
+		removeTree(staging)
+		return nil, &BuildError{Err: err, LogPath: kept, Tail: tailLines(kept, 20)}
+	}
+	return res, nil
+}
+
+func (b *builder) build(ctx context.Context, staging, agent string) (*Result, error) {
+	r := b.recipe
+	fmt.Fprintf(b.log, "herd %s: building recipe %s (%s) at %s\n", b.opts.HerdVersion, r.Name, r.Path, time.Now().UTC().Format(time.RFC3339))
+	start := time.Now()
+	b.prog.start("resolve")
+	keyring, err := b.ensureKeyring(ctx)
+	if err != nil {
+		b.prog.done("resolve", time.Since(start), false, err)
+		return nil, err
+	}
+	res, err := b.resolve(ctx, keyring)
+	b.prog.done("resolve", time.Since(start), false, err)
+	if err != nil {
+		return nil, err
+	}
+	files, err := b.opts.Overlays(r.Overlays)
+	if err != nil {
+		return nil, fmt.Errorf("overlays: %w", err)
+	}
+	stages, err := b.plan(keyring, res, files, agent)
+	if err != nil {
+		return nil, err
+	}
+	m := &manifest.Manifest{
+		Created: time.Now().UTC(), Recipe: r.Name, RecipeSHA256: r.SHA256, HerdVersion: b.opts.HerdVersion,
+		Distribution: r.Distribution, Suite: r.Suite, KernelABI: r.KernelRelease(), NVIDIA: r.NVIDIAVersion(),
+		Overlays: files.Files(),
+	}
+	var layers []string // outputs of finished stages, top first
+	for _, s := range stages {
+		t0 := time.Now()
+		cached := !b.opts.NoCache && s.Verify()
+		b.prog.start(s.name)
+		if !cached {
+			err = s.Run(ctx, layers)
+			s.Cleanup()
+		}
+		secs := time.Since(t0)
+		b.prog.done(s.name, secs, cached, err)
+		if err != nil {
+			return nil, fmt.Errorf("stage %s: %w", s.name, b.fetchError(err))
+		}
+		fmt.Fprintf(b.log, "stage %s key %s cached=%v %.1fs\n", s.name, s.key, cached, secs.Seconds())
+		m.Stages = append(m.Stages, manifest.Stage{Name: s.name, Key: s.key, Cached: cached, Seconds: secs.Seconds()})
+		if s.layer != "" {
+			layers = append([]string{filepath.Join(s.dir(), s.layer)}, layers...)
+		}
+	}
+	packed := stages[len(stages)-1].dir()
+	if m.Packages, err = readPackages(filepath.Join(packed, "packages.tsv")); err != nil {
+		return nil, err
+	}
+	if got := m.Packages["linux-image-"+r.KernelRelease()]; got == "" {
+		return nil, fmt.Errorf("the image has no linux-image-%s installed", r.KernelRelease())
+	}
+	for _, a := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
+		// Hard links: images are immutable and so are stage outputs.
+		if err := os.Link(filepath.Join(packed, a), filepath.Join(staging, a)); err != nil {
+			return nil, fmt.Errorf("stage artifact %s: %w", a, err)
+		}
+	}
+	fmt.Fprintf(b.log, "build finished in %.1fs\n", time.Since(start).Seconds())
+	id, err := b.opts.Store.Publish(staging, m)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	m.ID = id
+	if res.changed {
+		if err := res.pinned.Write(r.LockPath(), r.Name); err != nil {
+			return nil, fmt.Errorf("write lock file: %w", err)
+		}
+		fmt.Fprintf(b.opts.Progress, "wrote %s\n", r.LockPath())
+	}
+	return &Result{ID: id, Manifest: m, LogPath: filepath.Join(b.state, "images", id, "build.log")}, nil
+}
+
+// OverlaySet is a rendered set of system overlay files.
+type OverlaySet interface {
+	// Files describes every file (with its sha256) for the stage key and the manifest.
+	Files() []manifest.OverlayFile
+	// Apply writes the files into an image tree.
+	Apply(root string) error
+}
+
+type emptySet struct{}
+
+func (emptySet) Files() []manifest.OverlayFile { return nil }
+func (emptySet) Apply(string) error            { return nil }
+
+// findAgent locates the static herd-boot binary for the initramfs.
+func findAgent(explicit string) (string, error) {
+	cands := []string{explicit}
+	if explicit == "" {
+		cands = []string{os.Getenv("HERD_BOOT_BIN")}
+		if exe, err := os.Executable(); err == nil {
+			cands = append(cands, filepath.Join(filepath.Dir(exe), "herd-boot"))
+		}
+		cands = append(cands, "/usr/lib/herd/herd-boot")
+	}
+	for _, c := range cands {
+		if c == "" {
+			continue
+		}
+		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("herd-boot agent not found (tried %s): run `make build` or set HERD_BOOT_BIN",
+		strings.Join(nonEmpty(cands), ", "))
+}
+
+func nonEmpty(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// cleanStale removes what a killed build left in <state>/tmp. It runs under
+// the store lock, so no other build is using it. rm --one-file-system never
+// descends into anything mounted there.
+func cleanStale(tmp string) error {
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return fmt.Errorf("clean %s: %w", tmp, err)
+	}
+	for _, e := range ents {
+		if err := removeTree(filepath.Join(tmp, e.Name())); err != nil {
+			return fmt.Errorf("remove stale staging: %w", err)
+		}
+	}
+	return nil
+}
+
+// removeTree deletes a tree without crossing into other file systems.
+func removeTree(p string) error {
+	out, err := exec.Command("rm", "-rf", "--one-file-system", "--", p).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("rm %s: %v: %s", p, err, out)
+	}
+	return nil
+}
+
+func copyFile(src, dst string, perm os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// tailLines returns the last n lines of a file.
+func tailLines(path string, n int) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}
+
+// readPackages reads "name\tversion" lines written by the pack stage.
+func readPackages(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("installed packages: %w", err)
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(string(data), "\n") {
+		if name, ver, ok := strings.Cut(l, "\t"); ok {
+			out[name] = ver
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("installed packages: dpkg reports none")
+	}
+	return out, nil
+}

@@ -1,0 +1,203 @@
+package build
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/herdlab/herd/image/recipe"
+)
+
+// PinDriftError says a pinned package would resolve to another version than
+// the recipe or the lock file asks for (an end-of-life NVIDIA branch turning
+// into a transitional package, an archive dropping an old version...).
+type PinDriftError struct {
+	Package string
+	Wanted  string // the version the recipe or lock asks for
+	Source  string // "recipe" or the lock file's path
+	Archive string // what the archive resolves it to ("" when it has none)
+}
+
+func (e *PinDriftError) Error() string {
+	have := e.Archive
+	if have == "" {
+		have = "no installable version"
+	}
+	return fmt.Sprintf("pinned package %s: %s wants version %s, but the archive resolves it to %s", e.Package, e.Source, e.Wanted, have)
+}
+
+// pinWant is the version a pinned package must have and who asks for it.
+type pinWant struct{ version, source string }
+
+// resolution is what the archive would install for the recipe.
+type resolution struct {
+	pinned  recipe.Lock       // every pinned package -> exact version
+	base    map[string]string // closure of the bootstrap packages
+	all     map[string]string // closure of everything
+	changed bool              // the lock file needs (re)writing
+}
+
+// digest hashes a closure for stage keys.
+func digest(m map[string]string) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s=%s\n", n, m[n])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// resolve downloads the archive's package indices (verified with keyring)
+// into a throwaway tree and asks apt, without installing anything, which
+// exact versions the recipe's packages and their dependencies resolve to.
+// It fails with a PinDriftError when a pinned version is not what apt would
+// install.
+func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, error) {
+	r := b.recipe
+	dir, err := os.MkdirTemp(b.tmp, "resolve-")
+	if err != nil {
+		return nil, fmt.Errorf("resolve: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	tree := filepath.Join(dir, "tree")
+	args := []string{"--variant=extract", "--keyring=" + keyring, "--skip=cleanup/apt/lists",
+		"--components=" + strings.Join(r.Components, ","), r.Suite, tree}
+	args = append(args, b.mirrorArgs()...)
+	if err := inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) }); err != nil {
+		return nil, fmt.Errorf("download package indices: %w", err)
+	}
+	lock, err := recipe.ReadLock(r.LockPath())
+	if err != nil {
+		return nil, err
+	}
+	if b.opts.UpdateLock {
+		lock = nil
+	}
+	res := &resolution{pinned: recipe.Lock{}, changed: lock == nil}
+	// wanted: the version each pinned package must have, and who says so.
+	wanted := map[string]pinWant{}
+	spec := func(pkgs []recipe.Package) []string {
+		var out []string
+		for _, p := range pkgs {
+			w := pinWant{}
+			switch {
+			case p.Version != "":
+				w = pinWant{p.Version, "the recipe"}
+			case lock[p.Name] != "":
+				w = pinWant{lock[p.Name], "lock file " + r.LockPath()}
+			}
+			wanted[p.Name] = w
+			if w.version != "" {
+				out = append(out, p.Name+"="+w.version)
+			} else {
+				out = append(out, p.Name)
+			}
+		}
+		return out
+	}
+	apt := func(extra ...string) *exec.Cmd {
+		a := []string{"-o", "Dir=" + tree, "-o", "Dir::State::status=" + filepath.Join(tree, "var/lib/dpkg/status"),
+			"-o", "Dir::Etc::Trusted=" + keyring, "-o", "Debug::NoLocking=true"}
+		return exec.CommandContext(ctx, extra[0], append(a, extra[1:]...)...)
+	}
+	simulate := func(specs []string) (map[string]string, error) {
+		cmd := apt(append([]string{"apt-get", "install", "-s", "-q", "--no-install-recommends"}, specs...)...)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Env = append(os.Environ(), "LC_ALL=C")
+		err := cmd.Run()
+		b.log.Write(out.Bytes())
+		if err != nil {
+			return nil, b.explain(out.String(), wanted, func(pkg string) string {
+				pol := apt("apt-cache", "policy", pkg)
+				o, _ := pol.Output()
+				if m := regexp.MustCompile(`Candidate: (\S+)`).FindSubmatch(o); m != nil && string(m[1]) != "(none)" {
+					return string(m[1])
+				}
+				return ""
+			})
+		}
+		return parseInst(out.Bytes()), nil
+	}
+	baseSpecs := spec(r.BasePackages())
+	driverSpecs := spec(r.DriverPackages())
+	if res.base, err = simulate(baseSpecs); err != nil {
+		return nil, err
+	}
+	if res.all, err = simulate(append(baseSpecs, driverSpecs...)); err != nil {
+		return nil, err
+	}
+	for _, p := range r.AllPinned() {
+		got, ok := res.all[p.Name]
+		if !ok {
+			return nil, fmt.Errorf("package %s: apt would not install it (already provided?); remove it from the recipe", p.Name)
+		}
+		if w := wanted[p.Name]; w.version != "" && w.version != got {
+			return nil, &PinDriftError{Package: p.Name, Wanted: w.version, Source: w.source, Archive: got}
+		}
+		res.pinned[p.Name] = got
+		if lock != nil && lock[p.Name] != got {
+			res.changed = true
+		}
+	}
+	if lock != nil && len(lock) != len(res.pinned) {
+		res.changed = true
+	}
+	return res, nil
+}
+
+var instRE = regexp.MustCompile(`^Inst (\S+) (?:\[\S+\] )?\((\S+) `)
+
+// parseInst reads "Inst name (version suite [arch])" lines of apt-get -s.
+func parseInst(out []byte) map[string]string {
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if s := instRE.FindStringSubmatch(sc.Text()); s != nil {
+			m[s[1]] = s[2]
+		}
+	}
+	return m
+}
+
+var (
+	versionNotFoundRE = regexp.MustCompile(`Version '([^']+)' for '([^']+)' was not found`)
+	unableLocateRE    = regexp.MustCompile(`Unable to locate package (\S+)`)
+)
+
+// explain turns apt's refusal into an error naming the package and both
+// versions where it can.
+func (b *builder) explain(out string, wanted map[string]pinWant, candidate func(string) string) error {
+	if m := versionNotFoundRE.FindStringSubmatch(out); m != nil {
+		w := wanted[m[2]]
+		src := w.source
+		if src == "" {
+			src = "the recipe"
+		}
+		return &PinDriftError{Package: m[2], Wanted: m[1], Source: src, Archive: candidate(m[2])}
+	}
+	if m := unableLocateRE.FindStringSubmatch(out); m != nil {
+		return fmt.Errorf("package %s is not in %s %s (components %s): check the name, kernel.abi or nvidia.branch",
+			m[1], b.recipe.Distribution, b.recipe.Suite, strings.Join(b.recipe.Components, ","))
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "E: ") || strings.Contains(l, "Depends:") || strings.Contains(l, "Conflicts:") {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
+	return fmt.Errorf("apt cannot resolve the recipe's packages:\n  %s", strings.Join(lines, "\n  "))
+}

@@ -1,0 +1,404 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/herdlab/herd/image/initramfs"
+	"github.com/herdlab/herd/image/manifest"
+	"golang.org/x/sys/unix"
+)
+
+// stageVersion changes when a stage's implementation changes what it
+// produces, so old cache entries are not reused by a newer herd.
+const stageVersion = "herd-stage-v1"
+
+// mkfsTime fixes the squashfs creation time so identical trees give
+// identical bytes (and so the same image ID).
+const mkfsTime = "1700000000"
+
+// stage is one build step, debos style: Verify says whether its cached
+// output is complete, Run produces it, Cleanup removes its scratch space.
+type stage struct {
+	b     *builder
+	name  string
+	key   string
+	layer string // "root", "upper", or "" for a stage whose output is not a tree
+	work  string // scratch dir under <state>/tmp while running
+	run   func(ctx context.Context, out string, lowers []string) error
+}
+
+// dir is where the stage's finished output lives.
+func (s *stage) dir() string { return filepath.Join(s.b.state, "stages", s.key) }
+
+// Verify reports whether a complete cached output exists for the key.
+func (s *stage) Verify() bool {
+	_, err := os.Stat(filepath.Join(s.dir(), "done"))
+	return err == nil
+}
+
+// Run builds the stage's output in scratch space and renames it into the
+// cache only when complete, marked by a "done" file.
+func (s *stage) Run(ctx context.Context, lowers []string) error {
+	w, err := os.MkdirTemp(s.b.tmp, "stage-"+s.name+"-")
+	if err != nil {
+		return fmt.Errorf("scratch dir: %w", err)
+	}
+	s.work = w
+	out := filepath.Join(w, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		return err
+	}
+	if err := s.run(ctx, out, lowers); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "done"), []byte(s.key+"\n"), 0o644); err != nil {
+		return err
+	}
+	unix.Sync()
+	if _, err := os.Stat(s.dir()); err == nil { // --no-cache: replace the old entry
+		old := filepath.Join(w, "old")
+		if err := os.Rename(s.dir(), old); err != nil {
+			return fmt.Errorf("replace cached stage: %w", err)
+		}
+	}
+	if err := os.Rename(out, s.dir()); err != nil {
+		return fmt.Errorf("store stage output: %w", err)
+	}
+	return nil
+}
+
+// Cleanup removes the stage's scratch space.
+func (s *stage) Cleanup() {
+	if s.work != "" {
+		removeTree(s.work)
+		s.work = ""
+	}
+}
+
+// hashKey chains a stage key from its parts.
+func hashKey(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		fmt.Fprintf(h, "%d:%s\n", len(p), p)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:24]
+}
+
+// plan computes every stage's key and work.
+func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent string) ([]*stage, error) {
+	r := b.recipe
+	var basePins, driverPins []string
+	for _, p := range r.BasePackages() {
+		basePins = append(basePins, p.Name+"="+res.pinned[p.Name])
+	}
+	for _, p := range r.DriverPackages() {
+		driverPins = append(driverPins, p.Name+"="+res.pinned[p.Name])
+	}
+	var allPins []string
+	for _, p := range r.AllPinned() {
+		allPins = append(allPins, p.Name)
+	}
+	keyBytes, err := os.ReadFile(keyring)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	bootKey := hashKey(stageVersion, "bootstrap", r.Distribution, r.Suite, strings.Join(r.Components, ","), r.Mirror,
+		string(keyBytes), strings.Join(basePins, " "), digest(res.base))
+	pkgKey := hashKey(bootKey, "packages", strings.Join(driverPins, " "), digest(res.all), strings.Join(r.Post, "\x00"), strings.Join(allPins, " "))
+	ovlKey := hashKey(pkgKey, "overlays", filesDigest(files.Files()))
+	initDigest, err := initramfsDigest(agent, r.Initramfs.Modules)
+	if err != nil {
+		return nil, err
+	}
+	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
+	packKey := hashKey(initKey, "pack", "zstd-3", mkfsTime)
+
+	ss := []*stage{
+		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
+			return b.bootstrap(ctx, keyring, basePins, filepath.Join(out, "root"))
+		}},
+		{name: "packages", key: pkgKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
+			return b.onOverlay(ctx, out, lowers, true, func(root string) error {
+				return b.packages(ctx, root, keyring, driverPins, res.pinned)
+			})
+		}},
+		{name: "overlays", key: ovlKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
+			return b.onOverlay(ctx, out, lowers, false, func(root string) error {
+				return files.Apply(root)
+			})
+		}},
+		{name: "initramfs", key: initKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
+			return b.onOverlay(ctx, out, lowers, true, func(root string) error {
+				return b.initramfs(ctx, root, agent)
+			})
+		}},
+		{name: "pack", key: packKey, run: func(ctx context.Context, out string, lowers []string) error {
+			return b.pack(ctx, out, lowers)
+		}},
+	}
+	for _, s := range ss {
+		s.b = b
+	}
+	return ss, nil
+}
+
+// filesDigest hashes rendered overlay files (paths, owners, modes, content).
+func filesDigest(files []manifest.OverlayFile) string {
+	sorted := append([]manifest.OverlayFile(nil), files...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Path < sorted[j].Path })
+	h := sha256.New()
+	for _, f := range sorted {
+		fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d\x00%s\x00%s\n", f.Overlay, f.Path, f.Mode, f.UID, f.GID, f.Link, f.SHA256)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// initramfsDigest hashes exactly what initramfs.Install would write (it is
+// run into a scratch tree) plus the module list, so a new agent or boot
+// script rebuilds the initramfs stage and nothing before it.
+func initramfsDigest(agent string, modules []string) (string, error) {
+	dir, err := os.MkdirTemp("", "herd-initramfs-digest-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	hf := filepath.Join(dir, "usr/share/initramfs-tools/hook-functions")
+	if err := os.MkdirAll(filepath.Dir(hf), 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(hf, nil, 0o644); err != nil {
+		return "", err
+	}
+	if err := initramfs.Install(dir, agent); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "modules=%s\n", strings.Join(modules, ","))
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %o\n", rel, fi.Mode())
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			l, _ := os.Readlink(p)
+			fmt.Fprintf(h, "-> %s\n", l)
+		} else if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			h.Write(data)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// bootstrap runs mmdebstrap with the pinned base packages. Downloaded .debs
+// are hard-linked in from <state>/debs before and back out after, so no
+// package is downloaded twice across builds.
+func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, root string) error {
+	r := b.recipe
+	debs := filepath.Join(b.state, "debs")
+	args := []string{"--variant=minbase", "--keyring=" + keyring,
+		"--components=" + strings.Join(r.Components, ","),
+		"--include=" + strings.Join(pins, ","),
+		"--skip=download/empty",
+		// Package scripts must not start services in the build tree.
+		"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" && find " + shq(debs) + " -maxdepth 1 -name '*.deb' -exec cp -l -t \"$1/var/cache/apt/archives/\" {} +",
+		"--customize-hook=find \"$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -l -n -t " + shq(debs) + " {} +",
+		r.Suite, root}
+	args = append(args, b.mirrorArgs()...)
+	return inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) })
+}
+
+func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// onOverlay mounts the earlier layers with out/upper on top and runs fn on
+// the merged tree; with chroot it also mounts proc, sys, dev and run.
+func (b *builder) onOverlay(ctx context.Context, out string, lowers []string, chroot bool, fn func(root string) error) error {
+	upper, work, merged := filepath.Join(out, "upper"), filepath.Join(out, "..", "ovl-work"), filepath.Join(out, "..", "merged")
+	for _, d := range []string{upper, work, merged} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return inMountNS(func() error {
+		var m mounts
+		defer m.unmountAll()
+		if err := m.overlay(lowers, upper, work, merged); err != nil {
+			return err
+		}
+		if chroot {
+			if err := m.chrootMounts(merged); err != nil {
+				return err
+			}
+		}
+		if err := fn(merged); err != nil {
+			return err
+		}
+		return m.unmountAll()
+	})
+}
+
+// packages installs the pinned driver packages with the image's own apt,
+// runs the recipe's post commands, and pins every pinned package (apt
+// preferences at priority 1001 plus apt-mark hold) so an `apt upgrade` on a
+// node cannot drift the kernel or the driver.
+func (b *builder) packages(ctx context.Context, root, keyring string, driverPins []string, pinned map[string]string) error {
+	r := b.recipe
+	var m mounts
+	defer m.unmountAll()
+	archives := filepath.Join(root, "var/cache/apt/archives")
+	if err := os.MkdirAll(archives, 0o755); err != nil {
+		return err
+	}
+	if err := m.mount(filepath.Join(b.state, "debs"), archives, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	// The image may not carry the archive key yet; lend it ours for the build.
+	tmpKey := filepath.Join(root, "etc/apt/trusted.gpg.d/herd-build.gpg")
+	if err := copyFile(keyring, tmpKey, 0o644); err != nil {
+		return fmt.Errorf("lend keyring: %w", err)
+	}
+	defer os.Remove(tmpKey)
+	rcd := filepath.Join(root, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(rcd, []byte("#!/bin/sh\n# herd build: no service starts inside the image tree\nexit 101\n"), 0o755); err != nil {
+		return err
+	}
+	defer os.Remove(rcd)
+	if len(driverPins) > 0 {
+		script := "apt-get update -q && apt-get install -y -q --no-install-recommends " + strings.Join(driverPins, " ")
+		if err := inChroot(ctx, b.log, root, script); err != nil {
+			return err
+		}
+	}
+	for i, c := range r.Post {
+		if err := inChroot(ctx, b.log, root, c); err != nil {
+			return fmt.Errorf("post[%d]: %w", i, err)
+		}
+	}
+	names := make([]string, 0, len(pinned))
+	for n := range pinned {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var pref strings.Builder
+	pref.WriteString("# Written by herd: the kernel and driver are pinned together; do not upgrade them on a node.\n")
+	for _, n := range names {
+		fmt.Fprintf(&pref, "\nPackage: %s\nPin: version %s\nPin-Priority: 1001\n", n, pinned[n])
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/apt/preferences.d/herd-pins"), []byte(pref.String()), 0o644); err != nil {
+		return err
+	}
+	if err := inChroot(ctx, b.log, root, "apt-mark hold "+strings.Join(names, " ")+" >/dev/null"); err != nil {
+		return err
+	}
+	// Package lists are only needed while building; nodes do not keep them.
+	if err := inChroot(ctx, b.log, root, "rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial"); err != nil {
+		return err
+	}
+	return m.unmountAll()
+}
+
+// initramfs puts herd's boot path and module list into the tree and runs
+// the image's own update-initramfs for the pinned kernel.
+func (b *builder) initramfs(ctx context.Context, root, agent string) error {
+	r := b.recipe
+	if err := initramfs.Install(root, agent); err != nil {
+		return err
+	}
+	var mods strings.Builder
+	mods.WriteString("# Written by herd from the recipe's initramfs.modules: NIC, squashfs and\n# overlay drivers a netbooting node needs before its root exists.\n")
+	for _, mod := range r.Initramfs.Modules {
+		mods.WriteString(mod + "\n")
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/initramfs-tools/modules"), []byte(mods.String()), 0o644); err != nil {
+		return err
+	}
+	rel := r.KernelRelease()
+	return inChroot(ctx, b.log, root, "rm -f /boot/initrd.img-"+rel+" && update-initramfs -c -k "+rel)
+}
+
+// pack turns the merged layers into rootfs.squashfs (zstd level 3: nearly
+// as small as the default level at a tenth of the time, because most of the
+// tree is already-compressed modules and firmware) and copies out the
+// kernel and initrd, plus the installed package list for the manifest.
+func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
+	rel := b.recipe.KernelRelease()
+	merged := filepath.Join(out, "..", "merged")
+	if err := os.MkdirAll(merged, 0o755); err != nil {
+		return err
+	}
+	return inMountNS(func() error {
+		var m mounts
+		defer m.unmountAll()
+		if err := m.overlay(lowers, "", "", merged); err != nil {
+			return err
+		}
+		sq := filepath.Join(out, manifest.Rootfs)
+		if err := run(command(ctx, b.log, "mksquashfs", merged, sq, "-comp", "zstd", "-Xcompression-level", "3",
+			"-noappend", "-no-progress", "-mkfs-time", mkfsTime)); err != nil {
+			return err
+		}
+		for src, dst := range map[string]string{"boot/vmlinuz-" + rel: manifest.Kernel, "boot/initrd.img-" + rel: manifest.Initrd} {
+			if err := copyFile(filepath.Join(merged, src), filepath.Join(out, dst), 0o644); err != nil {
+				return fmt.Errorf("copy %s out of the image: %w", src, err)
+			}
+		}
+		var list strings.Builder
+		cmd := command(ctx, &list, "dpkg-query", "--admindir="+filepath.Join(merged, "var/lib/dpkg"), "-W",
+			"-f=${db:Status-Abbrev}\t${Package}\t${Version}\n")
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("dpkg-query: %w: %s", err, list.String())
+		}
+		var pk strings.Builder
+		for _, l := range strings.Split(list.String(), "\n") {
+			f := strings.Split(l, "\t")
+			if len(f) == 3 && strings.HasPrefix(f[0], "ii") {
+				fmt.Fprintf(&pk, "%s\t%s\n", f[1], f[2])
+			}
+		}
+		if err := os.WriteFile(filepath.Join(out, "packages.tsv"), []byte(pk.String()), 0o644); err != nil {
+			return err
+		}
+		return m.unmountAll()
+	})
+}
+
+var fetchRE = regexp.MustCompile(`(?:Failed to fetch|Could not download|Failed to download) (\S+)\s*(.*)`)
+
+// fetchError names the package and URL when apt failed to download one.
+func (b *builder) fetchError(err error) error {
+	for _, l := range tailLines(b.logPath, 200) {
+		if m := fetchRE.FindStringSubmatch(l); m != nil {
+			url := m[1]
+			pkg := filepath.Base(url)
+			if strings.HasSuffix(pkg, ".deb") {
+				pkg = strings.SplitN(pkg, "_", 2)[0]
+			}
+			return fmt.Errorf("download of package %s failed: %s %s: %w", pkg, url, strings.TrimSpace(m[2]), err)
+		}
+	}
+	return err
+}
