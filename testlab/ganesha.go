@@ -34,7 +34,7 @@ type GaneshaConfig struct {
 
 // Ganesha is a running nfs-ganesha process started by this process.
 type Ganesha struct {
-	Config  GaneshaConfig
+	Config   GaneshaConfig
 	ConfPath string
 	LogPath  string
 	PIDPath  string
