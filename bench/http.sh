@@ -5,7 +5,7 @@
 # in MB/s and herd/reference ratio (higher is better for herd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/lib-netns.sh
+. bench/lib/netns.sh
 RUNS=${BENCH_RUNS:-3}
 SIZE_MB=${BENCH_HTTP_MB:-1024}
 CLIENTS=8

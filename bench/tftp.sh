@@ -5,7 +5,7 @@
 # (lower is better for herd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/lib-netns.sh
+. bench/lib/netns.sh
 RUNS=${BENCH_RUNS:-30}
 HERD=$(herd_bin)
 [ -x "$HERD" ] || { echo "herd binary not found (make build, or set HERD_BIN)" >&2; exit 1; }

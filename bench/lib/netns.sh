@@ -1,4 +1,4 @@
-# Shared set-up for bench/tftp.sh and bench/http.sh (sourced, not run):
+# Shared set-up (in a subfolder so scripts/bench.sh does not run it) for bench/tftp.sh and bench/http.sh (sourced, not run):
 # two network namespaces joined by a veth pair — the server side at
 # 10.94.0.1, the client side at 10.94.0.2 — so herd and the reference tool
 # are measured over the same link. Everything started is tracked by PID and
