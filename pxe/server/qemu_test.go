@@ -90,7 +90,15 @@ func publishFiles(t *testing.T, state string, files map[string]string) string {
 // is iPXE: DHCP → /boot/<mac>.ipxe → kernel, initrd and overlay over HTTP
 // from the real `herd serve` binary, all inside a test namespace. The
 // site's DHCP here is dnsmasq (dhcp.mode off: the site DHCP points at herd).
-func TestQEMUNetbootToKernel(t *testing.T) {
+func TestQEMUNetbootToKernel(t *testing.T) { qemuNetboot(t, false) }
+
+// TestQEMUUEFINetbootViaTFTP boots an OVMF node with the firmware's own PXE
+// (NIC ROM disabled): its TFTP client (tsize, then blksize 1468 +
+// windowsize 4) fetches snponly.efi from herd's TFTP, which then runs as
+// iPXE and continues over HTTP as in the BIOS case.
+func TestQEMUUEFINetbootViaTFTP(t *testing.T) { qemuNetboot(t, true) }
+
+func qemuNetboot(t *testing.T, uefi bool) {
 	testenv.Long(t)
 	testenv.RequireNetns(t)
 	testenv.RequireQEMU(t)
@@ -159,12 +167,34 @@ nodes:
 		"--port=0", "--interface=br0", "--bind-interfaces", "-u", "root",
 		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"), "--dhcp-leasefile="+filepath.Join(dir, "leases"),
 		"--dhcp-range=10.93.0.100,10.93.0.150,1h", "--dhcp-host="+mac+","+nip,
-		"--dhcp-boot=http://"+srv+":8080/boot/"+mac+".ipxe", "--log-dhcp")
+		// iPXE (user class "iPXE") gets its script URL; plain PXE firmware
+		// gets snponly.efi from herd's TFTP (next-server = herd).
+		"--dhcp-userclass=set:ipxe,iPXE",
+		"--dhcp-boot=tag:ipxe,http://"+srv+":8080/boot/"+mac+".ipxe",
+		"--dhcp-boot=tag:!ipxe,snponly.efi,,"+srv, "--log-dhcp")
 	serial := filepath.Join(dir, "serial.log")
-	start("qemu-system-x86_64", "qemu.log", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024",
-		"-display", "none", "-monitor", "none", "-serial", "file:"+serial, "-no-reboot", "-boot", "n",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	args := []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024",
+		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot",
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
+	if uefi {
+		code := "/usr/share/OVMF/OVMF_CODE_4M.fd"
+		vars, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
+		if err != nil {
+			if testenv.InCI() {
+				t.Fatalf("OVMF missing in CI: %v", err)
+			}
+			t.Skipf("skipping: OVMF firmware missing (package ovmf): %v", err)
+		}
+		os.WriteFile(filepath.Join(dir, "vars.fd"), vars, 0o644)
+		args = append(args, "-machine", "q35",
+			"-drive", "if=pflash,format=raw,readonly=on,file="+code,
+			"-drive", "if=pflash,format=raw,file="+filepath.Join(dir, "vars.fd"),
+			// romfile= empty: no iPXE ROM, the firmware's own PXE client runs.
+			"-device", "virtio-net-pci,netdev=n0,romfile=,mac="+mac)
+	} else {
+		args = append(args, "-boot", "n", "-device", "virtio-net-pci,netdev=n0,mac="+mac)
+	}
+	start("qemu-system-x86_64", "qemu.log", args...)
 
 	read := func(name string) string { b, _ := os.ReadFile(filepath.Join(dir, name)); return string(b) }
 	got := func(path string) bool {
@@ -179,6 +209,9 @@ nodes:
 	// Bounded by attempts: under TCG the ROM needs tens of seconds.
 	for i := 0; i < 600 && !(got(kpath) && got("/nodes/qnode1/overlay.cpio")); i++ {
 		time.Sleep(500 * time.Millisecond)
+	}
+	if uefi && !strings.Contains(read("herd.log"), "tftp transfer done") {
+		t.Errorf("no TFTP transfer of snponly.efi in the herd log:\n%s", tail(read("herd.log")))
 	}
 	if !got("/boot/" + mac + ".ipxe") {
 		t.Fatalf("the node never fetched its script.\nherd log:\n%s\ndnsmasq log:\n%s", tail(read("herd.log")), tail(read("dnsmasq.log")))
@@ -195,7 +228,7 @@ nodes:
 	if strings.Contains(read("herd.log"), "rootfs.squashfs") {
 		t.Errorf("iPXE fetched the root image; only the initramfs should")
 	}
-	if realKernel {
+	if realKernel && !uefi {
 		for i := 0; i < 600 && !strings.Contains(read("serial.log"), "Linux version"); i++ {
 			time.Sleep(500 * time.Millisecond)
 		}
