@@ -123,6 +123,7 @@ func (s *Server) Reload() error {
 	}
 	s.http.SetConfig(cfg)
 	s.cfg = cfg
+	go s.pregenerate(cfg)
 	s.log.Info("config reloaded", "file", s.opt.ConfigPath, "nodes", len(cfg.Nodes))
 	return nil
 }
@@ -245,6 +246,9 @@ func Run(ctx context.Context, opt Options) error {
 	if opt.Ready != nil {
 		opt.Ready(hln.Addr().String(), tconn.LocalAddr().String())
 	}
+	// Generate missing node identities now rather than during a boot storm
+	// (an RSA 3072 key takes about a second; generation is serialised).
+	go s.pregenerate(cfg)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
@@ -302,6 +306,16 @@ func (s *Server) stopDHCPctx(ctx context.Context) {
 	if s.dhcp != nil {
 		if err := s.dhcp.Shutdown(ctx); err != nil {
 			s.log.Warn("dhcp shutdown", "err", err)
+		}
+	}
+}
+
+// pregenerate makes sure every configured node has its machine-id and SSH
+// host keys under <state>/nodes/<name>/.
+func (s *Server) pregenerate(cfg *site.Config) {
+	for _, n := range cfg.Nodes {
+		if _, err := httpboot.NodeSecrets(s.opt.StateDir, n.Name); err != nil {
+			s.log.Error("generate node secrets", "node", n.Name, "err", err)
 		}
 	}
 }
