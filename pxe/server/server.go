@@ -89,6 +89,9 @@ type Server struct {
 	http *httpboot.Server
 	tftp *tftp.Server
 	dhcp DHCP
+
+	bg      sync.WaitGroup // background work Run waits for before returning
+	stopped chan struct{}  // closed when Run starts draining
 }
 
 // Reload re-reads the config file; on any error the running config stays
@@ -123,7 +126,7 @@ func (s *Server) Reload() error {
 	}
 	s.http.SetConfig(cfg)
 	s.cfg = cfg
-	go s.pregenerate(cfg)
+	s.startPregenerate(cfg)
 	s.log.Info("config reloaded", "file", s.opt.ConfigPath, "nodes", len(cfg.Nodes))
 	return nil
 }
@@ -171,7 +174,8 @@ func Run(ctx context.Context, opt Options) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	s := &Server{opt: opt, log: opt.Log, cfg: cfg}
+	s := &Server{opt: opt, log: opt.Log, cfg: cfg, stopped: make(chan struct{})}
+	defer s.bg.Wait()
 	bindIP := opt.Listen
 	if bindIP == "" {
 		bindIP = cfg.Server.Address
@@ -248,7 +252,7 @@ func Run(ctx context.Context, opt Options) error {
 	}
 	// Generate missing node identities now rather than during a boot storm
 	// (an RSA 3072 key takes about a second; generation is serialised).
-	go s.pregenerate(cfg)
+	s.startPregenerate(cfg)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
@@ -272,6 +276,7 @@ loop:
 	}
 
 	// Drain: stop accepting, let downloads and TFTP transfers finish, bounded.
+	close(s.stopped)
 	dctx, cancel := context.WithTimeout(context.Background(), opt.DrainTimeout)
 	defer cancel()
 	s.stopDHCPctx(dctx)
@@ -310,10 +315,23 @@ func (s *Server) stopDHCPctx(ctx context.Context) {
 	}
 }
 
-// pregenerate makes sure every configured node has its machine-id and SSH
-// host keys under <state>/nodes/<name>/.
+// startPregenerate makes sure, in the background, that every configured
+// node has its machine-id and SSH host keys under <state>/nodes/<name>/.
+func (s *Server) startPregenerate(cfg *site.Config) {
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.pregenerate(cfg)
+	}()
+}
+
 func (s *Server) pregenerate(cfg *site.Config) {
 	for _, n := range cfg.Nodes {
+		select {
+		case <-s.stopped:
+			return
+		default:
+		}
 		if _, err := httpboot.NodeSecrets(s.opt.StateDir, n.Name); err != nil {
 			s.log.Error("generate node secrets", "node", n.Name, "err", err)
 		}
