@@ -467,3 +467,32 @@ func FuzzParsePaths(f *testing.F) {
 		}
 	})
 }
+
+// TestDownloadsQueue: with max_http 1, parallel downloads wait for the slot
+// and all complete intact (a boot storm slows down instead of failing).
+func TestDownloadsQueue(t *testing.T) {
+	testenv.RequireCommands(t, "curl")
+	f := newFixture(t, "ignore")
+	cfg := *f.cfg
+	cfg.Server.MaxHTTP = 1
+	f.srv.SetConfig(&cfg)
+	want, _ := os.ReadFile(filepath.Join(f.state, "images", f.id, manifest.Rootfs))
+	var cmds []*exec.Cmd
+	var outs []string
+	for i := 0; i < 4; i++ {
+		out := filepath.Join(t.TempDir(), "r")
+		c := exec.Command("curl", "-fsS", "--limit-rate", "50M", "-o", out, f.url+"/images/"+f.id+"/rootfs.squashfs")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds, outs = append(cmds, c), append(outs, out)
+	}
+	for i, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		if got, _ := os.ReadFile(outs[i]); !bytes.Equal(got, want) {
+			t.Errorf("client %d: bytes differ", i)
+		}
+	}
+}

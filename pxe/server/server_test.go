@@ -166,6 +166,18 @@ func TestServeReloadAndDrain(t *testing.T) {
 	if c := status(base + "/boot/52:54:00:aa:00:01.ipxe"); c != 200 {
 		t.Fatalf("script: %d", c)
 	}
+	// One registry: TFTP, HTTP and process metrics on /metrics.
+	if resp, err := http.Get(base + "/metrics"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, m := range []string{`herd_tftp_transfers_total{result="ok"} 1`, `herd_http_requests_total{code="200",route="boot"} 1`, "process_open_fds"} {
+			if !strings.Contains(string(b), m) {
+				t.Errorf("/metrics lacks %s", m)
+			}
+		}
+	} else {
+		t.Fatal(err)
+	}
 
 	// A broken file on SIGHUP: refused, logged with file:line, old config kept.
 	os.WriteFile(cfgPath, []byte(good+"  - name: BAD\n    mac: zz\n"), 0o644)
