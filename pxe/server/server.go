@@ -164,6 +164,10 @@ func Run(ctx context.Context, opt Options) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Server.Address == "" {
+		// Boot scripts name the server by this address; without it nodes cannot come back.
+		return cfg.Doc.Errorf("server.address", "required by herd serve (the address nodes reach the server at)")
+	}
 	if err := os.MkdirAll(opt.StateDir, 0o755); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
