@@ -118,4 +118,3 @@ func (b *builder) mirrorArgs() []string {
 	}
 	return out
 }
-

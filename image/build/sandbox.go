@@ -41,7 +41,10 @@ func inMountNS(fn func() error) error {
 }
 
 // mounts records mounts made in a namespace so they are undone in reverse.
-type mounts struct{ points []string }
+type mounts struct {
+	points []string
+	remove []string // files lent to the tree for the build, removed after
+}
 
 func (m *mounts) mount(src, target, fstype string, flags uintptr, data string) error {
 	if err := unix.Mount(src, target, fstype, flags, data); err != nil {
@@ -54,6 +57,13 @@ func (m *mounts) mount(src, target, fstype string, flags uintptr, data string) e
 // unmountAll undoes every mount, newest first; a busy mount is detached.
 func (m *mounts) unmountAll() error {
 	var errs []error
+	// Lent files first, while the tree they were put in is still mounted.
+	for _, p := range m.remove {
+		if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	m.remove = nil
 	for i := len(m.points) - 1; i >= 0; i-- {
 		if err := unix.Unmount(m.points[i], 0); err != nil {
 			if err2 := unix.Unmount(m.points[i], unix.MNT_DETACH); err2 != nil {
@@ -134,6 +144,13 @@ func resolvConf(m *mounts, root string) error {
 		return os.WriteFile(full, host, 0o644)
 	case err == nil && fi.Mode().IsRegular():
 		return m.mount("/etc/resolv.conf", p, "", unix.MS_BIND|unix.MS_RDONLY, "")
+	case os.IsNotExist(err):
+		// The image has none (nodes get one from DHCP): lend the host's for
+		// the build and take it away again before the layer is kept.
+		if err := os.WriteFile(p, host, 0o644); err != nil {
+			return fmt.Errorf("resolv.conf: %w", err)
+		}
+		m.remove = append(m.remove, p)
 	}
 	return nil
 }

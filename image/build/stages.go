@@ -19,7 +19,7 @@ import (
 
 // stageVersion changes when a stage's implementation changes what it
 // produces, so old cache entries are not reused by a newer herd.
-const stageVersion = "herd-stage-v1"
+const stageVersion = "herd-stage-v2"
 
 // mkfsTime fixes the squashfs creation time so identical trees give
 // identical bytes (and so the same image ID).
@@ -53,6 +53,10 @@ func (s *stage) Run(ctx context.Context, lowers []string) error {
 		return fmt.Errorf("scratch dir: %w", err)
 	}
 	s.work = w
+	// apt drops privileges to _apt for downloads; let it reach the tree.
+	if err := os.Chmod(w, 0o755); err != nil {
+		return err
+	}
 	out := filepath.Join(w, "out")
 	if err := os.Mkdir(out, 0o755); err != nil {
 		return err
@@ -123,7 +127,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, "pack", "zstd-3", mkfsTime)
+	packKey := hashKey(initKey, "pack/2", "zstd-3", mkfsTime)
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
@@ -227,6 +231,9 @@ func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, 
 		// Package scripts must not start services in the build tree.
 		"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" && find " + shq(debs) + " -maxdepth 1 -name '*.deb' -exec cp -l -t \"$1/var/cache/apt/archives/\" {} +",
 		"--customize-hook=find \"$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -l -n -t " + shq(debs) + " {} +",
+		// mmdebstrap copies the build host's hostname and resolver into the
+		// tree; a node gets its own from the runtime overlay and DHCP.
+		"--customize-hook=rm -f \"$1/etc/resolv.conf\" && echo localhost > \"$1/etc/hostname\"",
 		r.Suite, root}
 	args = append(args, b.mirrorArgs()...)
 	return inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) })
@@ -278,6 +285,9 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 	}
 	// The image may not carry the archive key yet; lend it ours for the build.
 	tmpKey := filepath.Join(root, "etc/apt/trusted.gpg.d/herd-build.gpg")
+	if err := os.MkdirAll(filepath.Dir(tmpKey), 0o755); err != nil {
+		return err
+	}
 	if err := copyFile(keyring, tmpKey, 0o644); err != nil {
 		return fmt.Errorf("lend keyring: %w", err)
 	}
@@ -375,7 +385,8 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 		var pk strings.Builder
 		for _, l := range strings.Split(list.String(), "\n") {
 			f := strings.Split(l, "\t")
-			if len(f) == 3 && strings.HasPrefix(f[0], "ii") {
+			// Status-Abbrev is want/status/error; held packages read "hi".
+			if len(f) == 3 && len(f[0]) >= 2 && f[0][1] == 'i' {
 				fmt.Fprintf(&pk, "%s\t%s\n", f[1], f[2])
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -220,11 +221,16 @@ func (r *Recipe) validate() error {
 // KernelRelease is the kernel release string, e.g. 6.8.0-149-generic.
 func (r *Recipe) KernelRelease() string { return r.Kernel.ABI + "-" + r.Kernel.Flavor }
 
-// BasePackages are installed by the bootstrap stage: the pinned kernel and
-// the recipe's packages. Changing the driver does not touch them.
+// BasePackages are installed by the bootstrap stage: the pinned kernel, apt
+// (the build installs the driver and sets pins with the image's own apt;
+// Ubuntu's minbase lacks it) and the recipe's packages. Changing the driver
+// does not touch them.
 func (r *Recipe) BasePackages() []Package {
 	rel := r.KernelRelease()
 	out := []Package{{Name: "linux-image-" + rel}, {Name: "linux-modules-" + rel}}
+	if !slices.ContainsFunc(r.Packages, func(p string) bool { return p == "apt" || strings.HasPrefix(p, "apt=") }) {
+		out = append(out, Package{Name: "apt"})
+	}
 	if r.Kernel.Extra {
 		out = append(out, Package{Name: "linux-modules-extra-" + rel})
 	}
