@@ -19,7 +19,7 @@ import (
 
 // stageVersion changes when a stage's implementation changes what it
 // produces, so old cache entries are not reused by a newer herd.
-const stageVersion = "herd-stage-v2"
+const stageVersion = "herd-stage-v3"
 
 // mkfsTime fixes the squashfs creation time so identical trees give
 // identical bytes (and so the same image ID).
