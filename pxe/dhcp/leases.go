@@ -1,0 +1,155 @@
+package dhcp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/herdlab/herd/internal/atomicfile"
+)
+
+// Lease is one address bound (or offered) to a MAC.
+type Lease struct {
+	MAC      string     `json:"mac"`
+	IP       netip.Addr `json:"ip"`
+	Hostname string     `json:"hostname,omitempty"`
+	Expires  time.Time  `json:"expires"`
+	// Offered is true until the client REQUESTs the address; offers are
+	// never persisted.
+	Offered bool `json:"-"`
+}
+
+// Leases is the lease state the reply logic reads and updates. It is not
+// safe for concurrent use; the server serialises access.
+type Leases struct {
+	byMAC    map[string]*Lease
+	declined map[netip.Addr]time.Time // address → until when it is avoided
+	dirty    bool
+}
+
+// NewLeases returns an empty lease table.
+func NewLeases() *Leases {
+	return &Leases{byMAC: map[string]*Lease{}, declined: map[netip.Addr]time.Time{}}
+}
+
+type leaseFile struct {
+	Leases   []Lease              `json:"leases"`
+	Declined map[string]time.Time `json:"declined,omitempty"`
+}
+
+// LoadLeases reads <path> (leases.json); a missing file is an empty table.
+func LoadLeases(path string) (*Leases, error) {
+	l := NewLeases()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read leases: %w", err)
+	}
+	var f leaseFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for i := range f.Leases {
+		le := f.Leases[i]
+		if le.MAC == "" || !le.IP.Is4() {
+			return nil, fmt.Errorf("%s: lease %d has no MAC or no IPv4 address", path, i)
+		}
+		l.byMAC[le.MAC] = &le
+	}
+	for s, t := range f.Declined {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: declined address %q: %w", path, s, err)
+		}
+		l.declined[a] = t
+	}
+	return l, nil
+}
+
+// Save writes the bound leases to path atomically (offers are left out).
+func (l *Leases) Save(path string) error {
+	f := leaseFile{Leases: []Lease{}, Declined: map[string]time.Time{}}
+	for _, le := range l.byMAC {
+		if !le.Offered {
+			f.Leases = append(f.Leases, *le)
+		}
+	}
+	sort.Slice(f.Leases, func(i, j int) bool { return f.Leases[i].MAC < f.Leases[j].MAC })
+	for a, t := range l.declined {
+		f.Declined[a.String()] = t
+	}
+	data, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("save leases: %w", err)
+	}
+	l.dirty = false
+	return nil
+}
+
+// Dirty reports whether bound leases changed since the last Save.
+func (l *Leases) Dirty() bool { return l.dirty }
+
+// Get returns the unexpired lease of mac.
+func (l *Leases) Get(mac string, now time.Time) (Lease, bool) {
+	le, ok := l.byMAC[mac]
+	if !ok || now.After(le.Expires) {
+		return Lease{}, false
+	}
+	return *le, true
+}
+
+// All returns a copy of every lease, bound or offered.
+func (l *Leases) All() []Lease {
+	out := make([]Lease, 0, len(l.byMAC))
+	for _, le := range l.byMAC {
+		out = append(out, *le)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].MAC < out[j].MAC })
+	return out
+}
+
+func (l *Leases) set(le Lease) {
+	old, had := l.byMAC[le.MAC]
+	if !le.Offered || (had && !old.Offered) {
+		l.dirty = true
+	}
+	l.byMAC[le.MAC] = &le
+}
+
+func (l *Leases) drop(mac string) {
+	if le, ok := l.byMAC[mac]; ok {
+		if !le.Offered {
+			l.dirty = true
+		}
+		delete(l.byMAC, mac)
+	}
+}
+
+func (l *Leases) decline(a netip.Addr, until time.Time) {
+	l.declined[a] = until
+	l.dirty = true
+}
+
+// holder returns the MAC holding a, if its lease (or offer) is unexpired.
+func (l *Leases) holder(a netip.Addr, now time.Time) (string, bool) {
+	for mac, le := range l.byMAC {
+		if le.IP == a && !now.After(le.Expires) {
+			return mac, true
+		}
+	}
+	return "", false
+}
+
+func (l *Leases) isDeclined(a netip.Addr, now time.Time) bool {
+	t, ok := l.declined[a]
+	return ok && now.Before(t)
+}

@@ -1,0 +1,250 @@
+package dhcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/herdlab/herd/site"
+)
+
+// Options configure a Server.
+type Options struct {
+	StateDir string // leases.json lives here (full mode)
+	Force    bool   // start even if another DHCP server answers
+	Log      *slog.Logger
+	Registry prometheus.Registerer // nil: metrics are not registered
+	// OnLease is called after every ACK (full mode) and every proxy reply;
+	// ip is nil in proxy mode, hostname "" for unknown MACs.
+	OnLease func(mac net.HardwareAddr, ip net.IP, hostname string)
+	// UEFIBinary is the iPXE build for UEFI PXE (default snponly.efi).
+	UEFIBinary string
+	// ProbeWait is how long the rival-server probe listens (default 2.5 s).
+	ProbeWait time.Duration
+	// Now is the clock (tests); nil is time.Now.
+	Now func() time.Time
+}
+
+// Server answers DHCP on one interface: port 67, plus 4011 in proxy mode.
+type Server struct {
+	opt     Options
+	log     *slog.Logger
+	plan    atomic.Pointer[Plan]
+	mu      sync.Mutex // guards leases
+	leases  *Leases
+	path    string
+	conns   []*net.UDPConn
+	ports   []int
+	metrics *metrics
+	wg      sync.WaitGroup
+	closed  atomic.Bool
+}
+
+// New prepares a server for cfg and loads its leases; it opens no socket.
+func New(cfg *site.Config, opt Options) (*Server, error) {
+	if opt.Log == nil {
+		opt.Log = slog.Default()
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.ProbeWait == 0 {
+		opt.ProbeWait = 2500 * time.Millisecond
+	}
+	if cfg.DHCP.Mode != site.DHCPFull && cfg.DHCP.Mode != site.DHCPProxy {
+		return nil, fmt.Errorf("dhcp.mode %q: herd's DHCP runs only in full or proxy mode", cfg.DHCP.Mode)
+	}
+	p, err := NewPlan(cfg, opt.UEFIBinary)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opt: opt, log: opt.Log, leases: NewLeases()}
+	s.plan.Store(p)
+	if opt.StateDir != "" {
+		s.path = filepath.Join(opt.StateDir, "leases.json")
+		if s.leases, err = LoadLeases(s.path); err != nil {
+			return nil, err
+		}
+	}
+	s.metrics, err = newMetrics(opt.Registry)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Listen probes for a rival server (full mode, unless Force) and opens the
+// sockets bound to the configured interface. Sockets stay in the network
+// namespace of the calling thread (tests call it inside Netns.Do).
+func (s *Server) Listen(ctx context.Context) error {
+	p := s.plan.Load()
+	if p.Mode == site.DHCPFull && !s.opt.Force {
+		who, err := Probe(ctx, p.Interface, s.opt.ProbeWait)
+		if err != nil {
+			return fmt.Errorf("probe for another DHCP server on %s: %w", p.Interface, err)
+		}
+		if who != "" {
+			return fmt.Errorf("another DHCP server (%s) answers on %s: full mode would fight it; use dhcp.mode: proxy, or --force", who, p.Interface)
+		}
+	}
+	ports := []int{ServerPort}
+	if p.Mode == site.DHCPProxy {
+		ports = append(ports, PXEPort)
+	}
+	for _, port := range ports {
+		c, err := server4.NewIPv4UDPConn(p.Interface, &net.UDPAddr{Port: port})
+		if err != nil {
+			s.closeConns()
+			return fmt.Errorf("listen udp/%d on %s: %w", port, p.Interface, err)
+		}
+		s.conns = append(s.conns, c)
+		s.ports = append(s.ports, port)
+	}
+	s.log.Info("dhcp listening", "mode", p.Mode, "interface", p.Interface, "ports", ports)
+	return nil
+}
+
+// Serve answers requests until ctx ends or Shutdown; Listen must come first.
+func (s *Server) Serve(ctx context.Context) error {
+	if len(s.conns) == 0 {
+		return errors.New("dhcp: Serve before Listen")
+	}
+	stop := context.AfterFunc(ctx, func() { s.closeConns() })
+	defer stop()
+	errc := make(chan error, len(s.conns))
+	for i, c := range s.conns {
+		s.wg.Add(1)
+		go func(c *net.UDPConn, port int) {
+			defer s.wg.Done()
+			errc <- s.loop(c, port)
+		}(c, s.ports[i])
+	}
+	s.wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) loop(c *net.UDPConn, port int) error {
+	buf := make([]byte, 4096)
+	for {
+		n, src, err := c.ReadFromUDP(buf)
+		if err != nil {
+			if s.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read udp/%d: %w", port, err)
+		}
+		s.handle(c, port, buf[:n], src)
+	}
+}
+
+func (s *Server) handle(c *net.UDPConn, port int, pkt []byte, src *net.UDPAddr) {
+	p := s.plan.Load()
+	req, err := dhcpv4.FromBytes(pkt)
+	if err != nil {
+		s.metrics.ignored.WithLabelValues("malformed").Inc()
+		s.log.Debug("malformed DHCP packet", "from", src, "err", err)
+		return
+	}
+	s.metrics.requests.WithLabelValues(req.MessageType().String(), p.Mode).Inc()
+	s.mu.Lock()
+	res := Reply(p, s.leases, req, port, src, s.opt.Now())
+	if s.leases.Dirty() && s.path != "" {
+		if err := s.leases.Save(s.path); err != nil {
+			s.log.Error("persist leases", "err", err)
+		}
+	}
+	s.mu.Unlock()
+	if res.Reply == nil {
+		s.metrics.ignored.WithLabelValues(res.Reason).Inc()
+		s.log.Debug("no reply", "mac", req.ClientHWAddr, "type", req.MessageType(), "port", port, "reason", res.Reason, "detail", res.Detail)
+		return
+	}
+	if _, err := c.WriteToUDP(res.Reply.ToBytes(), res.Dest); err != nil {
+		s.log.Warn("send DHCP reply", "to", res.Dest, "err", err)
+		return
+	}
+	s.metrics.replies.WithLabelValues(res.Reply.MessageType().String(), p.Mode).Inc()
+	s.log.Debug("reply", "mac", req.ClientHWAddr, "type", res.Reply.MessageType(), "yiaddr", res.Reply.YourIPAddr,
+		"file", res.Reply.BootFileName, "to", res.Dest, "detail", res.Detail)
+	if res.Bound && s.opt.OnLease != nil {
+		var ip net.IP
+		if res.IP.IsValid() {
+			ip = res.IP.AsSlice()
+		}
+		s.opt.OnLease(req.ClientHWAddr, ip, res.Hostname)
+	}
+}
+
+// Reload swaps in a new site config atomically; leases are kept. The mode
+// and interface cannot change while running (restart for that).
+func (s *Server) Reload(cfg *site.Config) error {
+	old := s.plan.Load()
+	p, err := NewPlan(cfg, s.opt.UEFIBinary)
+	if err != nil {
+		return err
+	}
+	if p.Mode != old.Mode || p.Interface != old.Interface {
+		return fmt.Errorf("dhcp.mode/server.interface changed (%s on %s → %s on %s): restart herd serve", old.Mode, old.Interface, p.Mode, p.Interface)
+	}
+	s.plan.Store(p)
+	s.log.Info("dhcp config reloaded", "nodes", len(cfg.Nodes))
+	return nil
+}
+
+// Lease returns the unexpired address leased to mac (full mode).
+func (s *Server) Lease(mac string) (string, bool) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return "", false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	le, ok := s.leases.Get(hw.String(), s.opt.Now())
+	if !ok || le.Offered {
+		return "", false
+	}
+	return le.IP.String(), true
+}
+
+// Leases returns a snapshot of the lease table.
+func (s *Server) Leases() []Lease {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leases.All()
+}
+
+// Shutdown closes the sockets and waits for the loops to end (or ctx).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeConns()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Server) closeConns() {
+	s.closed.Store(true)
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
