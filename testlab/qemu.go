@@ -1,0 +1,300 @@
+package testlab
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Firmware files of the ovmf package (4 MiB flash layout).
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// DefaultAccel is software emulation: /dev/kvm exists on the test machines but
+// Ubuntu's 6.8 kernel dies under it there (ENVIRONMENT.md), so KVM is opt-in.
+const DefaultAccel = "tcg,thread=multi"
+
+// VMConfig describes one QEMU node.
+type VMConfig struct {
+	// Netns runs QEMU inside a namespace (so its tap lives there); nil runs it
+	// in the caller's namespace (herd vm run on a real bridge).
+	Netns *Netns
+	Name  string
+	// Tap is an existing tap device for the NIC; MAC is the NIC's address.
+	Tap string
+	MAC string
+	// UEFI boots OVMF with the firmware's own PXE; otherwise SeaBIOS, whose
+	// virtio-net option ROM is iPXE.
+	UEFI bool
+	// Disk is the virtual SSD (qcow2); created blank with DiskSize when
+	// missing and kept across reboots and restarts. "" means no SSD.
+	Disk     string
+	DiskSize string
+	// MemoryMiB and CPUs size the machine (defaults 2048 and 2).
+	MemoryMiB int
+	CPUs      int
+	// Accel and CPU are QEMU's -accel and -cpu (defaults DefaultAccel, "max").
+	Accel string
+	CPU   string
+	// Dir holds serial.log, qmp.sock, qemu.log and the UEFI vars copy.
+	Dir string
+	// NoReboot makes a guest reboot end QEMU instead of resetting.
+	NoReboot bool
+	// Extra arguments appended to the command line.
+	Extra []string
+}
+
+// VM is a running QEMU process started by this process.
+type VM struct {
+	Config     VMConfig
+	SerialPath string
+	QMPPath    string
+	LogPath    string
+	Console    *Console
+	cmd        *exec.Cmd
+	done       chan struct{}
+	waitErr    error
+}
+
+// Args returns QEMU's command line for c (without the program name).
+func (c VMConfig) Args() []string {
+	a := []string{
+		"-name", c.Name,
+		"-accel", c.Accel, "-cpu", c.CPU,
+		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.Itoa(c.MemoryMiB),
+		"-display", "none", "-monitor", "none", "-vga", "none",
+		"-chardev", "file,id=ser0,path=" + filepath.Join(c.Dir, "serial.log") + ",append=on",
+		"-serial", "chardev:ser0",
+		"-qmp", "unix:" + filepath.Join(c.Dir, "qmp.sock") + ",server=on,wait=off",
+		"-netdev", "tap,id=net0,ifname=" + c.Tap + ",script=no,downscript=no",
+		"-boot", "order=n",
+	}
+	nic := "virtio-net-pci,netdev=net0,mac=" + c.MAC + ",bootindex=1"
+	if c.UEFI {
+		// An empty romfile drops the NIC's iPXE ROM, so OVMF's own PXE (with
+		// its UEFI client architecture 7) is what asks for a boot file.
+		nic += ",romfile="
+		a = append(a,
+			"-machine", "q35",
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+filepath.Join(c.Dir, "OVMF_VARS.fd"))
+	} else {
+		// SeaBIOS writes its own and the option ROM's text to the serial
+		// port only when fw_cfg names the port (2 bytes, little endian 0x3f8).
+		a = append(a, "-fw_cfg", "name=etc/sercon-port,file="+filepath.Join(c.Dir, "sercon-port"))
+	}
+	a = append(a, "-device", nic)
+	if c.Disk != "" {
+		// A serial number gives the disk a stable /dev/disk/by-id name.
+		a = append(a,
+			"-drive", "if=none,id=ssd0,format=qcow2,cache=unsafe,file="+c.Disk,
+			"-device", "virtio-blk-pci,drive=ssd0,serial=herd-"+c.Name)
+	}
+	if c.NoReboot {
+		a = append(a, "-no-reboot")
+	}
+	return append(a, c.Extra...)
+}
+
+func (c *VMConfig) defaults() error {
+	if c.Name == "" || c.Tap == "" || c.MAC == "" || c.Dir == "" {
+		return errors.New("qemu: Name, Tap, MAC and Dir are required")
+	}
+	if _, err := net.ParseMAC(c.MAC); err != nil {
+		return fmt.Errorf("qemu: MAC %q: %w", c.MAC, err)
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 2048
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 2
+	}
+	if c.Accel == "" {
+		c.Accel = DefaultAccel
+	}
+	if c.CPU == "" {
+		c.CPU = "max"
+	}
+	if c.DiskSize == "" {
+		c.DiskSize = "8G"
+	}
+	return nil
+}
+
+// StartVM prepares the firmware files and the SSD and starts QEMU; it returns
+// once the QMP socket answers.
+func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
+	if err := c.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if c.UEFI {
+		vars := filepath.Join(c.Dir, "OVMF_VARS.fd")
+		if _, err := os.Stat(vars); err != nil {
+			b, err := os.ReadFile(OVMFVars)
+			if err != nil {
+				return nil, fmt.Errorf("qemu: UEFI needs the ovmf package: %w", err)
+			}
+			if err := os.WriteFile(vars, b, 0o644); err != nil {
+				return nil, fmt.Errorf("qemu: %w", err)
+			}
+		}
+	} else if err := os.WriteFile(filepath.Join(c.Dir, "sercon-port"), []byte{0xf8, 0x03}, 0o644); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if c.Disk != "" {
+		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) {
+			if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", c.Disk, c.DiskSize).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("qemu-img create %s %s: %w: %s", c.Disk, c.DiskSize, err, strings.TrimSpace(string(out)))
+			}
+		}
+	}
+	v := &VM{
+		Config:     c,
+		SerialPath: filepath.Join(c.Dir, "serial.log"),
+		QMPPath:    filepath.Join(c.Dir, "qmp.sock"),
+		LogPath:    filepath.Join(c.Dir, "qemu.log"),
+		done:       make(chan struct{}),
+	}
+	v.Console = NewConsole(v.SerialPath)
+	v.Console.Mark()
+	os.Remove(v.QMPPath)
+	log, err := os.OpenFile(v.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	args := c.Args()
+	if c.Netns != nil {
+		v.cmd = c.Netns.Command(context.Background(), "qemu-system-x86_64", args...)
+	} else {
+		v.cmd = exec.Command("qemu-system-x86_64", args...)
+	}
+	v.cmd.Stdout, v.cmd.Stderr = log, log
+	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	fmt.Fprintf(log, "# %s\n", strings.Join(v.cmd.Args, " "))
+	if err := v.cmd.Start(); err != nil {
+		log.Close()
+		return nil, fmt.Errorf("qemu: start: %w", err)
+	}
+	go func() { v.waitErr = v.cmd.Wait(); log.Close(); close(v.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := v.QMP("query-status"); err == nil {
+			return v, nil
+		} else if time.Now().After(deadline) {
+			v.Kill()
+			return nil, fmt.Errorf("qemu: QMP never answered: %w (log %s:\n%s)", err, v.LogPath, tailFile(v.LogPath, 20))
+		}
+		select {
+		case <-v.done:
+			return nil, fmt.Errorf("qemu exited at start: %v (log %s:\n%s)", v.waitErr, v.LogPath, tailFile(v.LogPath, 20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// QMP runs one QMP command (after the capabilities handshake) and returns
+// its "return" value. Each call uses a fresh connection to the Unix socket,
+// which lives in the file system and so works from any network namespace.
+func (v *VM) QMP(command string) (json.RawMessage, error) {
+	c, err := net.DialTimeout("unix", v.QMPPath, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	type reply struct {
+		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Class, Desc string
+		} `json:"error"`
+		Event string `json:"event"`
+		QMP   any    `json:"QMP"`
+	}
+	read := func() (reply, error) {
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return reply{}, err
+			}
+			var m reply
+			if err := json.Unmarshal(line, &m); err != nil {
+				return reply{}, fmt.Errorf("qmp: %w", err)
+			}
+			if m.Event == "" { // events are interleaved; skip them
+				return m, nil
+			}
+		}
+	}
+	if _, err := read(); err != nil { // greeting
+		return nil, err
+	}
+	for _, cmd := range []string{"qmp_capabilities", command} {
+		if _, err := fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd); err != nil {
+			return nil, err
+		}
+		m, err := read()
+		if err != nil {
+			return nil, err
+		}
+		if m.Error != nil {
+			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, m.Error.Class, m.Error.Desc)
+		}
+		if cmd == command {
+			return m.Return, nil
+		}
+	}
+	return nil, nil
+}
+
+// Reset presses the machine's reset button (QMP system_reset): a hard
+// reboot that keeps the SSD and the UEFI variables.
+func (v *VM) Reset() error {
+	_, err := v.QMP("system_reset")
+	return err
+}
+
+// PID is QEMU's process id.
+func (v *VM) PID() int { return v.cmd.Process.Pid }
+
+// Done is closed when QEMU has exited.
+func (v *VM) Done() <-chan struct{} { return v.done }
+
+// Stop asks QEMU to quit (QMP), then kills it by PID if it does not.
+func (v *VM) Stop() error {
+	select {
+	case <-v.done:
+		return nil
+	default:
+	}
+	v.QMP("quit")
+	select {
+	case <-v.done:
+		return nil
+	case <-time.After(5 * time.Second):
+	}
+	return stopProcess(v.cmd, v.done, 5*time.Second)
+}
+
+// Kill ends QEMU at once by its PID.
+func (v *VM) Kill() {
+	if v.cmd.Process != nil {
+		_ = syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	<-v.done
+}
