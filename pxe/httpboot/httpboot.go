@@ -4,6 +4,8 @@
 //	GET  /boot/<mac>.ipxe            the node's iPXE script (HACKING.md boot contract)
 //	GET  /images/<id>/<artifact>     vmlinuz, initrd.img, rootfs.squashfs, manifest.json
 //	GET  /nodes/<name>/overlay.cpio  the node's runtime overlay, only to the node's address
+//	GET  /ipxe/<binary>              undionly.kpxe, snponly.efi, ipxe.efi from server.tftp_root
+//	                                 (UEFI HTTP boot fetches its first stage over HTTP)
 //	POST /events                     boot progress reported by nodes
 //	GET  /metrics, /healthz
 //
@@ -224,6 +226,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) string {
 	case strings.HasPrefix(p, "/nodes/"):
 		s.serveOverlay(w, r)
 		return "overlay"
+	case strings.HasPrefix(p, "/ipxe/"):
+		s.serveIPXE(w, r)
+		return "ipxe"
 	}
 	http.NotFound(w, r)
 	return "other"
@@ -462,6 +467,41 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 	defer func() { <-slots; s.active.Dec() }()
 	// ServeContent with an *os.File: Range, Content-Length, and sendfile(2)
 	// through the connection's ReadFrom.
+	http.ServeContent(w, r, "", st.ModTime(), f)
+}
+
+// IPXEFiles are the binaries served under /ipxe/ (the names DHCP hands out).
+var IPXEFiles = []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"}
+
+// serveIPXE serves one of IPXEFiles from server.tftp_root. Only these fixed
+// names are looked up, so no request path reaches the file system; the
+// admin's directory may link them elsewhere (Debian links ipxe.efi to /boot).
+func (s *Server) serveIPXE(w http.ResponseWriter, r *http.Request) {
+	if !onlyGet(w, r) {
+		return
+	}
+	name := strings.TrimPrefix(r.URL.Path, "/ipxe/")
+	ok := false
+	for _, n := range IPXEFiles {
+		ok = ok || n == name
+	}
+	if !ok {
+		http.Error(w, "not an iPXE binary: "+name, http.StatusNotFound)
+		return
+	}
+	f, err := os.Open(path.Join(s.cfg.Load().Server.TFTPRoot, name))
+	if err != nil {
+		s.log.Error("open iPXE binary", "file", name, "err", err)
+		http.Error(w, "iPXE binary missing", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		http.Error(w, "iPXE binary missing", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/efi")
 	http.ServeContent(w, r, "", st.ModTime(), f)
 }
 

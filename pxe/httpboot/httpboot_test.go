@@ -498,3 +498,22 @@ func TestDownloadsQueue(t *testing.T) {
 		}
 	}
 }
+
+// TestIPXEOverHTTP: the iPXE binaries for UEFI HTTP boot, and nothing else.
+func TestIPXEOverHTTP(t *testing.T) {
+	f := newFixture(t, "ignore")
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "snponly.efi"), []byte("MZ fake efi"), 0o644)
+	os.WriteFile(filepath.Join(root, "other.bin"), []byte("x"), 0o644)
+	cfg := *f.cfg
+	cfg.Server.TFTPRoot = root
+	f.srv.SetConfig(&cfg)
+	if code, body := get(t, f.url+"/ipxe/snponly.efi"); code != 200 || body != "MZ fake efi" {
+		t.Errorf("snponly.efi: %d %q", code, body)
+	}
+	for _, p := range []string{"/ipxe/other.bin", "/ipxe/ipxe.efi", "/ipxe/../bindpw", "/ipxe/"} {
+		if code, _ := get(t, f.url+p); code != 404 {
+			t.Errorf("%s: %d, want 404", p, code)
+		}
+	}
+}
