@@ -1,0 +1,91 @@
+package directory
+
+import (
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strconv"
+)
+
+// Report is the result of Check.
+type Report struct {
+	URI      string   `json:"uri"`
+	TLS      bool     `json:"tls"`
+	BoundAs  string   `json:"bound_as"`
+	Users    int      `json:"users"`
+	Groups   int      `json:"groups"`
+	Problems []string `json:"problems"`
+}
+
+// Check searches the base and reports what breaks logins on nodes:
+// duplicate uidNumbers, users whose primary group does not exist, and users
+// without homeDirectory or loginShell.
+func (d *Dir) Check() (*Report, error) {
+	r := &Report{URI: d.S.URI, TLS: d.TLS, BoundAs: d.S.AdminDN, Problems: []string{}}
+	base, err := d.search("(objectClass=*)", "1.1")
+	if err != nil {
+		return nil, err
+	}
+	if len(base) == 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("base %s holds no entries", d.S.Base))
+	}
+	users, err := d.search("(objectClass=posixAccount)", userAttrs...)
+	if err != nil {
+		return nil, err
+	}
+	groups, err := d.Groups()
+	if err != nil {
+		return nil, err
+	}
+	r.Users, r.Groups = len(users), len(groups)
+	gids := map[int]bool{}
+	for _, g := range groups {
+		gids[g.GID] = true
+	}
+	byUID := map[int][]string{}
+	for _, e := range users {
+		u := entryToUser(e)
+		raw := e.GetAttributeValue("uidNumber")
+		if _, err := strconv.Atoi(raw); err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("user %s (%s): uidNumber %q is not a number", u.Name, e.DN, raw))
+		} else {
+			byUID[u.UID] = append(byUID[u.UID], u.Name)
+		}
+		if !gids[u.GID] {
+			r.Problems = append(r.Problems, fmt.Sprintf("user %s: primary group gidNumber %d does not exist (no posixGroup has it)", u.Name, u.GID))
+		}
+		if u.Home == "" {
+			r.Problems = append(r.Problems, fmt.Sprintf("user %s: no homeDirectory", u.Name))
+		}
+		if u.Shell == "" {
+			r.Problems = append(r.Problems, fmt.Sprintf("user %s: no loginShell", u.Name))
+		}
+	}
+	uids := make([]int, 0, len(byUID))
+	for n := range byUID {
+		uids = append(uids, n)
+	}
+	sort.Ints(uids)
+	for _, n := range uids {
+		if names := byUID[n]; len(names) > 1 {
+			sort.Strings(names)
+			r.Problems = append(r.Problems, fmt.Sprintf("uidNumber %d is used by %d users: %v", n, len(names), names))
+		}
+	}
+	return r, nil
+}
+
+// HashSSHA returns the OpenLDAP {SSHA} form of password: SHA-1 over the
+// password and a random 8-byte salt, salt appended, base64.
+func HashSSHA(password string) (string, error) {
+	salt := make([]byte, 8)
+	if _, err := rand.Read(salt); err != nil {
+		return "", fmt.Errorf("salt: %w", err)
+	}
+	h := sha1.New()
+	h.Write([]byte(password))
+	h.Write(salt)
+	return "{SSHA}" + base64.StdEncoding.EncodeToString(append(h.Sum(nil), salt...)), nil
+}
