@@ -1,0 +1,438 @@
+package testlab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-ldap/ldap/v3"
+)
+
+// Lab addresses: the reference lab's provisioning network, only ever used
+// inside the lab's own namespace.
+const (
+	LabSubnet = "10.77.0.0/24"
+	LabServer = "10.77.0.1"
+	LabNAS    = "10.77.0.2"
+	LabBridge = "br-herd"
+	LabBase   = "dc=lab,dc=internal"
+	LabHTTP   = 8080
+)
+
+// LabNode is a node reservation in the lab's herd.yaml.
+type LabNode struct {
+	Name string
+	MAC  string
+	IP   string
+}
+
+// LabConfig describes a whole lab: namespace, bridge, NAS (nfs-ganesha +
+// slapd on a second address), herd.yaml and `herd serve`.
+type LabConfig struct {
+	// Dir holds everything the lab writes (state, NAS exports, logs, VMs).
+	Dir string
+	// HerdBin is the herd binary `herd serve` and `herd user` run from.
+	HerdBin string
+	// ImageDir is a published image directory (images/<id> of some store);
+	// it is hard-linked (or copied) into the lab's own state and made current.
+	ImageDir string
+	Nodes    []LabNode
+	// AdminKeys go into admin.ssh_keys.
+	AdminKeys []string
+	// Cache is cache.disk (default auto).
+	Cache string
+	// ExtraYAML is appended to the generated herd.yaml.
+	ExtraYAML string
+}
+
+// Lab is a running lab.
+type Lab struct {
+	Config     LabConfig
+	Netns      *Netns
+	NAS        *Ganesha
+	LDAP       *Slapd
+	StateDir   string
+	ConfigPath string
+	ServerLog  string
+	HomesDir   string
+	PublicDir  string
+	ImageID    string
+	server     *exec.Cmd
+	serverDone chan struct{}
+	taps       int
+}
+
+// DefaultLabNodes are two reservations: gpu01 and gpu02.
+var DefaultLabNodes = []LabNode{
+	{Name: "gpu01", MAC: "52:54:00:77:00:11", IP: "10.77.0.11"},
+	{Name: "gpu02", MAC: "52:54:00:77:00:12", IP: "10.77.0.12"},
+}
+
+// StartLab brings the whole lab up; on error everything started is stopped.
+func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
+	if c.Dir == "" || c.HerdBin == "" || c.ImageDir == "" {
+		return nil, errors.New("lab: Dir, HerdBin and ImageDir are required")
+	}
+	if len(c.Nodes) == 0 {
+		c.Nodes = DefaultLabNodes
+	}
+	if c.Cache == "" {
+		c.Cache = "auto"
+	}
+	l = &Lab{
+		Config:     c,
+		StateDir:   filepath.Join(c.Dir, "state"),
+		ConfigPath: filepath.Join(c.Dir, "herd.yaml"),
+		ServerLog:  filepath.Join(c.Dir, "server.log"),
+		HomesDir:   filepath.Join(c.Dir, "nas", "homes"),
+		PublicDir:  filepath.Join(c.Dir, "nas", "Public"),
+	}
+	defer func() {
+		if err != nil {
+			l.Close()
+			l = nil
+		}
+	}()
+	if l.ImageID, err = linkImage(c.ImageDir, l.StateDir); err != nil {
+		return l, err
+	}
+	if l.Netns, err = NewNetns("lab"); err != nil {
+		return l, err
+	}
+	if err = l.Netns.AddBridge(LabBridge, LabServer+"/24"); err != nil {
+		return l, err
+	}
+	if err = l.Netns.AddAddress(LabBridge, LabNAS+"/24"); err != nil {
+		return l, err
+	}
+	if l.NAS, err = StartGanesha(ctx, GaneshaConfig{Netns: l.Netns, Addr: LabNAS, Dir: filepath.Join(c.Dir, "nas", "ganesha"),
+		Exports: []Export{{Pseudo: "/export/homes", Path: l.HomesDir}, {Pseudo: "/export/Public", Path: l.PublicDir}}}); err != nil {
+		return l, err
+	}
+	// The Public export is world-writable with the sticky bit, like /tmp, so
+	// any lab user can leave files there.
+	if err = os.Chmod(l.PublicDir, 0o1777); err != nil {
+		return l, fmt.Errorf("lab: %w", err)
+	}
+	ldapDir := filepath.Join(c.Dir, "nas", "slapd")
+	if err = os.MkdirAll(ldapDir, 0o700); err != nil {
+		return l, fmt.Errorf("lab: %w", err)
+	}
+	if l.LDAP, err = StartSlapd(ctx, SlapdConfig{Dir: ldapDir, Netns: l.Netns, Addr: LabNAS, Port: 389, Base: LabBase}); err != nil {
+		return l, err
+	}
+	secret := filepath.Join(c.Dir, "ldap-admin.secret")
+	if err = l.LDAP.WriteAdminPassword(secret); err != nil {
+		return l, fmt.Errorf("lab: %w", err)
+	}
+	if err = os.WriteFile(l.ConfigPath, []byte(l.siteYAML(secret)), 0o644); err != nil {
+		return l, fmt.Errorf("lab: %w", err)
+	}
+	if err = l.startServer(ctx); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+// siteYAML is the lab's herd.yaml: full DHCP on the bridge with one
+// reservation per node, the NAS and LDAP on the second address.
+func (l *Lab) siteYAML(secret string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `server:
+  interface: %s
+  address: %s
+  http_port: %d
+dhcp:
+  mode: full
+  subnet: %s
+  router: %s
+  dns: [%s]
+  domain: lab.internal
+  unknown: ignore
+nas:
+  address: %s
+  nfs_version: "4.2"
+  homes: /export/homes
+  public: /export/Public
+ldap:
+  uri: ldap://%s/
+  base: %s
+  admin_dn: %s
+  admin_password_file: %s
+cache:
+  disk: %s
+nodes:
+`, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer, LabNAS, LabNAS, LabBase, l.LDAP.AdminDN, secret, l.Config.Cache)
+	for _, n := range l.Config.Nodes {
+		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
+	}
+	if len(l.Config.AdminKeys) > 0 {
+		b.WriteString("admin:\n  user: herdadmin\n  ssh_keys:\n")
+		for _, k := range l.Config.AdminKeys {
+			fmt.Fprintf(&b, "    - %q\n", strings.TrimSpace(k))
+		}
+	}
+	b.WriteString(l.Config.ExtraYAML)
+	return b.String()
+}
+
+// linkImage makes imageDir (images/<id> of a store) the current image of a
+// fresh state dir: files are hard-linked when on the same file system, else
+// copied, so the lab never changes the store it came from.
+func linkImage(imageDir, state string) (string, error) {
+	id := filepath.Base(filepath.Clean(imageDir))
+	dst := filepath.Join(state, "images", id)
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return "", fmt.Errorf("lab: %w", err)
+	}
+	ents, err := os.ReadDir(imageDir)
+	if err != nil {
+		return "", fmt.Errorf("lab: image %s: %w", imageDir, err)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		src, to := filepath.Join(imageDir, e.Name()), filepath.Join(dst, e.Name())
+		if _, err := os.Stat(to); err == nil {
+			continue
+		}
+		if err := os.Link(src, to); err != nil {
+			if err := copyFile(src, to); err != nil {
+				return "", fmt.Errorf("lab: copy %s: %w", src, err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(state, "current"), []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("lab: %w", err)
+	}
+	return id, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst + ".tmp")
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(dst+".tmp", dst)
+}
+
+// startServer runs `herd serve` inside the namespace and waits until its
+// HTTP side answers.
+func (l *Lab) startServer(ctx context.Context) error {
+	log, err := os.OpenFile(l.ServerLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	l.server = l.Netns.Command(context.Background(), l.Config.HerdBin, "-v", "--config", l.ConfigPath, "--state", l.StateDir, "serve")
+	l.server.Stdout, l.server.Stderr = log, log
+	l.server.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := l.server.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("lab: start herd serve: %w", err)
+	}
+	l.serverDone = make(chan struct{})
+	go func() { l.server.Wait(); log.Close(); close(l.serverDone) }()
+	url := fmt.Sprintf("http://%s:%d/metrics", LabServer, LabHTTP)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, _, err := l.HTTPGet(url)
+		if err == nil && code == 200 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lab: herd serve not answering %s: %v (log %s:\n%s)", url, err, l.ServerLog, tailFile(l.ServerLog, 30))
+		}
+		select {
+		case <-l.serverDone:
+			return fmt.Errorf("lab: herd serve exited (log %s:\n%s)", l.ServerLog, tailFile(l.ServerLog, 30))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// HTTPGet fetches url from inside the lab namespace.
+func (l *Lab) HTTPGet(url string) (int, []byte, error) {
+	var code int
+	var body []byte
+	err := l.Netns.Do(func() error {
+		// A fresh transport: its dialer sockets are made on this thread,
+		// inside the namespace.
+		tr := &http.Transport{DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		code = resp.StatusCode
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	return code, body, err
+}
+
+// Herd runs the herd binary against the lab's config and state (inside the
+// namespace, so LDAP and the server are reachable) with stdin as input.
+func (l *Lab) Herd(ctx context.Context, stdin string, args ...string) ([]byte, error) {
+	full := append([]string{"--config", l.ConfigPath, "--state", l.StateDir}, args...)
+	cmd := l.Netns.Command(ctx, l.Config.HerdBin, full...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("herd %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// AddUser creates an LDAP user through `herd user add NAME --password-stdin`
+// (the admin's own path) and her home directory on the NAS export, owned by
+// the uid/gid the directory gave her.
+func (l *Lab) AddUser(ctx context.Context, name, password string) (uid, gid int, err error) {
+	if _, err := l.Herd(ctx, password+"\n", "user", "add", name, "--password-stdin"); err != nil {
+		return 0, 0, err
+	}
+	uid, gid, err = l.lookupUser(name)
+	if err != nil {
+		return 0, 0, err
+	}
+	home := filepath.Join(l.HomesDir, name)
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return 0, 0, fmt.Errorf("lab: %w", err)
+	}
+	if err := os.Chown(home, uid, gid); err != nil {
+		return 0, 0, fmt.Errorf("lab: %w", err)
+	}
+	return uid, gid, nil
+}
+
+// lookupUser reads uidNumber/gidNumber of uid=name from the lab's slapd.
+func (l *Lab) lookupUser(name string) (int, int, error) {
+	var uid, gid int
+	err := l.Netns.Do(func() error {
+		conn, err := l.LDAP.Admin()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return searchUser(conn, l.LDAP.Base, name, &uid, &gid)
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("lab: look up %s in LDAP: %w", name, err)
+	}
+	return uid, gid, nil
+}
+
+// AddTap creates the next tap on the lab bridge and returns its name.
+func (l *Lab) AddTap() (string, error) {
+	name := fmt.Sprintf("tap%d", l.taps)
+	l.taps++
+	return name, l.Netns.AddTap(name, LabBridge)
+}
+
+// Node returns the reservation called name.
+func (l *Lab) Node(name string) (LabNode, bool) {
+	for _, n := range l.Config.Nodes {
+		if n.Name == name {
+			return n, true
+		}
+	}
+	return LabNode{}, false
+}
+
+// StartNode boots a QEMU node for reservation name on a new tap, with its SSD
+// at Dir/vms/<name>/ssd.qcow2 (kept across calls).
+func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error) {
+	n, ok := l.Node(name)
+	if !ok {
+		return nil, fmt.Errorf("lab: no node %q in herd.yaml", name)
+	}
+	tap, err := l.AddTap()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(l.Config.Dir, "vms", name)
+	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi,
+		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
+		Accel: os.Getenv("HERD_QEMU_ACCEL")})
+}
+
+// Logs names the lab's log files, for failure messages.
+func (l *Lab) Logs() string {
+	var parts []string
+	parts = append(parts, "server: "+l.ServerLog)
+	if l.NAS != nil {
+		parts = append(parts, "nfs-ganesha: "+l.NAS.LogPath)
+	}
+	if l.LDAP != nil {
+		parts = append(parts, "slapd: "+l.LDAP.LogPath)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ServerLogText returns the server log so far.
+func (l *Lab) ServerLogText() string {
+	b, _ := os.ReadFile(l.ServerLog)
+	return string(b)
+}
+
+// Close stops the server, the NAS and deletes the namespace (by PID, in that order).
+func (l *Lab) Close() error {
+	if l.server != nil {
+		stopProcess(l.server, l.serverDone, 35*time.Second)
+	}
+	if l.LDAP != nil {
+		l.LDAP.Stop()
+	}
+	if l.NAS != nil {
+		l.NAS.Stop()
+	}
+	if l.Netns != nil {
+		return l.Netns.Close()
+	}
+	return nil
+}
+
+// searchUser reads uidNumber and gidNumber of uid=name under base.
+func searchUser(conn *ldap.Conn, base, name string, uid, gid *int) error {
+	res, err := conn.Search(ldap.NewSearchRequest(base, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 2, 10, false,
+		"(&(objectClass=posixAccount)(uid="+ldap.EscapeFilter(name)+"))", []string{"uidNumber", "gidNumber"}, nil))
+	if err != nil {
+		return err
+	}
+	if len(res.Entries) != 1 {
+		return fmt.Errorf("%d entries for uid=%s", len(res.Entries), name)
+	}
+	e := res.Entries[0]
+	if _, err := fmt.Sscan(e.GetAttributeValue("uidNumber"), uid); err != nil {
+		return fmt.Errorf("%s: uidNumber %q: %w", e.DN, e.GetAttributeValue("uidNumber"), err)
+	}
+	if _, err := fmt.Sscan(e.GetAttributeValue("gidNumber"), gid); err != nil {
+		return fmt.Errorf("%s: gidNumber %q: %w", e.DN, e.GetAttributeValue("gidNumber"), err)
+	}
+	return nil
+}
