@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/herdlab/herd/directory"
+)
+
+// connectDirectory loads herd.yaml and binds to LDAP as ldap.admin_dn.
+func connectDirectory() (*directory.Dir, error) {
+	cfg, err := loadSite(false)
+	if err != nil {
+		return nil, err
+	}
+	return directory.Connect(directory.FromSite(cfg))
+}
+
+func init() {
+	var asJSON bool
+	ldapCmd := &cobra.Command{Use: "ldap", Short: "Check the lab's LDAP directory"}
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "Connect, negotiate TLS, bind, and report duplicate uids, missing primary groups, missing home/shell",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := connectDirectory()
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			rep, err := d.Check()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				tls := "no TLS"
+				if rep.TLS {
+					tls = "TLS"
+				}
+				fmt.Fprintf(out, "connected to %s (%s), bound as %s\n", rep.URI, tls, rep.BoundAs)
+				fmt.Fprintf(out, "%d users, %d groups\n", rep.Users, rep.Groups)
+				for _, p := range rep.Problems {
+					fmt.Fprintln(out, "PROBLEM:", p)
+				}
+			}
+			if n := len(rep.Problems); n > 0 {
+				return &exitError{code: 1, msg: fmt.Sprintf("ldap check found %d problem(s)", n)}
+			}
+			if !asJSON {
+				fmt.Fprintln(out, "no problems found")
+			}
+			return nil
+		},
+	}
+	check.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	ldapCmd.AddCommand(check)
+	root.AddCommand(ldapCmd)
+}
