@@ -1,0 +1,368 @@
+package testlab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herdlab/herd/image/manifest"
+)
+
+// Booted is one node booted in a lab, with the LDAP user the checks log in
+// as. The e2e suite and `herd image test` run the same Checks against it.
+type Booted struct {
+	Lab  *Lab
+	VM   *VM
+	Node LabNode
+	// User is alice over SSH (password login, sudo through the members group).
+	User     *Guest
+	UID, GID int
+	Manifest *manifest.Manifest
+}
+
+// Check is one thing a lab user or admin would verify on a booted node.
+type Check struct {
+	Name string
+	Run  func(ctx context.Context, b *Booted) error
+}
+
+// loginRe matches getty's prompt on the serial console.
+var loginRe = regexp.MustCompile(`(?m)(\S+) login: `)
+
+// BootNode starts a QEMU node for reservation name and waits until its
+// serial console shows the login prompt and alice can log in over SSH.
+func BootNode(ctx context.Context, l *Lab, name string, uefi bool, user, password string, uid, gid int) (*Booted, error) {
+	n, ok := l.Node(name)
+	if !ok {
+		return nil, fmt.Errorf("lab: no node %q", name)
+	}
+	vm, err := l.StartNode(ctx, name, uefi)
+	if err != nil {
+		return nil, err
+	}
+	m, err := manifest.Read(filepath.Join(l.StateDir, "images", l.ImageID))
+	if err != nil {
+		vm.Stop()
+		return nil, fmt.Errorf("lab: manifest: %w", err)
+	}
+	b := &Booted{Lab: l, VM: vm, Node: n, UID: uid, GID: gid, Manifest: m,
+		User: &Guest{Netns: l.Netns, Addr: n.IP, User: user, Password: password}}
+	if err := b.WaitUp(ctx); err != nil {
+		return b, err
+	}
+	return b, nil
+}
+
+// BootTimeout bounds one boot under TCG: firmware PXE, a squashfs download
+// of ~700 MB over the bridge, systemd to multi-user (about a minute alone).
+const BootTimeout = 8 * time.Minute
+
+// WaitUp waits for the login prompt on the console (from the console's
+// current position) and then for an SSH login, pinning herd's host keys.
+func (b *Booted) WaitUp(ctx context.Context) error {
+	if _, err := b.VM.Console.Expect(ctx, loginRe, BootTimeout); err != nil {
+		return fmt.Errorf("%s did not reach a login prompt: %w\n(%s)", b.Node.Name, err, b.Lab.Logs())
+	}
+	keys, err := NodeHostKeys(b.Lab.StateDir, b.Node.Name)
+	if err != nil {
+		return err
+	}
+	b.User.HostKeys = keys
+	return b.User.WaitSSH(ctx, 2*time.Minute)
+}
+
+// Reboot resets the machine and waits until it is up again.
+func (b *Booted) Reboot(ctx context.Context) error {
+	b.VM.Console.Mark()
+	if err := b.VM.Reset(); err != nil {
+		return err
+	}
+	return b.WaitUp(ctx)
+}
+
+// NodeChecks are the checks of issue 8 on one booted node, in order: later
+// ones rely on what earlier ones showed (e.g. the home mount).
+func NodeChecks() []Check {
+	return []Check{
+		{"address-and-hostname", checkAddress},
+		{"root-is-squashfs-overlay", checkRoot},
+		{"ldap-user-resolves", checkGetent},
+		{"ssh-login", checkSSH},
+		{"home-autofs-nfs-fsc", checkHome},
+		{"cachefilesd-on-ssd", checkCachefilesd},
+		{"fscache-hits", checkFSCacheHits},
+		{"nvidia-pinned", checkNVIDIA},
+		{"nothing-failed", checkNothingFailed},
+		{"node-list-up", checkNodeList},
+	}
+}
+
+func checkAddress(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "hostname; ip -4 -o addr show scope global")
+	if err != nil {
+		return err
+	}
+	lines := strings.SplitN(out, "\n", 2)
+	if strings.TrimSpace(lines[0]) != b.Node.Name {
+		return fmt.Errorf("hostname is %q, want %q", strings.TrimSpace(lines[0]), b.Node.Name)
+	}
+	if !strings.Contains(out, " "+b.Node.IP+"/24") {
+		return fmt.Errorf("reserved address %s not configured:\n%s", b.Node.IP, out)
+	}
+	return nil
+}
+
+func checkRoot(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "findmnt -n -o FSTYPE /; cat /proc/mounts")
+	if err != nil {
+		return err
+	}
+	if first := strings.SplitN(out, "\n", 2)[0]; strings.TrimSpace(first) != "overlay" {
+		return fmt.Errorf("/ is %q, want overlay:\n%s", first, out)
+	}
+	if !regexp.MustCompile(`(?m)^\S+ \S+ squashfs ro`).MatchString(out) {
+		return fmt.Errorf("no read-only squashfs mounted:\n%s", out)
+	}
+	return nil
+}
+
+func checkGetent(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "getent passwd "+b.User.User)
+	if err != nil {
+		return err
+	}
+	f := strings.Split(strings.TrimSpace(out), ":")
+	if len(f) < 7 || f[2] != strconv.Itoa(b.UID) || f[3] != strconv.Itoa(b.GID) {
+		return fmt.Errorf("getent passwd %s = %q, want uid %d gid %d", b.User.User, out, b.UID, b.GID)
+	}
+	// Only the directory knows her: the image's files must not.
+	if out, err := b.User.Run(ctx, "getent -s files passwd "+b.User.User+" || echo none"); err != nil || strings.TrimSpace(out) != "none" {
+		return fmt.Errorf("%s found in local files (%q, %v), not only in LDAP", b.User.User, out, err)
+	}
+	return nil
+}
+
+func checkSSH(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "id -un; id -Gn")
+	if err != nil {
+		return err
+	}
+	if l := strings.SplitN(out, "\n", 2); strings.TrimSpace(l[0]) != b.User.User {
+		return fmt.Errorf("logged in as %q, want %q", l[0], b.User.User)
+	}
+	if !strings.Contains(out, "members") {
+		return fmt.Errorf("%s is not in the members group on the node: %q", b.User.User, out)
+	}
+	return nil
+}
+
+func checkHome(ctx context.Context, b *Booted) error {
+	home := "/home/" + b.User.User
+	name := "from-" + b.Node.Name + "-" + randHex(4)
+	out, err := b.User.Run(ctx, fmt.Sprintf("cd %s && echo hello-from-node > %s && findmnt -n -o FSTYPE,OPTIONS,SOURCE --target %s", home, name, home))
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(out, "nfs4 ") || !regexp.MustCompile(`(^|,)fsc(,|\s|$)`).MatchString(out) {
+		return fmt.Errorf("%s is not NFSv4 with fsc: %q", home, out)
+	}
+	if !strings.Contains(out, LabNAS+":") {
+		return fmt.Errorf("%s does not come from the NAS %s: %q", home, LabNAS, out)
+	}
+	if auto, err := b.User.Run(ctx, "findmnt -n -o FSTYPE /home"); err != nil || !strings.Contains(auto, "autofs") {
+		return fmt.Errorf("/home is not an autofs mount point: %q %v", auto, err)
+	}
+	onNAS := filepath.Join(b.Lab.HomesDir, b.User.User, name)
+	data, err := os.ReadFile(onNAS)
+	if err != nil || string(data) != "hello-from-node\n" {
+		return fmt.Errorf("file written on the node not on the NAS export %s: %q %v", onNAS, data, err)
+	}
+	if uid, gid, err := FileOwner(onNAS); err != nil || uid != b.UID || gid != b.GID {
+		return fmt.Errorf("%s owned by %d:%d, want %d:%d (%v)", onNAS, uid, gid, b.UID, b.GID, err)
+	}
+	return nil
+}
+
+func checkCachefilesd(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "systemctl is-active cachefilesd; findmnt -n -o SOURCE,FSTYPE --target /var/cache/herd/fscache; findmnt -n -o SOURCE /")
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	l := strings.Split(strings.TrimSpace(out), "\n")
+	if len(l) < 3 || l[0] != "active" {
+		return fmt.Errorf("cachefilesd not active: %q", out)
+	}
+	if !strings.HasPrefix(l[1], "/dev/") || !strings.HasSuffix(l[1], "ext4") {
+		return fmt.Errorf("the FS-Cache dir is not on the SSD's ext4 partition: %q", l[1])
+	}
+	conf, err := b.User.Run(ctx, "cat /etc/cachefilesd.conf")
+	if err != nil {
+		return err
+	}
+	if !regexp.MustCompile(`(?m)^dir\s+/var/cache/herd/fscache\s*$`).MatchString(conf) {
+		return fmt.Errorf("cachefilesd.conf does not point at the SSD:\n%s", conf)
+	}
+	return nil
+}
+
+// fscacheStats parses /proc/fs/fscache/stats into "Section.key" counters.
+func fscacheStats(s string) map[string]int64 {
+	m := map[string]int64{}
+	for _, line := range strings.Split(s, "\n") {
+		sec, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		sec = strings.TrimSpace(sec)
+		for _, f := range strings.Fields(rest) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				continue
+			}
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				m[sec+"."+k] = n
+			}
+		}
+	}
+	return m
+}
+
+func checkFSCacheHits(ctx context.Context, b *Booted) error {
+	// A file put on the NAS by the host, read twice by the node with the
+	// page cache dropped in between: the second read must be served by
+	// FS-Cache (counters, not timing: under TCG the cache can be slower).
+	name := "fscache-probe-" + randHex(4)
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	p := filepath.Join(b.Lab.HomesDir, b.User.User, name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		return err
+	}
+	os.Chown(p, b.UID, b.GID)
+	f := "/home/" + b.User.User + "/" + name
+	stats := func() (map[string]int64, string, error) {
+		out, err := b.User.Run(ctx, "cat /proc/fs/fscache/stats")
+		return fscacheStats(out), out, err
+	}
+	before, _, err := stats()
+	if err != nil {
+		return err
+	}
+	if _, err := b.User.Run(ctx, "md5sum "+f); err != nil {
+		return err
+	}
+	// cachefilesd writes the cache in the background; wait (bounded) until
+	// the writes are counted before dropping the page cache.
+	var mid map[string]int64
+	for i := 0; i < 60; i++ {
+		if mid, _, err = stats(); err != nil {
+			return err
+		}
+		if mid["IO.wr"] > before["IO.wr"] {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if mid["IO.wr"] <= before["IO.wr"] {
+		return fmt.Errorf("the first read wrote nothing to the cache (IO.wr %d → %d)", before["IO.wr"], mid["IO.wr"])
+	}
+	if _, err := b.User.Sudo(ctx, "sync; echo 3 > /proc/sys/vm/drop_caches"); err != nil {
+		return err
+	}
+	if _, err := b.User.Run(ctx, "md5sum "+f); err != nil {
+		return err
+	}
+	after, raw, err := stats()
+	if err != nil {
+		return err
+	}
+	if after["IO.rd"] <= mid["IO.rd"] {
+		return fmt.Errorf("the second read did not come from FS-Cache (IO.rd %d → %d):\n%s", mid["IO.rd"], after["IO.rd"], raw)
+	}
+	return nil
+}
+
+func checkNVIDIA(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "/sbin/modinfo -F version nvidia")
+	if err != nil {
+		return err
+	}
+	got := strings.TrimSpace(out)
+	want := b.Manifest.NVIDIA
+	if got == "" || want == "" || !strings.HasPrefix(want, got) {
+		return fmt.Errorf("modinfo nvidia version %q, image pins %q", got, want)
+	}
+	units, err := b.User.Run(ctx, "systemctl list-units --all --plain --no-legend 'nvidia*' | awk '{print $1, $3}'")
+	if err != nil {
+		return err
+	}
+	for _, l := range strings.Split(strings.TrimSpace(units), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[1] == "active" && strings.HasSuffix(f[0], ".service") {
+			return fmt.Errorf("NVIDIA service %s is active on a node without a GPU", f[0])
+		}
+	}
+	return nil
+}
+
+func checkNothingFailed(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "systemctl --failed --plain --no-legend")
+	if err != nil {
+		return err
+	}
+	if s := strings.TrimSpace(out); s != "" {
+		return fmt.Errorf("failed units:\n%s", s)
+	}
+	return nil
+}
+
+func checkNodeList(ctx context.Context, b *Booted) error {
+	out, err := b.Lab.Herd(ctx, "", "node", "list", "--json")
+	if err != nil {
+		return err
+	}
+	var views []struct {
+		Name string `json:"name"`
+		Seen *struct {
+			Stage string `json:"stage"`
+			Image string `json:"image"`
+		} `json:"seen"`
+	}
+	if err := json.Unmarshal(out, &views); err != nil {
+		return fmt.Errorf("herd node list --json: %w: %s", err, out)
+	}
+	for _, v := range views {
+		if v.Name != b.Node.Name {
+			continue
+		}
+		if v.Seen == nil || v.Seen.Stage != "up" || v.Seen.Image != b.Lab.ImageID {
+			return fmt.Errorf("herd node list shows %s as %+v, want stage up with image %s", v.Name, v.Seen, b.Lab.ImageID)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s missing from herd node list --json: %s", b.Node.Name, out)
+}
+
+// RootfsDownloads counts server log lines for requests of the image's
+// rootfs.squashfs from the node's address.
+func RootfsDownloads(serverLog, imageID, ip string) int {
+	n := 0
+	for _, l := range strings.Split(serverLog, "\n") {
+		if strings.Contains(l, "/images/"+imageID+"/"+manifest.Rootfs) && strings.Contains(l, "remote="+ip) {
+			n++
+		}
+	}
+	return n
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return fmt.Sprintf("%x", b)
+}
