@@ -14,6 +14,8 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/site"
 	"github.com/herdlab/herd/testlab"
 )
 
@@ -87,22 +89,32 @@ func publishFiles(t *testing.T, state string, files map[string]string) string {
 }
 
 // TestQEMUNetbootToKernel boots a SeaBIOS QEMU node whose virtio-net ROM
-// is iPXE: DHCP → /boot/<mac>.ipxe → kernel, initrd and overlay over HTTP
-// from the real `herd serve` binary, all inside a test namespace. The
-// site's DHCP here is dnsmasq (dhcp.mode off: the site DHCP points at herd).
-func TestQEMUNetbootToKernel(t *testing.T) { qemuNetboot(t, false) }
+// is iPXE, with herd's own DHCP in full mode: DHCP (reserved address) →
+// /boot/<mac>.ipxe → kernel, initrd and overlay over HTTP, all from the real
+// `herd serve` binary inside a test namespace.
+func TestQEMUNetbootToKernel(t *testing.T) { qemuNetboot(t, false, site.DHCPFull) }
 
 // TestQEMUUEFINetbootViaTFTP boots an OVMF node with the firmware's own PXE
-// (NIC ROM disabled): its TFTP client (tsize, then blksize 1468 +
-// windowsize 4) fetches snponly.efi from herd's TFTP, which then runs as
-// iPXE and continues over HTTP as in the BIOS case.
-func TestQEMUUEFINetbootViaTFTP(t *testing.T) { qemuNetboot(t, true) }
+// (NIC ROM disabled) against herd's full-mode DHCP: its TFTP client (tsize,
+// then blksize 1468 + windowsize 4) fetches snponly.efi from herd's TFTP,
+// which then runs as iPXE and continues over HTTP as in the BIOS case.
+func TestQEMUUEFINetbootViaTFTP(t *testing.T) { qemuNetboot(t, true, site.DHCPFull) }
 
-func qemuNetboot(t *testing.T, uefi bool) {
+// TestQEMUProxyDHCPBesideSiteDHCP: the site's DHCP (dnsmasq, addresses
+// only) and herd in proxy mode (boot information only) on one segment.
+func TestQEMUProxyDHCPBesideSiteDHCP(t *testing.T) { qemuNetboot(t, false, site.DHCPProxy) }
+
+// TestQEMUSiteDHCPPointsAtHerd: dhcp.mode off; the site's DHCP (dnsmasq)
+// hands out the boot script URL and herd only serves TFTP and HTTP.
+func TestQEMUSiteDHCPPointsAtHerd(t *testing.T) { qemuNetboot(t, false, site.DHCPOff) }
+
+func qemuNetboot(t *testing.T, uefi bool, mode string) {
 	testenv.Long(t)
 	testenv.RequireNetns(t)
 	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "dnsmasq")
+	if mode != site.DHCPFull {
+		testenv.RequireCommands(t, "dnsmasq")
+	}
 	herd := testenv.Bin(t, "HERD_BIN")
 	kernel, initrd, realKernel := bootKernel(t)
 	t.Logf("booting kernel %s (Linux: %v)", kernel, realKernel)
@@ -132,7 +144,9 @@ func qemuNetboot(t *testing.T, uefi bool) {
   address: %s
   http_port: 8080
 dhcp:
-  mode: off
+  mode: %s
+  subnet: 10.93.0.0/24
+  lease_time: 1h
 cache:
   disk: none
 overlays: [base]
@@ -140,16 +154,16 @@ nodes:
   - name: qnode1
     mac: "%s"
     ip: %s
-`, srv, mac, nip)), 0o644)
+`, srv, mode, mac, nip)), 0o644)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	start := func(name string, logf string, args ...string) *exec.Cmd {
+	startIn := func(in *testlab.Netns, name string, logf string, args ...string) *exec.Cmd {
 		f, err := os.Create(filepath.Join(dir, logf))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := ns.Command(ctx, name, args...)
+		c := in.Command(ctx, name, args...)
 		c.Stdout, c.Stderr = f, f
 		c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
 		if err := c.Start(); err != nil {
@@ -162,16 +176,35 @@ nodes:
 		})
 		return c
 	}
+	start := func(name string, logf string, args ...string) *exec.Cmd { return startIn(ns, name, logf, args...) }
 	start(herd, "herd.log", "-v", "--config", cfgPath, "--state", state, "serve")
-	start("dnsmasq", "dnsmasq.log", "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
-		"--port=0", "--interface=br0", "--bind-interfaces", "-u", "root",
-		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"), "--dhcp-leasefile="+filepath.Join(dir, "leases"),
-		"--dhcp-range=10.93.0.100,10.93.0.150,1h", "--dhcp-host="+mac+","+nip,
-		// iPXE (user class "iPXE") gets its script URL; plain PXE firmware
-		// gets snponly.efi from herd's TFTP (next-server = herd).
-		"--dhcp-userclass=set:ipxe,iPXE",
-		"--dhcp-boot=tag:ipxe,http://"+srv+":8080/boot/"+mac+".ipxe",
-		"--dhcp-boot=tag:!ipxe,snponly.efi,,"+srv, "--log-dhcp")
+	siteDHCP := []string{"--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null",
+		"--port=0", "--interface=eth0", "--bind-interfaces", "-u", "root",
+		"--pid-file=" + filepath.Join(dir, "dnsmasq.pid"), "--dhcp-leasefile=" + filepath.Join(dir, "leases"),
+		"--dhcp-range=10.93.0.100,10.93.0.150,1h", "--dhcp-host=" + mac + "," + nip, "--log-dhcp"}
+	var siteNS *testlab.Netns
+	if mode != site.DHCPFull {
+		// The site's DHCP server is another host on the segment: its own
+		// namespace, joined to the bridge by a veth pair.
+		if siteNS, err = testlab.NewNetns("pxesite"); err != nil {
+			t.Fatal(err)
+		}
+		defer siteNS.Close()
+		if err := ns.AddVethPeer("vsite", "br0", siteNS, "eth0", "10.93.0.2/24"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch mode {
+	case site.DHCPOff:
+		// The site's DHCP points at herd: iPXE (user class "iPXE") gets its
+		// script URL; plain PXE firmware gets snponly.efi from herd's TFTP.
+		startIn(siteNS, "dnsmasq", "dnsmasq.log", append(siteDHCP, "--dhcp-userclass=set:ipxe,iPXE",
+			"--dhcp-boot=tag:ipxe,http://"+srv+":8080/boot/"+mac+".ipxe",
+			"--dhcp-boot=tag:!ipxe,snponly.efi,,"+srv)...)
+	case site.DHCPProxy:
+		// Addresses only; the boot information comes from herd's proxy DHCP.
+		startIn(siteNS, "dnsmasq", "dnsmasq.log", siteDHCP...)
+	}
 	serial := filepath.Join(dir, "serial.log")
 	args := []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot",
@@ -227,6 +260,16 @@ nodes:
 	}
 	if strings.Contains(read("herd.log"), "rootfs.squashfs") {
 		t.Errorf("iPXE fetched the root image; only the initramfs should")
+	}
+	if mode == site.DHCPFull {
+		// herd's DHCP reported the lease to the inventory (herd node list).
+		inv, err := inventory.Load(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := inv.Get(mac); !ok || r.LastDHCPIP != nip || r.Name != "qnode1" {
+			t.Errorf("inventory after DHCP: %+v", r)
+		}
 	}
 	if realKernel && !uefi {
 		for i := 0; i < 600 && !strings.Contains(read("serial.log"), "Linux version"); i++ {
