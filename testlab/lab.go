@@ -138,6 +138,11 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = os.WriteFile(l.ConfigPath, []byte(l.siteYAML(secret)), 0o644); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
+	// The site's sudo rule names this group and `herd user add` puts new
+	// users in it; herd refuses to create it implicitly.
+	if _, err = l.Herd(ctx, "", "group", "add", "members"); err != nil {
+		return l, err
+	}
 	if err = l.startServer(ctx); err != nil {
 		return l, err
 	}

@@ -1,0 +1,180 @@
+// Package qemutests is herd's end-to-end suite: the reference lab on one
+// machine. A network namespace with a bridge holds `herd serve` (full DHCP),
+// a NAS (nfs-ganesha exporting homes and Public, slapd seeded through
+// `herd user add`) and QEMU nodes that netboot the default image with a
+// virtual SSD each. The checks are what a lab user or admin would look at,
+// run over SSH as an LDAP user (package testlab holds them, shared with
+// `herd image test`).
+package qemutests
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/testlab"
+)
+
+const (
+	alicePassword = "Wonder-Land-2026"
+	// defaultRecipe is the image the lab boots (relative to this package).
+	defaultRecipe = "../recipes/ubuntu-noble-gpu.yaml"
+)
+
+// TestLab boots two nodes together — gpu01 with SeaBIOS, gpu02 with OVMF —
+// against one server and NAS, then runs every check on gpu01, the basic
+// ones on gpu02, and reboots gpu01 to see the image come from its SSD.
+func TestLab(t *testing.T) {
+	testenv.Long(t)
+	testenv.RequireNetns(t)
+	testenv.RequireQEMU(t)
+	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
+	herd := testenv.Bin(t, "HERD_BIN")
+	ctx := context.Background()
+
+	img := suiteImage(t, herd)
+	dir := labDir(t)
+	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var booted []*testlab.Booted
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		if t.Failed() {
+			mu.Lock()
+			for _, b := range booted {
+				t.Logf("--- serial console of %s (%s) ---\n%s", b.Node.Name, b.VM.SerialPath, b.VM.Console.Tail(60))
+			}
+			mu.Unlock()
+			t.Logf("--- server log (%s) ---\n%s", lab.ServerLog, testlab.TailLines([]byte(lab.ServerLogText()), 60))
+			t.Logf("NAS logs: %s (kept in %s)", lab.Logs(), dir)
+		}
+		mu.Lock()
+		for _, b := range booted {
+			b.VM.Stop()
+		}
+		mu.Unlock()
+		lab.Close()
+		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
+			os.RemoveAll(dir)
+		}
+	})
+	uid, gid, err := lab.AddUser(ctx, "alice", alicePassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Both nodes start at the same moment: a small boot storm, and the two
+	// firmware paths (SeaBIOS + iPXE ROM, OVMF PXE + snponly.efi).
+	nodes := []struct {
+		name string
+		uefi bool
+	}{{"gpu01", false}, {"gpu02", true}}
+	results := make([]*testlab.Booted, len(nodes))
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := testlab.BootNode(ctx, lab, n.name, n.uefi, "alice", alicePassword, uid, gid)
+			if b != nil {
+				mu.Lock()
+				booted = append(booted, b)
+				mu.Unlock()
+			}
+			results[i], errs[i] = b, err
+		}()
+	}
+	wg.Wait()
+	t.Run("seabios-and-ovmf-both-boot", func(t *testing.T) {
+		for i, n := range nodes {
+			if errs[i] != nil {
+				t.Errorf("%s (uefi=%v): %v", n.name, n.uefi, errs[i])
+			}
+		}
+	})
+	if errs[0] != nil {
+		t.Fatalf("gpu01 did not boot; the remaining checks need it")
+	}
+	gpu01 := results[0]
+
+	for _, c := range testlab.NodeChecks() {
+		t.Run(c.Name, func(t *testing.T) {
+			if err := c.Run(ctx, gpu01); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if errs[1] == nil {
+		t.Run("second-node-uefi", func(t *testing.T) {
+			for _, c := range testlab.NodeChecks() {
+				switch c.Name {
+				case "address-and-hostname", "root-is-squashfs-overlay", "ldap-user-resolves", "nothing-failed", "node-list-up":
+					if err := c.Run(ctx, results[1]); err != nil {
+						t.Errorf("%s: %v", c.Name, err)
+					}
+				}
+			}
+		})
+		// Free the CPU for the reboot.
+		results[1].VM.Stop()
+	}
+
+	t.Run("reboot-uses-ssd-cache", func(t *testing.T) {
+		first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, gpu01.Node.IP)
+		if first == 0 {
+			t.Fatalf("the first boot's rootfs download is not in the server log %s", lab.ServerLog)
+		}
+		before := len(lab.ServerLogText())
+		if err := gpu01.Reboot(ctx); err != nil {
+			t.Fatal(err)
+		}
+		since := lab.ServerLogText()[before:]
+		if n := testlab.RootfsDownloads(since, lab.ImageID, gpu01.Node.IP); n != 0 {
+			t.Fatalf("the rebooted node downloaded the root image again (%d requests)", n)
+		}
+		if !strings.Contains(since, "/boot/"+gpu01.Node.MAC) && !strings.Contains(since, "/boot/"+strings.ReplaceAll(gpu01.Node.MAC, ":", "-")) {
+			t.Errorf("the reboot did not go through the server (no boot script request in the log)")
+		}
+		// The node is whole again: same checks that touch the SSD and NAS.
+		for _, c := range testlab.NodeChecks() {
+			switch c.Name {
+			case "root-is-squashfs-overlay", "cachefilesd-on-ssd", "fscache-hits", "nothing-failed", "node-list-up":
+				if err := c.Run(ctx, gpu01); err != nil {
+					t.Errorf("after reboot, %s: %v", c.Name, err)
+				}
+			}
+		}
+	})
+}
+
+// labDir is where the lab keeps its files: under /var/tmp (not a tmpfs, the
+// image is linked there from the test store on the same file system).
+func labDir(t *testing.T) string {
+	d, err := os.MkdirTemp("/var/tmp", "herd-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// suiteImage returns the image directory to boot: $HERD_E2E_IMAGE, else the
+// default recipe built with `herd image build` into the shared test store
+// (/var/tmp/herd-test-store, HACKING.md): the builder's stage cache makes
+// that a no-op when neither the recipe nor herd changed.
+func suiteImage(t *testing.T, herd string) string {
+	if p := os.Getenv("HERD_E2E_IMAGE"); p != "" {
+		return p
+	}
+	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, filepath.Join(t.TempDir(), "build.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
