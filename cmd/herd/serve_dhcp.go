@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net"
-	"time"
 
 	"github.com/herdlab/herd/pxe/dhcp"
 	"github.com/herdlab/herd/pxe/server"
@@ -44,6 +43,6 @@ func init() {
 		return dhcpService{s}, nil
 	}
 	doctorProbe = func(ctx context.Context, iface string) (string, error) {
-		return dhcp.Probe(ctx, iface, 2500*time.Millisecond)
+		return dhcp.Probe(ctx, iface, dhcp.DefaultProbeWait)
 	}
 }

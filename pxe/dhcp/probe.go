@@ -12,6 +12,10 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 )
 
+// DefaultProbeWait is how long Probe listens by default: long enough for
+// dnsmasq, which pings an address for up to 3 s before offering it.
+const DefaultProbeWait = 3500 * time.Millisecond
+
 // Probe broadcasts a DISCOVER on iface from the interface's own MAC and
 // listens for wait; it returns "server-id via source" for the first OFFER
 // (another DHCP server on the segment) or "" if none answered. A rival that

@@ -29,7 +29,8 @@ type Options struct {
 	OnLease func(mac net.HardwareAddr, ip net.IP, hostname string)
 	// UEFIBinary is the iPXE build for UEFI PXE (default snponly.efi).
 	UEFIBinary string
-	// ProbeWait is how long the rival-server probe listens (default 2.5 s).
+	// ProbeWait is how long the rival-server probe listens (default 3.5 s:
+	// dnsmasq pings an address for up to 3 s before it offers it).
 	ProbeWait time.Duration
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
@@ -59,7 +60,7 @@ func New(cfg *site.Config, opt Options) (*Server, error) {
 		opt.Now = time.Now
 	}
 	if opt.ProbeWait == 0 {
-		opt.ProbeWait = 2500 * time.Millisecond
+		opt.ProbeWait = DefaultProbeWait
 	}
 	if cfg.DHCP.Mode != site.DHCPFull && cfg.DHCP.Mode != site.DHCPProxy {
 		return nil, fmt.Errorf("dhcp.mode %q: herd's DHCP runs only in full or proxy mode", cfg.DHCP.Mode)
