@@ -338,7 +338,9 @@ func TestRemoveRefusals(t *testing.T) {
 	}
 }
 
+// sortedOf returns a sorted copy (callers pass slices they still use).
 func sortedOf(x ...string) []string {
+	x = append([]string(nil), x...)
 	sort.Strings(x)
 	return x
 }
@@ -681,7 +683,7 @@ func TestKilledPublish(t *testing.T) {
 				t.Errorf("earlier images now %v, want %v", got, earlier)
 			}
 			if cur, _ := s.Current(); cur != earlier[0] {
-				t.Errorf("current changed to %s", cur)
+				t.Errorf("current changed to %s, was %s", cur, earlier[0])
 			}
 		})
 	}
