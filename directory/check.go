@@ -20,8 +20,8 @@ type Report struct {
 }
 
 // Check searches the base and reports what breaks logins on nodes:
-// duplicate uidNumbers, users whose primary group does not exist, and users
-// without homeDirectory or loginShell.
+// duplicate uidNumbers (and gidNumbers), users whose primary group does not
+// exist, and users without homeDirectory or loginShell.
 func (d *Dir) Check() (*Report, error) {
 	r := &Report{URI: d.S.URI, TLS: d.TLS, BoundAs: d.S.AdminDN, Problems: []string{}}
 	base, err := d.search("(objectClass=*)", "1.1")
@@ -41,8 +41,10 @@ func (d *Dir) Check() (*Report, error) {
 	}
 	r.Users, r.Groups = len(users), len(groups)
 	gids := map[int]bool{}
+	byGID := map[int][]string{}
 	for _, g := range groups {
 		gids[g.GID] = true
+		byGID[g.GID] = append(byGID[g.GID], g.Name)
 	}
 	byUID := map[int][]string{}
 	for _, e := range users {
@@ -72,6 +74,16 @@ func (d *Dir) Check() (*Report, error) {
 		if names := byUID[n]; len(names) > 1 {
 			sort.Strings(names)
 			r.Problems = append(r.Problems, fmt.Sprintf("uidNumber %d is used by %d users: %v", n, len(names), names))
+		}
+	}
+	gidList := make([]int, 0, len(byGID))
+	for n := range byGID {
+		gidList = append(gidList, n)
+	}
+	sort.Ints(gidList)
+	for _, n := range gidList {
+		if names := byGID[n]; len(names) > 1 {
+			r.Problems = append(r.Problems, fmt.Sprintf("gidNumber %d is used by %d groups: %v", n, len(names), names))
 		}
 	}
 	return r, nil

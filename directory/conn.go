@@ -55,6 +55,10 @@ type Dir struct {
 	conn *ldap.Conn
 	// TLS reports whether the connection is encrypted (ldaps or StartTLS).
 	TLS bool
+	// noPasswordModify makes SetPassword take the {SSHA} fallback even when
+	// the server offers the extended operation (tests: OpenLDAP always
+	// offers it, so the fallback cannot be reached otherwise).
+	noPasswordModify bool
 }
 
 // ReadSecretFile reads a one-line secret, refusing files that group or

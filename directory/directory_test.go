@@ -214,18 +214,32 @@ func TestPasswordModifyAndLogin(t *testing.T) {
 	whoami(t, s.URI(), u.DN, pw, true)
 	whoami(t, s.URI(), u.DN, "wrong", false)
 
-	// The fallback path writes {SSHA} itself; slapd must accept it too.
-	hash, err := HashSSHA("second-pass")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mod := ldap.NewModifyRequest(u.DN, nil)
-	mod.Replace("userPassword", []string{hash})
-	if err := d.Conn().Modify(mod); err != nil {
-		t.Fatal(err)
+	// The fallback for servers without the extended operation writes
+	// {SSHA} itself. slapd always offers the operation, so force it.
+	d.noPasswordModify = true
+	method, err = d.SetPassword("alice", "second-pass")
+	d.noPasswordModify = false
+	if err != nil || !strings.Contains(method, "{SSHA}") {
+		t.Fatalf("fallback: %q %v", method, err)
 	}
 	whoami(t, s.URI(), u.DN, "second-pass", true)
 	whoami(t, s.URI(), u.DN, pw, false)
+	admin, err := s.Admin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	res, err := admin.Search(ldap.NewSearchRequest(u.DN, ldap.ScopeBaseObject, ldap.NeverDerefAliases, 0, 0, false,
+		"(objectClass=*)", []string{"userPassword", "shadowLastChange"}, nil))
+	if err != nil || len(res.Entries) != 1 {
+		t.Fatal(err)
+	}
+	if v := res.Entries[0].GetAttributeValue("userPassword"); !strings.HasPrefix(v, "{SSHA}") || strings.Contains(v, "second-pass") {
+		t.Fatalf("stored userPassword is not a salted hash: %q", v)
+	}
+	if res.Entries[0].GetAttributeValue("shadowLastChange") == "" {
+		t.Fatal("shadowLastChange not set")
+	}
 
 	if _, err := d.SetPassword("alice", ""); err == nil {
 		t.Fatal("empty password accepted")
@@ -435,6 +449,13 @@ func TestCheckFindsProblems(t *testing.T) {
 	}
 	plant("mallory", "10000", "10000") // alice's uid; no loginShell
 	plant("orphan", "10500", "55555")  // primary group missing; no loginShell
+	dupGroup := ldap.NewAddRequest("cn=clone,"+s.GroupsDN, nil)
+	dupGroup.Attribute("objectClass", []string{"posixGroup"})
+	dupGroup.Attribute("cn", []string{"clone"})
+	dupGroup.Attribute("gidNumber", []string{"10000"}) // members' gid
+	if err := admin.Add(dupGroup); err != nil {
+		t.Fatal(err)
+	}
 	rep, err = d.Check()
 	if err != nil {
 		t.Fatal(err)
@@ -444,6 +465,7 @@ func TestCheckFindsProblems(t *testing.T) {
 		"uidNumber 10000 is used by 2 users: [alice mallory]",
 		"user orphan: primary group gidNumber 55555 does not exist",
 		"user mallory: no loginShell",
+		"gidNumber 10000 is used by 2 groups: [clone members]",
 	} {
 		if !strings.Contains(all, want) {
 			t.Fatalf("check lacks %q:\n%s", want, all)

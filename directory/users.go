@@ -298,7 +298,7 @@ func (d *Dir) SetPassword(name, password string) (method string, err error) {
 	if err != nil {
 		return "", err
 	}
-	if ok {
+	if ok && !d.noPasswordModify {
 		if _, err := d.conn.PasswordModify(ldap.NewPasswordModifyRequest(e.DN, "", password)); err != nil {
 			return "", fmt.Errorf("password modify for %s: %w", e.DN, err)
 		}
