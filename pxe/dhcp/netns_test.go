@@ -30,6 +30,7 @@ type lab struct {
 	t   *testing.T
 	srv *testlab.Netns
 	n   int
+	tap func(port int, pkt []byte)
 }
 
 func newLab(t *testing.T) *lab {
@@ -91,6 +92,7 @@ func (l *lab) start(cfg *site.Config, state string, force bool) (*running, error
 		return nil, err
 	}
 	r.s = s
+	s.tap = l.tap
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	if err := l.srv.Do(func() error { return s.Listen(ctx) }); err != nil {
@@ -159,6 +161,17 @@ func TestFullModeUdhcpc(t *testing.T) {
 	known := l.client("52:54:00:77:00:11", "")
 	unknown := l.client("52:54:00:99:00:01", "")
 	state := t.TempDir()
+	if os.Getenv("HERD_WRITE_FUZZ_SEEDS") == "1" {
+		// Keep udhcpc's real packets as fuzz seeds.
+		var seq int
+		var mu sync.Mutex
+		l.tap = func(port int, pkt []byte) {
+			mu.Lock()
+			defer mu.Unlock()
+			seq++
+			writeSeed(t, fmt.Sprintf("udhcpc-%02d", seq), pkt, 0)
+		}
+	}
 
 	srv, err := l.start(labConfig(t, site.DHCPFull, site.UnknownIgnore), state, false)
 	if err != nil {

@@ -49,6 +49,7 @@ type Server struct {
 	metrics *metrics
 	wg      sync.WaitGroup
 	closed  atomic.Bool
+	tap     func(port int, pkt []byte) // tests: sees every received packet
 }
 
 // New prepares a server for cfg and loads its leases; it opens no socket.
@@ -156,6 +157,9 @@ func (s *Server) loop(c *net.UDPConn, port int) error {
 
 func (s *Server) handle(c *net.UDPConn, port int, pkt []byte, src *net.UDPAddr) {
 	p := s.plan.Load()
+	if s.tap != nil {
+		s.tap(port, append([]byte(nil), pkt...))
+	}
 	req, err := dhcpv4.FromBytes(pkt)
 	if err != nil {
 		s.metrics.ignored.WithLabelValues("malformed").Inc()
