@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/herdlab/herd/image/recipe"
 )
@@ -118,7 +119,9 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.Env = append(os.Environ(), "LC_ALL=C")
+		t0 := time.Now()
 		err := cmd.Run()
+		fmt.Fprintf(b.log, "+ %s (%.1fs)\n", strings.Join(cmd.Args, " "), time.Since(t0).Seconds())
 		b.log.Write(out.Bytes())
 		if err != nil {
 			return nil, b.explain(out.String(), wanted, func(pkg string) string {

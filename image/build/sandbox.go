@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -172,7 +173,10 @@ func command(ctx context.Context, log io.Writer, name string, args ...string) *e
 // run runs a prepared command, naming it in the error.
 func run(cmd *exec.Cmd) error {
 	fmt.Fprintf(cmd.Stdout, "+ %s\n", strings.Join(cmd.Args[5:], " "))
-	if err := cmd.Run(); err != nil {
+	t0 := time.Now()
+	err := cmd.Run()
+	fmt.Fprintf(cmd.Stdout, "+ (%.1fs, %v)\n", time.Since(t0).Seconds(), cmd.ProcessState)
+	if err != nil {
 		return fmt.Errorf("%s: %w", strings.Join(cmd.Args[5:], " "), err)
 	}
 	return nil

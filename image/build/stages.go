@@ -19,7 +19,7 @@ import (
 
 // stageVersion changes when a stage's implementation changes what it
 // produces, so old cache entries are not reused by a newer herd.
-const stageVersion = "herd-stage-v3"
+const stageVersion = "herd-stage-v4"
 
 // mkfsTime fixes the squashfs creation time so identical trees give
 // identical bytes (and so the same image ID).
@@ -231,6 +231,10 @@ func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, 
 		// Package scripts must not start services in the build tree.
 		"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" && find " + shq(debs) + " -maxdepth 1 -name '*.deb' -exec cp -l -t \"$1/var/cache/apt/archives/\" {} +",
 		"--customize-hook=find \"$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -l -n -t " + shq(debs) + " {} +",
+		// The initramfs stage builds the one initramfs the image ships; the
+		// kernel's and drivers' hooks would only build throwaway ones here.
+		"--essential-hook=chroot \"$1\" sh -c '" + divertInitramfs + "'",
+		"--customize-hook=chroot \"$1\" sh -c '" + undivertInitramfs + "'",
 		// mmdebstrap copies the build host's hostname and resolver into the
 		// tree; a node gets its own from the runtime overlay and DHCP.
 		"--customize-hook=rm -f \"$1/etc/resolv.conf\" && echo localhost > \"$1/etc/hostname\"",
@@ -238,6 +242,13 @@ func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, 
 	args = append(args, b.mirrorArgs()...)
 	return inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) })
 }
+
+// divertInitramfs replaces update-initramfs with a no-op while packages are
+// installed (dpkg keeps the real one aside), undivertInitramfs restores it.
+const (
+	divertInitramfs   = "dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -sf /bin/true /usr/sbin/update-initramfs"
+	undivertInitramfs = "rm -f /usr/sbin/update-initramfs && dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs"
+)
 
 func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
@@ -298,7 +309,8 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 	}
 	defer os.Remove(rcd)
 	if len(driverPins) > 0 {
-		script := "apt-get update -q && apt-get install -y -q --no-install-recommends " + strings.Join(driverPins, " ")
+		script := divertInitramfs + " && apt-get update -q && apt-get install -y -q --no-install-recommends " +
+			strings.Join(driverPins, " ") + " && " + undivertInitramfs
 		if err := inChroot(ctx, b.log, root, script); err != nil {
 			return err
 		}
