@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"sync"
@@ -128,4 +129,28 @@ func readFrom(path string, off int64) ([]byte, error) {
 		return buf[:n], nil
 	}
 	return nil, err
+}
+
+// Follow copies the log to w as it grows (escapes removed when clean is
+// set) until ctx ends; it starts at the current position.
+func (c *Console) Follow(ctx context.Context, w io.Writer, clean bool) {
+	c.mu.Lock()
+	pos := c.pos
+	c.mu.Unlock()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		if data, err := readFrom(c.Path, pos); err == nil && len(data) > 0 {
+			pos += int64(len(data))
+			if clean {
+				data = Clean(data)
+			}
+			w.Write(data)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
