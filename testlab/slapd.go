@@ -103,12 +103,14 @@ func StartSlapd(ctx context.Context, c SlapdConfig) (*Slapd, error) {
 			return nil, err
 		}
 	}
-	if c.TLS && c.LDAPSPort == 0 {
+	// The kernel may hand the just-released port out again: ask until the
+	// two differ.
+	for tries := 0; c.TLS && (c.LDAPSPort == 0 || c.LDAPSPort == c.Port); tries++ {
+		if tries == 10 {
+			return nil, errors.New("slapd: no second free port for ldaps")
+		}
 		if c.LDAPSPort, err = freePort(c); err != nil {
 			return nil, err
-		}
-		if c.LDAPSPort == c.Port {
-			c.LDAPSPort = 636
 		}
 	}
 	dc, err := firstDC(c.Base)
@@ -348,9 +350,8 @@ func firstDC(base string) (string, error) {
 	return dn.RDNs[0].Attributes[0].Value, nil
 }
 
-// freePort asks the kernel for a free TCP port on loopback; in a namespace
-// the well-known ports are free, so it returns 389 (and 636 on the second call
-// via the caller's clash check).
+// freePort asks the kernel for a free TCP port on loopback. In a namespace
+// the well-known ports are free: 389 for ldap://, then 636 for ldaps://.
 func freePort(c SlapdConfig) (int, error) {
 	if c.Netns != nil {
 		if c.Port == 0 {

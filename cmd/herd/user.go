@@ -32,7 +32,7 @@ func init() {
 	userCmd := &cobra.Command{Use: "user", Short: "Manage lab users in LDAP (one account for the NAS and every node)"}
 
 	var nu directory.NewUser
-	var addPwStdin bool
+	var addPwStdin, noPassword bool
 	add := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a user (next free uid above ldap.uid_min, primary group ldap.default_group)",
@@ -44,8 +44,11 @@ func init() {
 			}
 			// Read the password before touching the directory, so a
 			// mistyped confirmation leaves nothing half-made.
+			if addPwStdin && noPassword {
+				return fmt.Errorf("--password-stdin and --no-password exclude each other")
+			}
 			var pw string
-			if addPwStdin || directory.IsTerminal(os.Stdin) {
+			if addPwStdin || (!noPassword && directory.IsTerminal(os.Stdin)) {
 				var err error
 				if pw, err = directory.ReadPassword(os.Stdin, cmd.ErrOrStderr(), nu.Name, addPwStdin); err != nil {
 					return err
@@ -82,6 +85,7 @@ func init() {
 	f.StringVar(&nu.Gecos, "gecos", "", "full name")
 	f.StringVar(&nu.Home, "home", "", "home directory (default: nas.home_root/NAME)")
 	f.BoolVar(&addPwStdin, "password-stdin", false, "read the password from the first line of stdin")
+	f.BoolVar(&noPassword, "no-password", false, "do not prompt for a password on a terminal (set it later with herd user passwd)")
 
 	var listJSON bool
 	list := &cobra.Command{
