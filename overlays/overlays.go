@@ -41,6 +41,9 @@ import (
 //go:embed all:base all:tuning all:ssd-cache all:cachefilesd all:autofs all:ldap all:nvidia all:runtime
 var trees embed.FS
 
+// source is where trees are read from; tests swap in broken trees.
+var source fs.FS = trees
+
 // RuntimeName is the name of the per-node overlay served at boot.
 const RuntimeName = "runtime"
 
@@ -260,7 +263,7 @@ func funcs() template.FuncMap {
 
 // renderTree renders one embedded tree.
 func renderTree(name string, d *data) ([]File, error) {
-	if _, err := fs.Stat(trees, name); err != nil {
+	if _, err := fs.Stat(source, name); err != nil {
 		return nil, fmt.Errorf("overlay %q has no template tree", name)
 	}
 	enabled := func(o string) bool { return contains(d.Overlays, o) }
@@ -270,14 +273,14 @@ func renderTree(name string, d *data) ([]File, error) {
 	var m meta
 	var files []File
 	byPath := map[string]int{}
-	err := fs.WalkDir(trees, name, func(p string, de fs.DirEntry, err error) error {
+	err := fs.WalkDir(source, name, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if de.IsDir() {
 			return nil
 		}
-		raw, err := trees.ReadFile(p)
+		raw, err := fs.ReadFile(source, p)
 		if err != nil {
 			return err
 		}
@@ -354,7 +357,7 @@ func renderTree(name string, d *data) ([]File, error) {
 
 func treeHas(name, p string) bool {
 	for _, c := range []string{p, p + ".tmpl"} {
-		if _, err := fs.Stat(trees, name+"/"+c); err == nil {
+		if _, err := fs.Stat(source, name+"/"+c); err == nil {
 			return true
 		}
 	}
@@ -404,7 +407,7 @@ func checkConflicts(files []File) error {
 	seen := map[string]File{}
 	for _, f := range files {
 		if prev, ok := seen[f.Path]; ok {
-			if prev.Dir && f.Dir {
+			if prev.Dir && f.Dir && prev.Mode == f.Mode && prev.UID == f.UID && prev.GID == f.GID {
 				continue
 			}
 			return fmt.Errorf("overlays %s and %s both write /%s", prev.Overlay, f.Overlay, f.Path)
