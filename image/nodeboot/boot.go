@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -33,13 +34,19 @@ type System struct {
 
 // DefaultSystem is the initramfs environment.
 func DefaultSystem() *System {
+	mke2fs := "/sbin/mke2fs"
+	if _, err := os.Stat(mke2fs); err != nil {
+		if p, err := exec.LookPath("mke2fs"); err == nil {
+			mke2fs = p
+		}
+	}
 	return &System{
 		Cmdline:    "/proc/cmdline",
 		SysRoot:    "/sys",
 		DevRoot:    "/dev",
 		RunDir:     "/run/herd",
 		OverlaySrc: "/herd/overlay",
-		Mke2fs:     "/sbin/mke2fs",
+		Mke2fs:     mke2fs,
 		Console:    os.Stderr,
 		Client:     &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 20 * time.Second, IdleConnTimeout: 30 * time.Second}},
 	}

@@ -43,10 +43,12 @@ func Disks(sysRoot, devRoot string) ([]Disk, error) {
 	return out, nil
 }
 
+const skipVirtual = "virtual or optical device"
+
 func skipReason(dir, name string, size int64) string {
 	for _, p := range []string{"loop", "ram", "zram", "sr", "fd", "md", "dm-", "nbd", "mtdblock"} {
 		if strings.HasPrefix(name, p) {
-			return "virtual or optical device"
+			return skipVirtual
 		}
 	}
 	if readTrim(filepath.Join(dir, "removable")) == "1" {
@@ -110,6 +112,8 @@ func ChooseAuto(disks []Disk) Choice {
 	for i := range disks {
 		d := &disks[i]
 		switch {
+		case d.Skip == skipVirtual:
+			// loop, ram, optical...: not disks anyone expects herd to use.
 		case d.Skip != "":
 			ch.Notes = append(ch.Notes, fmt.Sprintf("%s: skipped (%s)", d.Name, d.Skip))
 		case d.Err != nil:

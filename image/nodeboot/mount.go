@@ -14,27 +14,28 @@ import (
 // LoopAttach attaches file read-only to a free loop device and returns the
 // device path. It uses LOOP_CONFIGURE (one ioctl, Linux >= 5.8) and falls
 // back to LOOP_SET_FD + LOOP_SET_STATUS64 on older kernels. Autoclear frees
-// the device when its last user (the squashfs mount) goes away.
-func LoopAttach(file string) (string, error) {
+// the device when its last user goes away, so the caller must keep the
+// returned file open until the device is mounted, then close it.
+func LoopAttach(file string) (string, *os.File, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
-		return "", fmt.Errorf("open /dev/loop-control (is the loop module loaded?): %w", err)
+		return "", nil, fmt.Errorf("open /dev/loop-control (is the loop module loaded?): %w", err)
 	}
 	defer ctl.Close()
 	backing, err := os.Open(file)
 	if err != nil {
-		return "", fmt.Errorf("open %s: %w", file, err)
+		return "", nil, fmt.Errorf("open %s: %w", file, err)
 	}
 	defer backing.Close()
 	for try := 0; try < 8; try++ {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if err != nil {
-			return "", fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
+			return "", nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
 		}
 		dev := fmt.Sprintf("/dev/loop%d", n)
 		lf, err := openLoop(dev)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
 		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR
@@ -43,16 +44,17 @@ func LoopAttach(file string) (string, error) {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) {
 			err = legacyAttach(lf, backing, cfg.Info)
 		}
-		lf.Close()
 		if errors.Is(err, unix.EBUSY) {
+			lf.Close()
 			continue // another process took this device between the two calls
 		}
 		if err != nil {
-			return "", fmt.Errorf("attach %s to %s: %w", file, dev, err)
+			lf.Close()
+			return "", nil, fmt.Errorf("attach %s to %s: %w", file, dev, err)
 		}
-		return dev, nil
+		return dev, lf, nil
 	}
-	return "", fmt.Errorf("attach %s: no free loop device", file)
+	return "", nil, fmt.Errorf("attach %s: no free loop device", file)
 }
 
 // openLoop opens a loop device node, waiting briefly for devtmpfs to create
@@ -87,10 +89,13 @@ func legacyAttach(lf, backing *os.File, info unix.LoopInfo64) error {
 // it with a tmpfs upper layer at root: the node sees a writable root whose
 // writes live in RAM and vanish at reboot.
 func MountRoot(image, lower, rw, root string) error {
-	loop, err := LoopAttach(image)
+	loop, hold, err := LoopAttach(image)
 	if err != nil {
 		return err
 	}
+	// Autoclear: once mounted, the mount holds the device; closing our
+	// handle before that would detach it (a 0-byte device, EIO on mount).
+	defer hold.Close()
 	for _, d := range []string{lower, rw, root} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("mkdir %s: %w", d, err)

@@ -1,0 +1,158 @@
+package nodeboot_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/herdlab/herd/image/initramfs"
+	"github.com/herdlab/herd/internal/testenv"
+)
+
+// bootImage is what a node needs: kernel, initrd and root image.
+type bootImage struct {
+	Kernel, Initrd, Rootfs string
+	SHA256, ID             string
+}
+
+// ubuntuKeyFingerprint is the Ubuntu Archive Automatic Signing Key (2018);
+// the keyring fetched without verification is trusted only with it.
+const ubuntuKeyFingerprint = "F6ECB3762474EDA9D21B7022871920D1991BC93C"
+
+// fixturePackages is the smallest Ubuntu that netboots with herd's hook:
+// a kernel, initramfs-tools, systemd and udev.
+var fixturePackages = []string{"linux-image-virtual", "initramfs-tools", "systemd-sysv", "udev", "kmod", "e2fsprogs", "iproute2", "util-linux"}
+
+// testImage returns a bootable herd image. HERD_TEST_IMAGE_DIR (vmlinuz,
+// initrd.img, rootfs.squashfs, e.g. an image built by `herd image build`
+// into the store) is used when set; otherwise a minimal Ubuntu noble is
+// built here with mmdebstrap, herd's hook (initramfs.Install) and the
+// image's own update-initramfs, and cached under /var/tmp by a key over the
+// agent binary, the embedded hook files and the package list.
+func testImage(t *testing.T) bootImage {
+	t.Helper()
+	if d := os.Getenv("HERD_TEST_IMAGE_DIR"); d != "" {
+		img := bootImage{Kernel: filepath.Join(d, "vmlinuz"), Initrd: filepath.Join(d, "initrd.img"), Rootfs: filepath.Join(d, "rootfs.squashfs")}
+		img.SHA256 = sumFile(t, img.Rootfs)
+		img.ID = filepath.Base(d)
+		return img
+	}
+	testenv.RequireRoot(t)
+	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "gpg", "chroot", "unshare")
+	agent := agentBinary(t)
+	h := sha256.New()
+	fmt.Fprintln(h, sumFile(t, agent), strings.Join(fixturePackages, ","))
+	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/initramfs.go"} {
+		if b, err := os.ReadFile(f); err == nil {
+			h.Write(b)
+		}
+	}
+	key := hex.EncodeToString(h.Sum(nil))[:16]
+	dir := filepath.Join("/var/tmp/herd-nodeboot-fixture", key)
+	img := bootImage{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Rootfs: filepath.Join(dir, "rootfs.squashfs"), ID: "fixture-" + key}
+	if _, err := os.Stat(filepath.Join(dir, "ok")); err == nil {
+		img.SHA256 = sumFile(t, img.Rootfs)
+		return img
+	}
+	work := dir + ".tmp"
+	os.RemoveAll(work)
+	must(t, os.MkdirAll(work, 0o755))
+	defer os.RemoveAll(work)
+	run := func(name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, tail(out))
+		}
+	}
+	// The Ubuntu keyring: extracted from the archive's ubuntu-keyring
+	// package (Debian has none), then only the known key is exported.
+	kr := filepath.Join(work, "kr")
+	run("mmdebstrap", "--variant=extract", "--include=ubuntu-keyring",
+		`--aptopt=Acquire::AllowInsecureRepositories "true"`, `--aptopt=APT::Get::AllowUnauthenticated "true"`, "noble", kr)
+	out, err := exec.Command("gpg", "--no-default-keyring", "--keyring", filepath.Join(kr, "usr/share/keyrings/ubuntu-archive-keyring.gpg"),
+		"--export", ubuntuKeyFingerprint).Output()
+	if err != nil || len(out) == 0 {
+		t.Fatalf("ubuntu keyring lacks key %s: %v", ubuntuKeyFingerprint, err)
+	}
+	keyring := filepath.Join(work, "ubuntu.gpg")
+	must(t, os.WriteFile(keyring, out, 0o644))
+	tree := filepath.Join(work, "tree")
+	run("mmdebstrap", "--variant=minbase", "--keyring="+keyring, "--components=main",
+		"--include="+strings.Join(fixturePackages, ","), "noble", tree)
+	must(t, os.WriteFile(filepath.Join(tree, "etc/hostname"), []byte("herd-node\n"), 0o644))
+	if err := initramfs.Install(tree, agent); err != nil {
+		t.Fatal(err)
+	}
+	// The image's own update-initramfs, in a private mount namespace.
+	run("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		fmt.Sprintf("mount -t proc proc %[1]s/proc && mount -t sysfs sys %[1]s/sys && mount --rbind /dev %[1]s/dev && chroot %[1]s update-initramfs -u -k all", tree))
+	kernels, _ := filepath.Glob(filepath.Join(tree, "boot/vmlinuz-*"))
+	if len(kernels) != 1 {
+		t.Fatalf("want one kernel in the fixture, found %v", kernels)
+	}
+	ver := strings.TrimPrefix(filepath.Base(kernels[0]), "vmlinuz-")
+	out2 := filepath.Join(work, "out")
+	must(t, os.MkdirAll(out2, 0o755))
+	copyTo(t, kernels[0], filepath.Join(out2, "vmlinuz"))
+	copyTo(t, filepath.Join(tree, "boot/initrd.img-"+ver), filepath.Join(out2, "initrd.img"))
+	run("mksquashfs", tree, filepath.Join(out2, "rootfs.squashfs"), "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-quiet")
+	must(t, os.WriteFile(filepath.Join(out2, "ok"), nil, 0o644))
+	os.RemoveAll(dir)
+	must(t, os.Rename(out2, dir))
+	img.SHA256 = sumFile(t, img.Rootfs)
+	return img
+}
+
+// agentBinary is bin/herd-boot from `make build`, or a fresh static build.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("HERD_BOOT_BIN"); p != "" {
+		return p
+	}
+	out := filepath.Join(t.TempDir(), "herd-boot")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/herdlab/herd/cmd/herd-boot")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build herd-boot: %v\n%s", err, b)
+	}
+	return out
+}
+
+func sumFile(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	must(t, err)
+	defer f.Close()
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	must(t, err)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func copyTo(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	must(t, err)
+	must(t, os.WriteFile(dst, b, 0o644))
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tail(b []byte) string {
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}

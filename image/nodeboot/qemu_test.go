@@ -1,0 +1,436 @@
+package nodeboot_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herdlab/herd/image/nodeboot"
+	"github.com/herdlab/herd/internal/testenv"
+)
+
+// imageHost is the test's herd server stand-in on loopback: it serves the
+// image with Range support, records every request and every boot event.
+type imageHost struct {
+	img    bootImage
+	ln     net.Listener
+	srv    *http.Server
+	mu     sync.Mutex
+	log    []string
+	events []nodeboot.Event
+}
+
+func newImageHost(t *testing.T, img bootImage) *imageHost {
+	h := &imageHost{img: img}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	h.ln = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /images/{id}/rootfs.squashfs", func(w http.ResponseWriter, r *http.Request) {
+		h.record(r.Method + " " + r.URL.Path + " range=" + r.Header.Get("Range"))
+		if r.PathValue("id") != img.ID {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeFile(w, r, img.Rootfs)
+	})
+	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
+		var ev nodeboot.Event
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		h.mu.Lock()
+		h.events = append(h.events, ev)
+		h.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	h.srv = &http.Server{Handler: mux}
+	go h.srv.Serve(ln)
+	t.Cleanup(func() { h.srv.Close() })
+	return h
+}
+
+func (h *imageHost) record(s string) {
+	h.mu.Lock()
+	h.log = append(h.log, s)
+	h.mu.Unlock()
+}
+
+// reset clears the request log and events between boots.
+func (h *imageHost) reset() {
+	h.mu.Lock()
+	h.log, h.events = nil, nil
+	h.mu.Unlock()
+}
+
+func (h *imageHost) snapshot() ([]string, []nodeboot.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.log...), append([]nodeboot.Event(nil), h.events...)
+}
+
+func (h *imageHost) port() int { return h.ln.Addr().(*net.TCPAddr).Port }
+
+// guestServer is the address the guest uses for the server. QEMU user
+// networking runs with restrict=on (the guest reaches nothing), and one
+// guestfwd maps this address to the test's loopback listener through
+// socat, so every byte of the node's traffic ends on 127.0.0.1.
+const guestServer = "10.0.2.100"
+
+// overlayCPIO builds a runtime overlay (newc, files under herd/overlay/)
+// with GNU cpio, holding a file with a distinct owner and mode and a
+// systemd unit that prints what the tests check to the serial console.
+func overlayCPIO(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "herd/overlay")
+	files := map[string]string{
+		"etc/herd-test-secret": "per-node secret\n",
+		"usr/local/sbin/herd-test-report": `#!/bin/sh
+# Test probe: waits for the end of start-up, prints one line, powers off
+# when herdtest.poweroff is on the kernel command line.
+for i in $(seq 1 300); do
+	s=$(systemctl is-system-running 2>/dev/null)
+	case "$s" in running|degraded) break ;; esac
+	sleep 1
+done
+root=$(findmnt -n -o FSTYPE /)
+cache=$(findmnt -n -o SOURCE,FSTYPE /var/cache/herd 2>/dev/null | tr ' ' ,)
+imgs=$(ls /var/cache/herd/images 2>/dev/null | tr '\n' ,)
+ram=$(findmnt -n -o SOURCE /run/herd/ram 2>/dev/null)
+mem=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+sec=$(stat -c %a:%u:%g /etc/herd-test-secret 2>/dev/null)
+echo "HERDTEST state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec END" > /dev/ttyS0
+if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
+`,
+		"etc/systemd/system/herd-test-report.service": `[Unit]
+Description=herd test probe
+[Service]
+Type=exec
+ExecStart=/usr/local/sbin/herd-test-report
+[Install]
+WantedBy=multi-user.target
+`,
+	}
+	for rel, data := range files {
+		p := filepath.Join(root, rel)
+		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		must(t, os.WriteFile(p, []byte(data), 0o644))
+	}
+	must(t, os.Chmod(filepath.Join(root, "usr/local/sbin/herd-test-report"), 0o755))
+	must(t, os.Chmod(filepath.Join(root, "etc/herd-test-secret"), 0o640))
+	must(t, os.Chown(filepath.Join(root, "etc/herd-test-secret"), 0, 4242))
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	must(t, os.MkdirAll(wants, 0o755))
+	must(t, os.Symlink("/etc/systemd/system/herd-test-report.service", filepath.Join(wants, "herd-test-report.service")))
+	out := filepath.Join(dir, "overlay.cpio")
+	cmd := exec.Command("sh", "-c", "find herd | LC_ALL=C sort | cpio -o -H newc --quiet > "+out)
+	cmd.Dir = dir
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v: %s", err, b)
+	}
+	return out
+}
+
+// node is one QEMU boot.
+type node struct {
+	disk    string // raw disk image ("" = no disk)
+	cache   string // herd.cache
+	console string // serial log path
+}
+
+var reportRE = regexp.MustCompile(`HERDTEST (.*) END`)
+
+// boot runs a QEMU node (TCG) until it powers itself off and returns the
+// serial console and the test probe's key=value report.
+func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	initrd := filepath.Join(dir, "initrd-combined")
+	// The kernel unpacks concatenated cpio archives in order, as it does
+	// with iPXE's two initrd lines: image initrd first, node overlay after.
+	// Each archive must start 4-byte aligned (iPXE page-aligns them), so
+	// the first is padded with zeros, which the kernel skips.
+	a, err := os.ReadFile(h.img.Initrd)
+	must(t, err)
+	b, err := os.ReadFile(overlay)
+	must(t, err)
+	pad := make([]byte, (4096-len(a)%4096)%4096)
+	must(t, os.WriteFile(initrd, append(append(a, pad...), b...), 0o644))
+	base := fmt.Sprintf("http://%s", guestServer)
+	cache := n.cache
+	if cache == "" {
+		cache = "auto"
+	}
+	appendLine := strings.Join([]string{"boot=herd", "ip=dhcp",
+		"herd.image=" + base + "/images/" + h.img.ID + "/rootfs.squashfs", "herd.sha256=" + h.img.SHA256,
+		"herd.id=" + h.img.ID, "herd.node=node1", "herd.server=" + base, "herd.cache=" + cache, "herd.keep=2",
+		"console=ttyS0,115200n8", "panic=-1", "herdtest.poweroff=1"}, " ")
+	log := filepath.Join(dir, "console.log")
+	args := []string{"-accel", accel(), "-cpu", "max", "-smp", "2", "-m", "2048",
+		"-display", "none", "-monitor", "none", "-serial", "file:" + log, "-no-reboot",
+		"-kernel", h.img.Kernel, "-initrd", initrd, "-append", appendLine,
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s:80-cmd:socat - TCP:127.0.0.1:%d", guestServer, h.port()),
+		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:68:65:01"}
+	if n.disk != "" {
+		args = append(args, "-drive", "file="+n.disk+",format=raw,if=virtio,cache=writeback")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	q := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	out, err := q.CombinedOutput()
+	console, _ := os.ReadFile(log)
+	if err != nil {
+		t.Fatalf("qemu: %v: %s\nconsole:\n%s", err, out, tail(console))
+	}
+	m := reportRE.FindStringSubmatch(string(console))
+	if m == nil {
+		t.Fatalf("no HERDTEST report on the console (node did not reach multi-user):\n%s", tail(console))
+	}
+	rep := map[string]string{}
+	for _, kv := range strings.Fields(m[1]) {
+		k, v, _ := strings.Cut(kv, "=")
+		rep[k] = v
+	}
+	t.Logf("report: %s", m[1])
+	return string(console), rep
+}
+
+// accel is TCG unless HERD_QEMU_ACCEL says otherwise (see ENVIRONMENT.md:
+// the Ubuntu kernel dies under this host's KVM).
+func accel() string {
+	if a := os.Getenv("HERD_QEMU_ACCEL"); a != "" {
+		return a
+	}
+	return "tcg,thread=multi"
+}
+
+func requireQEMUBoot(t *testing.T) {
+	testenv.Long(t)
+	testenv.RequireRoot(t)
+	testenv.RequireQEMU(t)
+	testenv.RequireCommands(t, "socat", "cpio", "losetup", "mkfs.ext4")
+}
+
+func rawDisk(t *testing.T, size int64) string {
+	p := filepath.Join(t.TempDir(), "ssd.raw")
+	f, err := os.Create(p)
+	must(t, err)
+	must(t, f.Truncate(size))
+	must(t, f.Close())
+	return p
+}
+
+func rootfsGets(log []string) int {
+	n := 0
+	for _, l := range log {
+		if strings.Contains(l, "rootfs.squashfs") {
+			n++
+		}
+	}
+	return n
+}
+
+func stages(evs []nodeboot.Event) string {
+	var s []string
+	for _, e := range evs {
+		if len(s) == 0 || s[len(s)-1] != e.Stage {
+			s = append(s, e.Stage)
+		}
+	}
+	return strings.Join(s, ",")
+}
+
+// waitUp waits for herd-up.service's "up" event (it is posted concurrently
+// with the probe; the node powers off only after the probe ran).
+func findEvent(evs []nodeboot.Event, stage string) *nodeboot.Event {
+	for i := range evs {
+		if evs[i].Stage == stage {
+			return &evs[i]
+		}
+	}
+	return nil
+}
+
+// corruptCachedImage flips bytes in the middle of the cached image inside
+// the raw disk: the partition is attached read-write on the host with a
+// loop device at the partition's offset and the ext4 mounted.
+func corruptCachedImage(t *testing.T, disk, sha string) {
+	t.Helper()
+	f, err := os.Open(disk)
+	must(t, err)
+	st, _ := f.Stat()
+	c, err := nodeboot.Inspect(f, st.Size())
+	f.Close()
+	must(t, err)
+	if !c.Herd || !c.HerdFormatted {
+		t.Fatalf("disk is not a formatted herd cache: %+v", c)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", "--offset", fmt.Sprint(c.PartStart), "--sizelimit", fmt.Sprint(c.PartSize), disk).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup: %v %s", err, out)
+	}
+	loop := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", loop).Run()
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ext4", loop, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v %s", err, out)
+	}
+	defer exec.Command("umount", mnt).Run()
+	p := filepath.Join(mnt, "images", sha+".squashfs")
+	img, err := os.OpenFile(p, os.O_RDWR, 0)
+	must(t, err)
+	ist, _ := img.Stat()
+	buf := make([]byte, 64)
+	_, err = img.ReadAt(buf, ist.Size()/2)
+	must(t, err)
+	for i := range buf {
+		buf[i] ^= 0xA5
+	}
+	_, err = img.WriteAt(buf, ist.Size()/2)
+	must(t, err)
+	must(t, img.Sync())
+	must(t, img.Close())
+	if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount: %v %s", err, out)
+	}
+}
+
+func TestQEMUCacheLifecycle(t *testing.T) {
+	requireQEMUBoot(t)
+	img := testImage(t)
+	h := newImageHost(t, img)
+	overlay := overlayCPIO(t)
+	disk := rawDisk(t, 4<<30)
+
+	t.Run("first boot downloads onto a blank SSD", func(t *testing.T) {
+		h.reset()
+		console, rep := h.boot(t, node{disk: disk}, overlay)
+		log, evs := h.snapshot()
+		if rootfsGets(log) == 0 {
+			t.Errorf("no rootfs download in the server log: %v", log)
+		}
+		if !strings.HasPrefix(rep["cache"], "/dev/vda1,ext4") || !strings.Contains(rep["images"], img.SHA256+".squashfs") {
+			t.Errorf("cache not in use: %v", rep)
+		}
+		if rep["root"] != "overlay" || rep["secret"] != "640:0:4242" {
+			t.Errorf("root or overlay wrong: %v", rep)
+		}
+		if !strings.Contains(console, "preparing") || !strings.Contains(console, "download verified") {
+			t.Errorf("console lacks preparing/verified messages:\n%s", tail([]byte(console)))
+		}
+		got := stages(evs)
+		for _, want := range []string{"network", "disk", "download", "verify", "mount", "switch_root"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("events %s lack %s", got, want)
+			}
+		}
+		if up := findEvent(evs, "up"); up == nil || up.Kernel == "" || up.Image != img.ID || up.MAC != "52:54:00:68:65:01" {
+			t.Errorf("up event %+v (events %s)", up, got)
+		}
+		pct := 0
+		for _, e := range evs {
+			if e.Stage == "download" && e.Percent > pct {
+				pct = e.Percent
+			}
+		}
+		if pct != 100 {
+			t.Errorf("download progress reached %d%%", pct)
+		}
+	})
+
+	t.Run("second boot takes the image from the SSD", func(t *testing.T) {
+		h.reset()
+		console, rep := h.boot(t, node{disk: disk}, overlay)
+		log, _ := h.snapshot()
+		if n := rootfsGets(log); n != 0 {
+			t.Errorf("%d rootfs requests on a cached boot: %v", n, log)
+		}
+		if !strings.HasPrefix(rep["cache"], "/dev/vda1,ext4") {
+			t.Errorf("cache not in use: %v", rep)
+		}
+		if !strings.Contains(console, "booting it without downloading") {
+			t.Errorf("console lacks the cached-boot message:\n%s", tail([]byte(console)))
+		}
+	})
+
+	t.Run("corrupted cached image is detected and downloaded again", func(t *testing.T) {
+		corruptCachedImage(t, disk, img.SHA256)
+		h.reset()
+		console, rep := h.boot(t, node{disk: disk}, overlay)
+		log, evs := h.snapshot()
+		if !strings.Contains(console, "failed its sha256 check") {
+			t.Errorf("console lacks the corruption message:\n%s", tail([]byte(console)))
+		}
+		if rootfsGets(log) == 0 {
+			t.Errorf("corrupt image not downloaded again: %v", log)
+		}
+		if e := findEvent(evs, "error"); e == nil || !strings.Contains(e.Message, "sha256") {
+			t.Errorf("no error event about the checksum: %+v", evs)
+		}
+		if !strings.Contains(rep["images"], img.SHA256) {
+			t.Errorf("image not cached again: %v", rep)
+		}
+	})
+}
+
+func TestQEMUForeignDiskUntouched(t *testing.T) {
+	requireQEMUBoot(t)
+	img := testImage(t)
+	h := newImageHost(t, img)
+	overlay := overlayCPIO(t)
+	disk := rawDisk(t, 1<<30)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "userdata", disk).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	before := sumFile(t, disk)
+	console, rep := h.boot(t, node{disk: disk}, overlay)
+	if after := sumFile(t, disk); after != before {
+		t.Fatalf("foreign disk changed: sha256 %s → %s", before, after)
+	}
+	if rep["cache"] != "none" || rep["ram"] != "herd-ram" {
+		t.Errorf("want RAM mode: %v", rep)
+	}
+	if !strings.Contains(console, `vda: not touched, it holds ext2/3/4 filesystem labelled "userdata"`) {
+		t.Errorf("console does not explain the refused disk:\n%s", tail([]byte(console)))
+	}
+	_, evs := h.snapshot()
+	found := false
+	for _, e := range evs {
+		if e.Stage == "disk" && strings.Contains(e.Message, "never written") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no disk event reporting the refused disk: %+v", evs)
+	}
+}
+
+func TestQEMUNoDiskBootsFromRAM(t *testing.T) {
+	requireQEMUBoot(t)
+	img := testImage(t)
+	h := newImageHost(t, img)
+	console, rep := h.boot(t, node{}, overlayCPIO(t))
+	if rep["cache"] != "none" || rep["ram"] != "herd-ram" || rep["root"] != "overlay" {
+		t.Errorf("want RAM mode: %v", rep)
+	}
+	if !strings.Contains(console, "no cache disk, running from RAM") {
+		t.Errorf("console:\n%s", tail([]byte(console)))
+	}
+	log, _ := h.snapshot()
+	if rootfsGets(log) == 0 {
+		t.Errorf("no download: %v", log)
+	}
+}
+
