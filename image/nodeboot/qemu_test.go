@@ -433,4 +433,3 @@ func TestQEMUNoDiskBootsFromRAM(t *testing.T) {
 		t.Errorf("no download: %v", log)
 	}
 }
-
