@@ -15,6 +15,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -75,8 +76,12 @@ func testRecipe(t *testing.T, name string, sets ...string) *recipe.Recipe {
 
 func realBuild(t *testing.T, r *recipe.Recipe, opts Options) (*Result, error) {
 	t.Helper()
+	st, err := store.Open(TestStateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts.StateDir = TestStateDir
-	opts.Store = dirStore{TestStateDir}
+	opts.Store = st
 	opts.AgentPath = testAgent(t)
 	var prog bytes.Buffer
 	opts.Progress = &prog
