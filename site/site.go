@@ -525,6 +525,7 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("sudo.commands[%d]", i), "%q must be an absolute path (sudoers requires it)", cmd)
 		}
 	}
+	c.validateOverlayFields(bad)
 	if !tzRe.MatchString(c.Timezone) || strings.Contains(c.Timezone, "..") {
 		bad("timezone", "%q is not a time zone name such as Europe/Berlin", c.Timezone)
 	}
@@ -532,6 +533,78 @@ func (c *Config) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+var (
+	cryptRe    = regexp.MustCompile(`^\$[0-9a-z]+\$[^\s:'\\]+$`)
+	sshKeyRe   = regexp.MustCompile(`^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\r\n]*)?$`)
+	timeSpanRe = regexp.MustCompile(`^[0-9]+(us|ms|s|min|h|d|w)?$`)
+	modOptRe   = regexp.MustCompile(`^([a-z0-9_]+ )?[A-Za-z0-9_]+=[^\s]+$`)
+	plainRe    = regexp.MustCompile(`^[^\s"'\\]+$`)
+)
+
+// validateOverlayFields checks the fields the overlays write into node
+// files (sudoers, systemd units, autofs maps, modprobe.d, sshd keys), so a
+// bad value is an error here instead of a broken file on every node.
+func (c *Config) validateOverlayFields(bad func(string, string, ...any)) {
+	for _, h := range []struct{ field, v string }{{"admin.password_hash", c.Admin.PasswordHash}, {"root.password_hash", c.Root.PasswordHash}} {
+		if h.v != "" && !cryptRe.MatchString(h.v) {
+			bad(h.field, "is not a crypt(3) hash such as $6$salt$... or $y$... (make one with mkpasswd or openssl passwd -6)")
+		}
+	}
+	for _, keys := range []struct {
+		field string
+		v     []string
+	}{{"admin.ssh_keys", c.Admin.SSHKeys}, {"root.ssh_keys", c.Root.SSHKeys}} {
+		for i, k := range keys.v {
+			if !sshKeyRe.MatchString(strings.TrimSpace(k)) {
+				bad(fmt.Sprintf("%s[%d]", keys.field, i), "is not one OpenSSH public key line (type base64 [comment])")
+			}
+		}
+	}
+	for i, o := range c.NVIDIA.ModuleOptions {
+		if !modOptRe.MatchString(o) {
+			bad(fmt.Sprintf("nvidia.module_options[%d]", i), "%q is not NAME=VALUE (for the nvidia module) or MODULE NAME=VALUE", o)
+		}
+	}
+	if !timeSpanRe.MatchString(c.Tuning.TmpAge) {
+		bad("tuning.tmp_age", "%q is not a systemd time span such as 10d, 12h or 2w", c.Tuning.TmpAge)
+	}
+	for _, v := range []struct {
+		field string
+		v     int
+	}{{"tuning.rmem_default", c.Tuning.RmemDefault}, {"tuning.wmem_default", c.Tuning.WmemDefault}, {"tuning.rmem_max", c.Tuning.RmemMax}, {"tuning.wmem_max", c.Tuning.WmemMax}} {
+		if v.v < 4096 {
+			bad(v.field, "%d is smaller than 4096 bytes", v.v)
+		}
+	}
+	if c.Tuning.RmemDefault > c.Tuning.RmemMax {
+		bad("tuning.rmem_default", "%d is larger than rmem_max %d", c.Tuning.RmemDefault, c.Tuning.RmemMax)
+	}
+	if c.Tuning.WmemDefault > c.Tuning.WmemMax {
+		bad("tuning.wmem_default", "%d is larger than wmem_max %d", c.Tuning.WmemDefault, c.Tuning.WmemMax)
+	}
+	for i, n := range c.NTP {
+		if !plainRe.MatchString(n) {
+			bad(fmt.Sprintf("ntp[%d]", i), "%q is not a host name or address", n)
+		}
+	}
+	for _, f := range []struct{ field, v string }{{"nas.address", c.NAS.Address}, {"nas.mount_options", c.NAS.MountOptions}, {"cache.scratch_dir", c.Cache.ScratchDir}, {"ldap.override_shell", c.LDAP.OverrideShell}, {"nas.homes", c.NAS.Homes}, {"nas.public", c.NAS.Public}, {"nas.home_root", c.NAS.HomeRoot}, {"nas.public_mount", c.NAS.PublicMount}} {
+		if f.v != "" && !plainRe.MatchString(f.v) {
+			bad(f.field, "%q must not contain blanks, quotes or backslashes", f.v)
+		}
+	}
+	if strings.HasPrefix(c.NAS.MountOptions, "-") || strings.Contains(c.NAS.MountOptions, "fstype=") || strings.Contains(c.NAS.MountOptions, "vers=") {
+		bad("nas.mount_options", "%q: give plain mount options; fstype and vers come from nas.nfs_version", c.NAS.MountOptions)
+	}
+	if c.LDAP.OverrideShell != "" && !strings.HasPrefix(c.LDAP.OverrideShell, "/") {
+		bad("ldap.override_shell", "%q must be an absolute path such as /bin/bash", c.LDAP.OverrideShell)
+	}
+	for i, cmd := range c.Sudo.Commands {
+		if strings.ContainsAny(cmd, "\r\n") {
+			bad(fmt.Sprintf("sudo.commands[%d]", i), "must be one line")
+		}
+	}
 }
 
 func checkDisk(bad func(string, string, ...any), field, v string) {

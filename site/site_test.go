@@ -57,3 +57,29 @@ func TestDefaultsAreTheReferenceLab(t *testing.T) {
 		t.Fatalf("nas/cache defaults: %+v %+v", c.NAS, c.Cachefilesd)
 	}
 }
+
+func TestOverlayFieldValidation(t *testing.T) {
+	cases := []struct{ name, src, want string }{
+		{"bad hash", "overlays: []\ndhcp: {mode: off}\nroot: {password_hash: 'secret'}\n", "herd.yaml:3:23: field root.password_hash: is not a crypt(3) hash"},
+		{"hash with quote", "overlays: []\ndhcp: {mode: off}\nadmin: {password_hash: \"$6$a$b'c\"}\n", "field admin.password_hash: is not a crypt(3) hash"},
+		{"ssh key two lines", "overlays: []\ndhcp: {mode: off}\nadmin:\n  ssh_keys: [\"ssh-ed25519 AAAA x\\nssh-rsa AAAA y\"]\n", "field admin.ssh_keys[0]: is not one OpenSSH public key line"},
+		{"module option", "overlays: []\ndhcp: {mode: off}\nnvidia: {module_options: ['NVreg X']}\n", `field nvidia.module_options[0]: "NVreg X" is not NAME=VALUE`},
+		{"tmp age", "overlays: []\ndhcp: {mode: off}\ntuning: {tmp_age: 10 days}\n", `field tuning.tmp_age: "10 days" is not a systemd time span`},
+		{"rmem order", "overlays: []\ndhcp: {mode: off}\ntuning: {rmem_default: 33554432}\n", "field tuning.rmem_default: 33554432 is larger than rmem_max 16777216"},
+		{"mount options with vers", "overlays: []\ndhcp: {mode: off}\nnas: {mount_options: 'rw,vers=3'}\n", "field nas.mount_options"},
+		{"scratch with blank", "overlays: []\ndhcp: {mode: off}\ncache: {scratch_dir: '/my scratch'}\n", "field cache.scratch_dir: \"/my scratch\" must not contain blanks"},
+		{"relative shell", "overlays: []\ndhcp: {mode: off}\nldap: {override_shell: bash}\n", "field ldap.override_shell: \"bash\" must be an absolute path"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("herd.yaml", []byte(c.src))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+	ok := "overlays: []\ndhcp: {mode: off}\nroot: {password_hash: '$y$j9T$abc/def$ghi.jkl'}\nadmin:\n  ssh_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA== admin@lab']\nnvidia: {module_options: ['NVreg_X=1', 'nvidia_drm modeset=1']}\ntuning: {tmp_age: 2w}\n"
+	if _, err := Parse("herd.yaml", []byte(ok)); err != nil {
+		t.Fatalf("valid site rejected: %v", err)
+	}
+}
