@@ -18,7 +18,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf \
 	iproute2 isc-dhcp-client udhcpc busybox-static atftp curl socat \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
-	openssh-client sshpass \
+	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go
