@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The README's first command (`make demo`, which installs the Debian packages
+# and builds bin/ first): build the default image, serve it with herd's own
+# DHCP/TFTP/HTTP inside a private network namespace, netboot a QEMU node from
+# it up to its login prompt, then run `herd image test` (NAS with NFS and
+# LDAP, SSH login, FS-Cache, driver, reboot from the SSD cache).
+#
+# Idempotent: the image store in $HERD_DEMO_STATE keeps its stage cache, so a
+# second run reuses the build. Everything the script starts it stops again by
+# PID, and it deletes the namespace it made, on success, failure or Ctrl-C.
+#
+# Settings (environment):
+#   HERD_DEMO_STATE   image store (default /var/tmp/herd-demo)
+#   HERD_DEMO_RECIPE  recipe (default recipes/ubuntu-noble-gpu.yaml)
+#   HERD_DEMO_CHECKS  0 skips the `herd image test` part
+#   HERD_DEMO_UEFI    1 boots the demo node with OVMF instead of SeaBIOS
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+HERD=${HERD:-$PWD/bin/herd}
+STATE=${HERD_DEMO_STATE:-/var/tmp/herd-demo}
+RECIPE=${HERD_DEMO_RECIPE:-recipes/ubuntu-noble-gpu.yaml}
+CHECKS=${HERD_DEMO_CHECKS:-1}
+NS=herd-demo-$$
+WORK=$STATE/demo-run
+SERVER_PID=
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+cleanup() {
+	local rc=$?
+	if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+		kill -TERM "$SERVER_PID" 2>/dev/null || true
+		wait "$SERVER_PID" 2>/dev/null || true
+	fi
+	ip netns del "$NS" 2>/dev/null || true
+	if ((rc != 0)); then
+		echo "demo failed (exit $rc); logs in $WORK" >&2
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[[ $(id -u) == 0 ]] || { echo "the demo needs root (network namespaces, taps, image builds)" >&2; exit 1; }
+[[ -x $HERD ]] || { echo "$HERD is missing: run 'make demo' (it builds bin/ first)" >&2; exit 1; }
+mkdir -p "$STATE" "$WORK"
+
+say "building the default image from $RECIPE into $STATE (cached stages are reused)"
+# The recipe's lock file is written next to the copy, not into the source tree.
+cp "$RECIPE" "$WORK/"
+"$HERD" --state "$STATE" image build "$WORK/$(basename "$RECIPE")" 2>&1 | tee "$WORK/build.log"
+name=$(basename "$RECIPE" .yaml)
+ID=
+for d in $(ls -td "$STATE"/images/*/ 2>/dev/null); do
+	if grep -q "\"recipe\": *\"$name\"" "$d/manifest.json" 2>/dev/null; then
+		ID=$(basename "$d")
+		break
+	fi
+done
+[[ -n $ID ]] || { echo "no image of recipe $name in $STATE/images after the build" >&2; exit 1; }
+"$HERD" --state "$STATE" image promote "$ID"
+say "image $ID is current"
+
+say "serving it in network namespace $NS (bridge br-herd, 10.77.0.1, DHCP full)"
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add br-herd type bridge
+ip -n "$NS" link set br-herd type bridge stp_state 0 forward_delay 0
+ip -n "$NS" addr add 10.77.0.1/24 dev br-herd
+ip -n "$NS" link set br-herd up
+cat >"$WORK/herd.yaml" <<EOF
+# Written by scripts/demo.sh: the reference lab's addresses, used only
+# inside the demo's own network namespace.
+server:
+  interface: br-herd
+  address: 10.77.0.1
+  http_port: 8080
+dhcp:
+  mode: full
+  subnet: 10.77.0.0/24
+  router: 10.77.0.1
+  dns: [10.77.0.1]
+  domain: lab.internal
+nas:
+  address: 10.77.0.2
+  homes: /export/homes
+  public: /export/Public
+ldap:
+  uri: ldap://10.77.0.2/
+  base: dc=lab,dc=internal
+nodes:
+  - name: demo1
+    mac: "52:54:00:77:00:21"
+    ip: 10.77.0.21
+EOF
+ip netns exec "$NS" "$HERD" -v --config "$WORK/herd.yaml" --state "$STATE" serve >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do
+	ip netns exec "$NS" curl -fs -o /dev/null http://10.77.0.1:8080/metrics && break
+	kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+	sleep 0.2
+done
+
+uefi=()
+[[ ${HERD_DEMO_UEFI:-0} == 1 ]] && uefi=(--uefi)
+say "netbooting QEMU node demo1 (software emulation: a few minutes) until its login prompt"
+"$HERD" --config "$WORK/herd.yaml" vm run --netns "$NS" --name demo1 --dir "$WORK/vm-demo1" "${uefi[@]}" \
+	--until 'demo1 login: ' --timeout 15m
+say "demo1 reached its login prompt; what the server saw:"
+"$HERD" --config "$WORK/herd.yaml" --state "$STATE" node list
+kill -TERM "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=
+ip netns del "$NS"
+
+if [[ $CHECKS != 0 ]]; then
+	say "herd image test $ID: throwaway lab with NFS + LDAP NAS, checks as a lab user sees them"
+	"$HERD" --state "$STATE" image test "$ID"
+fi
+say "done"
