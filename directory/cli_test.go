@@ -258,7 +258,7 @@ func TestHerdUserGroupCommands(t *testing.T) {
 	h.fails("", fmt.Sprintf("bind as %s failed: invalid credentials (check ldap.admin_password_file %s)", s.AdminDN, wrong), "user", "list")
 	os.Chmod(pwFile, 0o640)
 	writeSite(t, cfg, s, s.URI(), "starttls", s.CAFile, pwFile)
-	h.fails("", "ldap.admin_password_file "+pwFile+" is readable by group or others (mode 0640); run: chmod 600 "+pwFile, "user", "list")
+	h.fails("", cfg+":10:24: field ldap.admin_password_file: "+pwFile+" is readable by group or others (mode 0640); run: chmod 600 "+pwFile, "user", "list")
 	// Server down names the URI.
 	os.Chmod(pwFile, 0o600)
 	s.Stop()

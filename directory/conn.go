@@ -6,7 +6,6 @@ package directory
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/herdlab/herd/internal/strictyaml"
 	"github.com/herdlab/herd/site"
 )
 
@@ -34,6 +34,16 @@ type Settings struct {
 	HomeRoot          string // where homes appear on nodes (/home)
 	NASHomes          string // the homes export on the NAS (for instructions)
 	NASAddress        string
+	// Doc locates fields in herd.yaml for error messages (nil: no lines).
+	Doc *strictyaml.Doc
+}
+
+// fieldErr names the herd.yaml field (with file:line:col when known).
+func (s Settings) fieldErr(field, format string, args ...any) error {
+	if s.Doc != nil {
+		return s.Doc.Errorf(field, format, args...)
+	}
+	return fmt.Errorf("%s: "+format, append([]any{field}, args...)...)
 }
 
 // FromSite takes the LDAP and NAS settings of a loaded herd.yaml.
@@ -46,6 +56,7 @@ func FromSite(c *site.Config) Settings {
 		UIDMin: c.LDAP.UIDMin, GIDMin: c.LDAP.GIDMin,
 		DefaultShell: c.LDAP.OverrideShell, DefaultGroup: c.LDAP.DefaultGroup,
 		HomeRoot: c.NAS.HomeRoot, NASHomes: c.NAS.Homes, NASAddress: c.NAS.Address,
+		Doc: c.Doc,
 	}
 }
 
@@ -63,25 +74,22 @@ type Dir struct {
 
 // ReadSecretFile reads a one-line secret, refusing files that group or
 // others can read, so the admin password cannot leak through a lax mode.
-func ReadSecretFile(field, path string) (string, error) {
-	if path == "" {
-		return "", fmt.Errorf("%s is not set in herd.yaml (a file holding the password, mode 0600)", field)
-	}
+func ReadSecretFile(path string) (string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", field, err)
+		return "", err
 	}
 	if st.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s %s is readable by group or others (mode %04o); run: chmod 600 %s",
-			field, path, st.Mode().Perm(), path)
+		return "", fmt.Errorf("%s is readable by group or others (mode %04o); run: chmod 600 %s",
+			path, st.Mode().Perm(), path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", field, err)
+		return "", err
 	}
 	pw := strings.TrimRight(string(b), "\r\n")
 	if pw == "" {
-		return "", fmt.Errorf("%s %s is empty", field, path)
+		return "", fmt.Errorf("%s is empty", path)
 	}
 	return pw, nil
 }
@@ -91,17 +99,17 @@ func ReadSecretFile(field, path string) (string, error) {
 func (s Settings) tlsConfig() (*tls.Config, error) {
 	u, err := url.Parse(s.URI)
 	if err != nil {
-		return nil, fmt.Errorf("ldap.uri %q: %w", s.URI, err)
+		return nil, s.fieldErr("ldap.uri", "%q: %v", s.URI, err)
 	}
 	tc := &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
 	if s.CAFile != "" {
 		pemData, err := os.ReadFile(s.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("ldap.ca_file: %w", err)
+			return nil, s.fieldErr("ldap.ca_file", "%v", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, fmt.Errorf("ldap.ca_file %s holds no PEM certificate", s.CAFile)
+			return nil, s.fieldErr("ldap.ca_file", "%s holds no PEM certificate", s.CAFile)
 		}
 		tc.RootCAs = pool
 	}
@@ -111,15 +119,21 @@ func (s Settings) tlsConfig() (*tls.Config, error) {
 // Connect dials ldap.uri, negotiates TLS as configured and binds as
 // ldap.admin_dn with the password from ldap.admin_password_file.
 func Connect(s Settings) (*Dir, error) {
-	if s.URI == "" || s.Base == "" {
-		return nil, errors.New("ldap.uri and ldap.base must be set in herd.yaml")
+	if s.URI == "" {
+		return nil, s.fieldErr("ldap.uri", "not set (e.g. ldap://nas.lab/)")
+	}
+	if s.Base == "" {
+		return nil, s.fieldErr("ldap.base", "not set (e.g. dc=lab,dc=example)")
 	}
 	if s.AdminDN == "" {
-		return nil, errors.New("ldap.admin_dn is not set in herd.yaml (the DN herd binds as to manage users)")
+		return nil, s.fieldErr("ldap.admin_dn", "not set (the DN herd binds as to manage users)")
 	}
-	pw, err := ReadSecretFile("ldap.admin_password_file", s.AdminPasswordFile)
+	if s.AdminPasswordFile == "" {
+		return nil, s.fieldErr("ldap.admin_password_file", "not set (a file holding the admin password, mode 0600)")
+	}
+	pw, err := ReadSecretFile(s.AdminPasswordFile)
 	if err != nil {
-		return nil, err
+		return nil, s.fieldErr("ldap.admin_password_file", "%v", err)
 	}
 	d, err := dial(s)
 	if err != nil {

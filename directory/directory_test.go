@@ -362,6 +362,27 @@ func TestConnectErrors(t *testing.T) {
 		t.Fatalf("lax mode: %v", err)
 	}
 
+	// Missing or empty files and settings name the field.
+	empty := filepath.Join(t.TempDir(), "empty.secret")
+	os.WriteFile(empty, nil, 0o600)
+	for _, c := range []struct {
+		mod  func(*Settings)
+		want string
+	}{
+		{func(s *Settings) { s.AdminPasswordFile = empty }, "ldap.admin_password_file: " + empty + " is empty"},
+		{func(s *Settings) { s.AdminPasswordFile = empty + ".none" }, "ldap.admin_password_file: stat " + empty + ".none: no such file"},
+		{func(s *Settings) { s.AdminPasswordFile = "" }, "ldap.admin_password_file: not set"},
+		{func(s *Settings) { s.AdminDN = "" }, "ldap.admin_dn: not set"},
+		{func(s *Settings) { s.URI = "" }, "ldap.uri: not set"},
+		{func(s *Settings) { s.TLS, s.CAFile = "starttls", empty }, "ldap.ca_file: " + empty + " holds no PEM certificate"},
+	} {
+		bad := st
+		c.mod(&bad)
+		if _, err := Connect(bad); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("got %v, want %q", err, c.want)
+		}
+	}
+
 	// Server down: names the URI.
 	s.Stop()
 	if _, err := Connect(st); err == nil || !strings.Contains(err.Error(), "cannot reach the LDAP server at "+st.URI) {
