@@ -14,7 +14,7 @@ TEST_TIMEOUT ?= 80m
 # Debian packages the tools and tests use (one per line in deps.txt is overkill;
 # keep this list the single source).
 APT_PACKAGES := \
-	mmdebstrap squashfs-tools gpg gpgv ca-certificates e2fsprogs cpio zstd fdisk \
+	mmdebstrap squashfs-tools gpg gpgv ca-certificates e2fsprogs cpio zstd fdisk gcc \
 	qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf \
 	iproute2 isc-dhcp-client udhcpc busybox-static atftp curl socat \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
