@@ -327,6 +327,40 @@ func TestConcurrentAddsGetDistinctNumbers(t *testing.T) {
 	if err != nil || len(rep.Problems) != 0 {
 		t.Fatalf("check after concurrent adds: %+v %v", rep, err)
 	}
+
+	// Several admins asking for the same explicit uid at once: never two
+	// entries with it; every loser gets the "in use" error.
+	var mu sync.Mutex
+	won := 0
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := Connect(st)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			_, err = c.AddUser(NewUser{Name: fmt.Sprintf("x%d", i), UID: 15000})
+			switch {
+			case err == nil:
+				mu.Lock()
+				won++
+				mu.Unlock()
+			case !errors.Is(err, errNumberTaken):
+				t.Errorf("x%d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	same, err := d.search("(uidNumber=15000)", "uid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(same) > 1 || len(same) != won {
+		t.Fatalf("%d entries carry uid 15000, %d adds reported success", len(same), won)
+	}
 }
 
 func TestConnectErrors(t *testing.T) {

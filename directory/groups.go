@@ -84,6 +84,9 @@ func (d *Dir) AddGroup(name string, gid int) (*Group, error) {
 		if err := d.addGroupEntry(dn, name, gid); err != nil {
 			return nil, err
 		}
+		if err := d.giveBackOnClash(gidKind, gid, dn); err != nil {
+			return nil, err
+		}
 		return d.Group(name)
 	}
 	for attempt := 0; attempt < 10; attempt++ {

@@ -154,5 +154,21 @@ func sameDN(a, b string) bool {
 	return da.EqualFold(db)
 }
 
+// giveBackOnClash deletes the just-added entry dn when another entry uses
+// the explicitly chosen number n (added between our check and our add).
+func (d *Dir) giveBackOnClash(k kind, n int, dn string) error {
+	others, err := d.othersWithNumber(k, n, dn)
+	if err != nil {
+		return err
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	if err := d.conn.Del(ldap.NewDelRequest(dn, nil)); err != nil {
+		return fmt.Errorf("%s %d was taken by %s meanwhile and removing %s failed: %w", k.attr, n, others[0], dn, err)
+	}
+	return fmt.Errorf("%s %d: %w by %s (added at the same moment; %s was not created)", k.attr, n, errNumberTaken, others[0], dn)
+}
+
 // errNumberTaken means a number chosen explicitly is already used.
 var errNumberTaken = errors.New("number already in use")

@@ -183,6 +183,10 @@ func (d *Dir) AddUser(nu NewUser) (*User, error) {
 		if err := d.addUserEntry(dn, nu, g.GID, nu.UID, home, shell); err != nil {
 			return nil, err
 		}
+		// Someone may have taken the number between the check and the add.
+		if err := d.giveBackOnClash(uidKind, nu.UID, dn); err != nil {
+			return nil, err
+		}
 		return d.User(nu.Name)
 	}
 	for attempt := 0; attempt < 10; attempt++ {
