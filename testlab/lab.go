@@ -282,22 +282,28 @@ func (l *Lab) startServer(ctx context.Context) error {
 
 // HTTPGet fetches url from inside the lab namespace.
 func (l *Lab) HTTPGet(url string) (int, []byte, error) {
-	var code int
-	var body []byte
-	err := l.Netns.Do(func() error {
-		// A fresh transport: its dialer sockets are made on this thread,
-		// inside the namespace.
-		tr := &http.Transport{DisableKeepAlives: true, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}
-		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		code = resp.StatusCode
-		body, err = io.ReadAll(resp.Body)
-		return err
-	})
-	return code, body, err
+	c := l.Netns.HTTPClient()
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
+}
+
+// HTTPClient returns a client whose connections are made inside the
+// namespace. The transport dials on goroutines of its own, so each dial
+// goes through Do (which switches a fresh thread into the namespace);
+// dialing on the caller's thread would leave from the host's namespace.
+func (n *Netns) HTTPClient() *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil,
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = n.Do(func() error { c, err = d.DialContext(ctx, network, addr); return err })
+			return c, err
+		}}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
 // Herd runs the herd binary against the lab's config and state (inside the
