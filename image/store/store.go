@@ -68,6 +68,10 @@ func Open(stateDir string) (*Store, error) {
 	return s, nil
 }
 
+// ReadOnly gives a view of the store in stateDir for commands that only
+// read (list, show, diff, inspect): it creates nothing and cleans nothing.
+func ReadOnly(stateDir string) *Store { return &Store{state: stateDir} }
+
 // StateDir is the state directory the store lives in.
 func (s *Store) StateDir() string { return s.state }
 
