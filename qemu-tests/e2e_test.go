@@ -165,14 +165,20 @@ func labDir(t *testing.T) string {
 }
 
 // suiteImage returns the image directory to boot: $HERD_E2E_IMAGE, else the
-// default recipe built with `herd image build` into the shared test store
+// default recipe built with `herd image build` and the lab's herd.yaml (the
+// overlays bake the NAS and LDAP addresses in) into the shared test store
 // (/var/tmp/herd-test-store, HACKING.md): the builder's stage cache makes
 // that a no-op when neither the recipe nor herd changed.
 func suiteImage(t *testing.T, herd string) string {
 	if p := os.Getenv("HERD_E2E_IMAGE"); p != "" {
 		return p
 	}
-	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, filepath.Join(t.TempDir(), "build.log"))
+	tmp := t.TempDir()
+	site := filepath.Join(tmp, "herd.yaml")
+	if err := testlab.WriteLabSite(site); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,11 +16,11 @@ import (
 // share across runs (stage cache, .deb cache, images), see HACKING.md.
 const TestStore = "/var/tmp/herd-test-store"
 
-// BuildImage builds recipe with `herd image build` into state and returns
-// the image directory. The recipe is copied next to the log first, so its
+// BuildImage builds recipe with `herd image build --config site` into state
+// and returns the image directory. The recipe is copied next to the log first, so its
 // lock file is written there and never into the source tree. Unchanged
 // stages come from the store's cache, so a rebuild is cheap.
-func BuildImage(ctx context.Context, herd, state, recipe, logPath string) (string, error) {
+func BuildImage(ctx context.Context, herd, state, recipe, site, logPath string) (string, error) {
 	data, err := os.ReadFile(recipe)
 	if err != nil {
 		return "", fmt.Errorf("build image: %w", err)
@@ -39,7 +39,7 @@ func BuildImage(ctx context.Context, herd, state, recipe, logPath string) (strin
 	}
 	defer log.Close()
 	var out strings.Builder
-	cmd := exec.CommandContext(ctx, herd, "--state", state, "image", "build", copyPath)
+	cmd := exec.CommandContext(ctx, herd, "--state", state, "--config", site, "image", "build", copyPath)
 	cmd.Stdout, cmd.Stderr = multi{log, &out}, multi{log, &out}
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("herd image build %s: %w (log %s):\n%s", recipe, err, logPath, TailLines([]byte(out.String()), 30))
@@ -83,4 +83,14 @@ type multi [2]interface{ Write([]byte) (int, error) }
 func (m multi) Write(p []byte) (int, error) {
 	m[0].Write(p)
 	return m[1].Write(p)
+}
+
+// WriteLabSite writes the lab's herd.yaml for image builds to path (with a
+// placeholder LDAP admin secret next to it: builds never bind).
+func WriteLabSite(path string) error {
+	secret := filepath.Join(filepath.Dir(path), "ldap-admin.secret")
+	if err := os.WriteFile(secret, []byte("unused-at-build-time\n"), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(SiteYAML(LabConfig{}, "cn=admin,"+LabBase, secret)), 0o644)
 }

@@ -135,7 +135,7 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = l.LDAP.WriteAdminPassword(secret); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
-	if err = os.WriteFile(l.ConfigPath, []byte(l.siteYAML(secret)), 0o644); err != nil {
+	if err = os.WriteFile(l.ConfigPath, []byte(SiteYAML(c, l.LDAP.AdminDN, secret)), 0o644); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
 	// The site's sudo rule names this group and `herd user add` puts new
@@ -149,9 +149,17 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	return l, nil
 }
 
-// siteYAML is the lab's herd.yaml: full DHCP on the bridge with one
-// reservation per node, the NAS and LDAP on the second address.
-func (l *Lab) siteYAML(secret string) string {
+// SiteYAML is the lab's herd.yaml: full DHCP on the bridge with one
+// reservation per node, the NAS and LDAP on the second address. Images the
+// lab boots must be built with it (the system overlays bake the NAS and
+// LDAP addresses in); adminDN and secret only matter to `herd user`.
+func SiteYAML(c LabConfig, adminDN, secret string) string {
+	if len(c.Nodes) == 0 {
+		c.Nodes = DefaultLabNodes
+	}
+	if c.Cache == "" {
+		c.Cache = "auto"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `server:
   interface: %s
@@ -177,17 +185,17 @@ ldap:
 cache:
   disk: %s
 nodes:
-`, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer, LabNAS, LabNAS, LabBase, l.LDAP.AdminDN, secret, l.Config.Cache)
-	for _, n := range l.Config.Nodes {
+`, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer, LabNAS, LabNAS, LabBase, adminDN, secret, c.Cache)
+	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
 	}
-	if len(l.Config.AdminKeys) > 0 {
+	if len(c.AdminKeys) > 0 {
 		b.WriteString("admin:\n  user: herdadmin\n  ssh_keys:\n")
-		for _, k := range l.Config.AdminKeys {
+		for _, k := range c.AdminKeys {
 			fmt.Fprintf(&b, "    - %q\n", strings.TrimSpace(k))
 		}
 	}
-	b.WriteString(l.Config.ExtraYAML)
+	b.WriteString(c.ExtraYAML)
 	return b.String()
 }
 
