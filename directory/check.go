@@ -7,16 +7,22 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+
+	"github.com/go-ldap/ldap/v3"
 )
 
 // Report is the result of Check.
 type Report struct {
-	URI      string   `json:"uri"`
-	TLS      bool     `json:"tls"`
-	BoundAs  string   `json:"bound_as"`
-	Users    int      `json:"users"`
-	Groups   int      `json:"groups"`
-	Problems []string `json:"problems"`
+	URI     string `json:"uri"`
+	TLS     bool   `json:"tls"`
+	BoundAs string `json:"bound_as"`
+	Users   int    `json:"users"`
+	Groups  int    `json:"groups"`
+	// NodeView is whom nodes bind as (ldap.bind_dn or "anonymous") and
+	// NodeUsers how many accounts they see.
+	NodeView  string   `json:"node_view"`
+	NodeUsers int      `json:"node_users"`
+	Problems  []string `json:"problems"`
 }
 
 // Check searches the base and reports what breaks logins on nodes:
@@ -76,6 +82,7 @@ func (d *Dir) Check() (*Report, error) {
 			r.Problems = append(r.Problems, fmt.Sprintf("uidNumber %d is used by %d users: %v", n, len(names), names))
 		}
 	}
+	d.checkNodeView(r)
 	gidList := make([]int, 0, len(byGID))
 	for n := range byGID {
 		gidList = append(gidList, n)
@@ -87,6 +94,60 @@ func (d *Dir) Check() (*Report, error) {
 		}
 	}
 	return r, nil
+}
+
+// checkNodeView looks at the directory the way nodes' SSSD does (bound as
+// ldap.bind_dn, or anonymously) and reports when they would miss users or
+// could read password hashes.
+func (d *Dir) checkNodeView(r *Report) {
+	r.NodeView = "anonymous"
+	if d.S.BindDN != "" {
+		r.NodeView = d.S.BindDN
+	}
+	nd, err := dial(d.S)
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("nodes' view (%s): %v", r.NodeView, err))
+		return
+	}
+	defer nd.Close()
+	if d.S.BindDN != "" {
+		pw, err := ReadSecretFile(d.S.BindPasswordFile)
+		if err != nil {
+			r.Problems = append(r.Problems, d.S.fieldErr("ldap.bind_password_file", "%v", err).Error())
+			return
+		}
+		if err := nd.conn.Bind(d.S.BindDN, pw); err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("nodes bind as %s (ldap.bind_dn) and that fails: %v (check ldap.bind_password_file %s)",
+				d.S.BindDN, err, d.S.BindPasswordFile))
+			return
+		}
+	}
+	entries, err := nd.search("(objectClass=posixAccount)", "uid", "userPassword")
+	// A server hiding the base from this identity answers with one of
+	// these instead of an empty result: to SSSD both mean "no users".
+	if ldap.IsErrorWithCode(err, ldap.LDAPResultInsufficientAccessRights) || ldap.IsErrorWithCode(err, ldap.LDAPResultNoSuchObject) {
+		entries, err = nil, nil
+	}
+	if err != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("nodes (%s) cannot search the users: %v", r.NodeView, err))
+		return
+	}
+	r.NodeUsers = len(entries)
+	if r.NodeUsers < r.Users {
+		r.Problems = append(r.Problems, fmt.Sprintf("nodes (%s) see %d of %d users: SSSD will not find the others (the server's access rules must allow reading posixAccount entries)",
+			r.NodeView, r.NodeUsers, r.Users))
+	}
+	leaked := 0
+	for _, e := range entries {
+		// Reading one's own hash is normal ("by self write" implies it).
+		if e.GetAttributeValue("userPassword") != "" && !sameDN(e.DN, d.S.BindDN) {
+			leaked++
+		}
+	}
+	if leaked > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("nodes (%s) can read the userPassword of %d users: restrict userPassword to auth (e.g. \"by anonymous auth\", \"by self write\", \"by * none\")",
+			r.NodeView, leaked))
+	}
 }
 
 // HashSSHA returns the OpenLDAP {SSHA} form of password: SHA-1 over the

@@ -25,6 +25,9 @@ type Settings struct {
 	URI, Base         string
 	AdminDN           string
 	AdminPasswordFile string
+	// BindDN/BindPasswordFile is how nodes (SSSD) bind; empty is anonymous.
+	BindDN            string
+	BindPasswordFile  string
 	TLS               string // none, ldaps, starttls
 	CAFile            string
 	UsersOU, GroupsOU string
@@ -51,6 +54,7 @@ func FromSite(c *site.Config) Settings {
 	return Settings{
 		URI: c.LDAP.URI, Base: c.LDAP.Base,
 		AdminDN: c.LDAP.AdminDN, AdminPasswordFile: c.LDAP.AdminPasswordFile,
+		BindDN: c.LDAP.BindDN, BindPasswordFile: c.LDAP.BindPasswordFile,
 		TLS: c.LDAP.TLS, CAFile: c.LDAP.CAFile,
 		UsersOU: c.LDAP.UsersOU, GroupsOU: c.LDAP.GroupsOU,
 		UIDMin: c.LDAP.UIDMin, GIDMin: c.LDAP.GIDMin,

@@ -526,7 +526,72 @@ func TestCheckFindsProblems(t *testing.T) {
 			t.Fatalf("check lacks %q:\n%s", want, all)
 		}
 	}
-	if rep.Users != 3 {
-		t.Fatalf("users = %d", rep.Users)
+	if rep.Users != 3 || rep.NodeView != "anonymous" || rep.NodeUsers != 3 {
+		t.Fatalf("report = %+v", rep)
+	}
+}
+
+func TestCheckNodeView(t *testing.T) {
+	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd")
+	// A lax server: everyone may read everything, password hashes included.
+	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: t.TempDir(), Access: "access to * by * read"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	pwFile := filepath.Join(t.TempDir(), "admin.secret")
+	s.WriteAdminPassword(pwFile)
+	st := Settings{URI: s.URI(), Base: s.Base, AdminDN: s.AdminDN, AdminPasswordFile: pwFile,
+		UsersOU: "ou=people", GroupsOU: "ou=groups", UIDMin: 10000, GIDMin: 10000, DefaultGroup: "members"}
+	d := connect(t, st)
+	d.AddGroup("members", 0)
+	d.AddUser(NewUser{Name: "alice"})
+	if _, err := d.SetPassword("alice", "alice-Pass-1"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := d.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := strings.Join(rep.Problems, "\n"); !strings.Contains(all, "nodes (anonymous) can read the userPassword of 1 users") {
+		t.Fatalf("lax server not reported: %+v", rep)
+	}
+
+	// A strict one: anonymous sees nothing, nodes bind as a service DN.
+	s2, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: t.TempDir(),
+		Access: "access to attrs=userPassword by self write by anonymous auth by * none\naccess to * by users read by * auth"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Stop()
+	pw2 := filepath.Join(t.TempDir(), "admin.secret")
+	s2.WriteAdminPassword(pw2)
+	st2 := st
+	st2.URI, st2.Base, st2.AdminDN, st2.AdminPasswordFile = s2.URI(), s2.Base, s2.AdminDN, pw2
+	d2 := connect(t, st2)
+	d2.AddGroup("members", 0)
+	d2.AddUser(NewUser{Name: "sssd"})
+	d2.AddUser(NewUser{Name: "bob"})
+	if _, err := d2.SetPassword("sssd", "node-Bind-7"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = d2.Check()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all := strings.Join(rep.Problems, "\n"); !strings.Contains(all, "nodes (anonymous) see 0 of 2 users") {
+		t.Fatalf("anonymous blindness not reported: %+v", rep)
+	}
+	bindFile := filepath.Join(t.TempDir(), "bind.secret")
+	os.WriteFile(bindFile, []byte("node-Bind-7\n"), 0o600)
+	d2.S.BindDN, d2.S.BindPasswordFile = "uid=sssd,"+s2.PeopleDN, bindFile
+	rep, err = d2.Check()
+	if err != nil || len(rep.Problems) != 0 || rep.NodeUsers != 2 {
+		t.Fatalf("nodes binding as sssd: %+v %v", rep, err)
+	}
+	os.WriteFile(bindFile, []byte("wrong\n"), 0o600)
+	rep, _ = d2.Check()
+	if all := strings.Join(rep.Problems, "\n"); !strings.Contains(all, "nodes bind as uid=sssd,"+s2.PeopleDN+" (ldap.bind_dn) and that fails") {
+		t.Fatalf("wrong node bind password not reported: %+v", rep)
 	}
 }

@@ -48,6 +48,9 @@ type SlapdConfig struct {
 	// Binary is /usr/sbin/slapd unless set; SlapaddBinary /usr/sbin/slapadd.
 	Binary        string
 	SlapaddBinary string
+	// Access replaces the default access rules (slapd.conf "access to"
+	// lines), e.g. to test how clients cope with a stricter or laxer server.
+	Access string
 	// DebugLevel is passed to -d (default "0": foreground, quiet); "stats"
 	// logs every operation (never attribute values) to LogPath.
 	DebugLevel string
@@ -157,7 +160,9 @@ func StartSlapd(ctx context.Context, c SlapdConfig) (*Slapd, error) {
 	// groups (SSSD binds anonymously) except userPassword, which anonymous
 	// may only use to authenticate and its owner may change (Password Modify
 	// runs as the bound user).
-	fmt.Fprintf(&b, `access to attrs=userPassword
+	access := c.Access
+	if access == "" {
+		access = `access to attrs=userPassword
 	by self write
 	by anonymous auth
 	by * none
@@ -165,7 +170,9 @@ access to attrs=shadowLastChange
 	by self write
 	by * read
 access to *
-	by * read
+	by * read`
+	}
+	fmt.Fprintf(&b, `%s
 database mdb
 maxsize 268435456
 suffix %q
@@ -174,7 +181,7 @@ rootpw %s
 directory %s
 index objectClass eq
 index uid,uidNumber,gidNumber,memberUid,cn eq
-`, c.Base, s.AdminDN, hash, dbDir)
+`, access, c.Base, s.AdminDN, hash, dbDir)
 	if err := os.WriteFile(s.ConfPath, []byte(b.String()), 0o600); err != nil {
 		return nil, fmt.Errorf("slapd: write config: %w", err)
 	}
