@@ -210,7 +210,7 @@ func TestHerdUserGroupCommands(t *testing.T) {
 		t.Fatalf("%d users after concurrent adds, want %d", len(users), procs+1)
 	}
 
-	if out := h.ok("", "ldap", "check"); !strings.Contains(out, "(TLS)") || !strings.Contains(out, "7 users, 1 groups") || !strings.Contains(out, "no problems found") {
+	if out := h.ok("", "ldap", "check"); !strings.Contains(out, "(TLS)") || !strings.Contains(out, "7 users, 1 groups; nodes (anonymous) see 7 users") || !strings.Contains(out, "no problems found") {
 		t.Fatalf("ldap check on a clean directory:\n%s", out)
 	}
 

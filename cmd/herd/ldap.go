@@ -48,7 +48,7 @@ func init() {
 					tls = "TLS"
 				}
 				fmt.Fprintf(out, "connected to %s (%s), bound as %s\n", rep.URI, tls, rep.BoundAs)
-				fmt.Fprintf(out, "%d users, %d groups\n", rep.Users, rep.Groups)
+				fmt.Fprintf(out, "%d users, %d groups; nodes (%s) see %d users\n", rep.Users, rep.Groups, rep.NodeView, rep.NodeUsers)
 				for _, p := range rep.Problems {
 					fmt.Fprintln(out, "PROBLEM:", p)
 				}
