@@ -20,8 +20,6 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/testenv"
-	"github.com/herdlab/herd/pxe/httpboot"
-	"github.com/herdlab/herd/site"
 )
 
 // publish writes a published image with random artifacts into state and
@@ -142,7 +140,6 @@ func TestServeReloadAndDrain(t *testing.T) {
 		done <- Run(context.Background(), Options{
 			StateDir: state, ConfigPath: cfgPath, TFTPPort: tftpPort,
 			Log:    slog.New(slog.NewJSONHandler(logs, nil)),
-			Render: standInRender,
 			Ready:  func(h, _ string) { ready <- h },
 		})
 	}()
@@ -165,6 +162,10 @@ func TestServeReloadAndDrain(t *testing.T) {
 	}
 	if c := status(base + "/boot/52:54:00:aa:00:01.ipxe"); c != 200 {
 		t.Fatalf("script: %d", c)
+	}
+	// The overlay, rendered by the real templates, goes to the node's address.
+	if c := status(base + "/nodes/gpu1/overlay.cpio"); c != 200 {
+		t.Fatalf("overlay: %d\n%s", c, logs.String())
 	}
 	// One registry: TFTP, HTTP and process metrics on /metrics.
 	if resp, err := http.Get(base + "/metrics"); err == nil {
@@ -222,10 +223,4 @@ func TestServeReloadAndDrain(t *testing.T) {
 	if c := status(base + "/healthz"); c != 0 {
 		t.Errorf("server still answers after stop: %d", c)
 	}
-}
-
-// standInRender replaces overlays.RenderRuntime where the test is about
-// serving, not templates.
-func standInRender(cfg *site.Config, node *site.Node, s httpboot.Secrets, pw string) ([]httpboot.RuntimeFile, error) {
-	return []httpboot.RuntimeFile{{Path: "etc/hostname", Mode: 0o644, Data: []byte(node.Name + "\n")}}, nil
 }
