@@ -139,8 +139,8 @@ func TestServeReloadAndDrain(t *testing.T) {
 	go func() {
 		done <- Run(context.Background(), Options{
 			StateDir: state, ConfigPath: cfgPath, TFTPPort: tftpPort,
-			Log:    slog.New(slog.NewJSONHandler(logs, nil)),
-			Ready:  func(h, _ string) { ready <- h },
+			Log:   slog.New(slog.NewJSONHandler(logs, nil)),
+			Ready: func(h, _ string) { ready <- h },
 		})
 	}()
 	var base string
