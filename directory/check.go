@@ -1,14 +1,13 @@
 package directory
 
 import (
-	"crypto/rand"
-	"crypto/sha1"
-	"encoding/base64"
 	"fmt"
 	"sort"
 	"strconv"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/herdlab/herd/internal/ldaphash"
 )
 
 // Report is the result of Check.
@@ -150,15 +149,5 @@ func (d *Dir) checkNodeView(r *Report) {
 	}
 }
 
-// HashSSHA returns the OpenLDAP {SSHA} form of password: SHA-1 over the
-// password and a random 8-byte salt, salt appended, base64.
-func HashSSHA(password string) (string, error) {
-	salt := make([]byte, 8)
-	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("salt: %w", err)
-	}
-	h := sha1.New()
-	h.Write([]byte(password))
-	h.Write(salt)
-	return "{SSHA}" + base64.StdEncoding.EncodeToString(append(h.Sum(nil), salt...)), nil
-}
+// HashSSHA returns the {SSHA} userPassword value of password.
+func HashSSHA(password string) (string, error) { return ldaphash.SSHA(password) }

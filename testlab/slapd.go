@@ -5,11 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha1"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -25,6 +23,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/herdlab/herd/internal/ldaphash"
 )
 
 // SlapdConfig describes a throw-away OpenLDAP server for tests and for
@@ -324,18 +324,9 @@ func (s *Slapd) Stop() error {
 	return stopProcess(s.cmd, s.done, 10*time.Second)
 }
 
-// SSHA returns the OpenLDAP {SSHA} hash of password (SHA-1 over the password
-// and a random 8-byte salt, salt appended, base64).
-func SSHA(password string) (string, error) {
-	salt := make([]byte, 8)
-	if _, err := rand.Read(salt); err != nil {
-		return "", fmt.Errorf("salt: %w", err)
-	}
-	h := sha1.New()
-	h.Write([]byte(password))
-	h.Write(salt)
-	return "{SSHA}" + base64.StdEncoding.EncodeToString(append(h.Sum(nil), salt...)), nil
-}
+// SSHA returns the {SSHA} userPassword value of password (for seeding
+// entries in tests).
+func SSHA(password string) (string, error) { return ldaphash.SSHA(password) }
 
 // randomSecret is a 24-hex-digit password.
 func randomSecret() (string, error) {
