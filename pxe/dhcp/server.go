@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/herdlab/herd/site"
 )
@@ -109,6 +111,11 @@ func (s *Server) Listen(ctx context.Context) error {
 			s.closeConns()
 			return fmt.Errorf("listen udp/%d on %s: %w", port, p.Interface, err)
 		}
+		// Room for a burst of clients (a rack powering on) while a
+		// batch waits for its leases.json fsync.
+		if err := c.SetReadBuffer(1 << 20); err != nil {
+			s.log.Warn("set DHCP socket receive buffer", "err", err)
+		}
 		s.conns = append(s.conns, c)
 		s.ports = append(s.ports, port)
 	}
@@ -141,8 +148,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
+// maxBatch bounds how many queued packets one pass answers: they share a
+// single leases.json write (group commit), so a burst of clients costs one
+// fsync rather than one per ACK, and no ACK leaves before its lease is on disk.
+const maxBatch = 64
+
+type packet struct {
+	data []byte
+	src  *net.UDPAddr
+}
+
 func (s *Server) loop(c *net.UDPConn, port int) error {
 	buf := make([]byte, 4096)
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
 	for {
 		n, src, err := c.ReadFromUDP(buf)
 		if err != nil {
@@ -151,33 +172,81 @@ func (s *Server) loop(c *net.UDPConn, port int) error {
 			}
 			return fmt.Errorf("read udp/%d: %w", port, err)
 		}
-		s.handle(c, port, buf[:n], src)
+		batch := []packet{{append([]byte(nil), buf[:n]...), src}}
+		for len(batch) < maxBatch {
+			p, ok := recvNow(raw, buf)
+			if !ok {
+				break
+			}
+			batch = append(batch, p)
+		}
+		s.handle(c, port, batch)
 	}
 }
 
-func (s *Server) handle(c *net.UDPConn, port int, pkt []byte, src *net.UDPAddr) {
+// recvNow reads one more queued datagram without blocking.
+func recvNow(raw syscall.RawConn, buf []byte) (packet, bool) {
+	var (
+		n    int
+		from unix.Sockaddr
+		rerr error
+	)
+	err := raw.Read(func(fd uintptr) bool {
+		n, from, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+		return true // never wait for readiness
+	})
+	sa, ok := from.(*unix.SockaddrInet4)
+	if err != nil || rerr != nil || !ok {
+		return packet{}, false
+	}
+	return packet{append([]byte(nil), buf[:n]...), &net.UDPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}}, true
+}
+
+type answer struct {
+	req *dhcpv4.DHCPv4
+	res Result
+}
+
+func (s *Server) handle(c *net.UDPConn, port int, batch []packet) {
 	p := s.plan.Load()
-	if s.tap != nil {
-		s.tap(port, append([]byte(nil), pkt...))
-	}
-	req, err := dhcpv4.FromBytes(pkt)
-	if err != nil {
-		s.metrics.ignored.WithLabelValues("malformed").Inc()
-		s.log.Debug("malformed DHCP packet", "from", src, "err", err)
-		return
-	}
-	s.metrics.requests.WithLabelValues(req.MessageType().String(), p.Mode).Inc()
+	var answers []answer
 	s.mu.Lock()
-	res := Reply(p, s.leases, req, port, src, s.opt.Now())
-	if s.leases.Dirty() && s.path != "" {
-		if err := s.leases.Save(s.path); err != nil {
-			s.log.Error("persist leases", "err", err)
+	for _, pk := range batch {
+		if s.tap != nil {
+			s.tap(port, pk.data)
 		}
+		req, err := dhcpv4.FromBytes(pk.data)
+		if err != nil {
+			s.metrics.ignored.WithLabelValues("malformed").Inc()
+			s.log.Debug("malformed DHCP packet", "from", pk.src, "err", err)
+			continue
+		}
+		s.metrics.requests.WithLabelValues(req.MessageType().String(), p.Mode).Inc()
+		answers = append(answers, answer{req, Reply(p, s.leases, req, port, pk.src, s.opt.Now())})
+	}
+	saveErr := error(nil)
+	if s.leases.Dirty() && s.path != "" {
+		saveErr = s.leases.Save(s.path)
 	}
 	s.mu.Unlock()
+	if saveErr != nil {
+		// Promising leases that a restart would forget is worse than
+		// silence: clients retry, and the next batch tries the disk again.
+		s.log.Error("persist leases; replies of this batch withheld", "err", saveErr)
+		for range answers {
+			s.metrics.ignored.WithLabelValues("lease-store-failed").Inc()
+		}
+		return
+	}
+	for _, a := range answers {
+		s.send(c, port, p, a.req, a.res)
+	}
+}
+
+func (s *Server) send(c *net.UDPConn, port int, p *Plan, req *dhcpv4.DHCPv4, res Result) {
 	if res.Reply == nil {
 		s.metrics.ignored.WithLabelValues(res.Reason).Inc()
-		s.log.Debug("no reply", "mac", req.ClientHWAddr, "type", req.MessageType(), "port", port, "reason", res.Reason, "detail", res.Detail)
+		s.log.Debug("no reply", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "port", port, "reason", res.Reason, "detail", res.Detail)
 		return
 	}
 	if _, err := c.WriteToUDP(res.Reply.ToBytes(), res.Dest); err != nil {
@@ -185,7 +254,7 @@ func (s *Server) handle(c *net.UDPConn, port int, pkt []byte, src *net.UDPAddr) 
 		return
 	}
 	s.metrics.replies.WithLabelValues(res.Reply.MessageType().String(), p.Mode).Inc()
-	s.log.Debug("reply", "mac", req.ClientHWAddr, "type", res.Reply.MessageType(), "yiaddr", res.Reply.YourIPAddr,
+	s.log.Debug("reply", "mac", req.ClientHWAddr.String(), "type", res.Reply.MessageType(), "yiaddr", res.Reply.YourIPAddr,
 		"file", res.Reply.BootFileName, "to", res.Dest, "detail", res.Detail)
 	if res.Bound && s.opt.OnLease != nil {
 		var ip net.IP
