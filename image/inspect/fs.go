@@ -104,11 +104,18 @@ func (im *Image) ReadFile(p string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, _, err := im.open(real)
+	f, size, err := im.open(real)
 	if err != nil {
 		return nil, err
 	}
-	return io.ReadAll(&sequential{f: f, size: -1})
+	// One read of the whole file: go-diskfs walks the file's block list
+	// from the start on every Read, so few large reads are much cheaper.
+	buf := make([]byte, size)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == size) {
+		return nil, fmt.Errorf("read %s: %w", real, err)
+	}
+	return buf[:n], nil
 }
 
 func (im *Image) readDir(p string) ([]iofs.DirEntry, error) {
