@@ -418,3 +418,38 @@ func TestProxyModeGoClient(t *testing.T) {
 		t.Error("reload switching mode accepted")
 	}
 }
+
+// A lease that cannot be written is not promised: the ACK is withheld.
+func TestFullModeWithholdsACKWhenLeasesCannotBeSaved(t *testing.T) {
+	testenv.RequireCommands(t, "udhcpc")
+	l := newLab(t)
+	known := l.client("52:54:00:77:00:11", "")
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := l.start(labConfig(t, site.DHCPFull, site.UnknownIgnore), state, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state dir vanishes under the running server (disk trouble).
+	if err := os.RemoveAll(state); err != nil {
+		t.Fatal(err)
+	}
+	if ev := udhcpc(t, known); len(ev) != 1 || ev[0] != "leasefail" {
+		t.Fatalf("client bound although the lease could not be stored: %q", ev)
+	}
+	if n := testutil.ToFloat64(srv.s.metrics.ignored.WithLabelValues("lease-store-failed")); n < 1 {
+		t.Errorf("ignored{lease-store-failed} = %v", n)
+	}
+	// The disk comes back: the next attempt binds and is stored.
+	if err := os.Mkdir(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if ev := udhcpc(t, known); len(ev) != 1 || !strings.HasPrefix(ev[0], "bound 10.77.0.11 gpu01") {
+		t.Fatalf("after recovery: %q", ev)
+	}
+	if data, err := os.ReadFile(filepath.Join(state, "leases.json")); err != nil || !strings.Contains(string(data), "10.77.0.11") {
+		t.Fatalf("leases.json after recovery: %v %s", err, data)
+	}
+}
