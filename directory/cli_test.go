@@ -144,6 +144,22 @@ func TestHerdUserGroupCommands(t *testing.T) {
 		t.Fatal("alice cannot bind with the password herd set")
 	}
 	h.fails("", "user alice already exists", "user", "add", "alice")
+	if os.Geteuid() == 0 {
+		// With the homes export mounted here, herd makes the home itself.
+		homes := filepath.Join(dir, "homes")
+		os.Mkdir(homes, 0o755)
+		out := h.ok("", "user", "add", "hilda", "--no-password", "--create-home-in", homes)
+		if !strings.Contains(out, "created home "+filepath.Join(homes, "hilda")+" (owner 10001:10000, mode 0700)") || strings.Contains(out, "mkdir") {
+			t.Fatalf("user add --create-home-in:\n%s", out)
+		}
+		// An unusable export falls back to the instructions.
+		out = h.ok("", "user", "add", "ida", "--no-password", "--create-home-in", filepath.Join(dir, "nohomes"))
+		if !strings.Contains(out, "could not create the home") || !strings.Contains(out, "mkdir /export/homes/ida") {
+			t.Fatalf("user add with a missing export:\n%s", out)
+		}
+		h.ok("", "user", "del", "hilda")
+		h.ok("", "user", "del", "ida")
+	}
 
 	// Without a terminal and without --password-stdin, passwd refuses.
 	h.fails("", "stdin is not a terminal: pass the password on stdin with --password-stdin", "user", "passwd", "alice")

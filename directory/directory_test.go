@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/go-ldap/ldap/v3"
@@ -186,6 +187,35 @@ func TestUsersAndGroups(t *testing.T) {
 		if !strings.Contains(ins, want) {
 			t.Fatalf("instructions lack %q:\n%s", want, ins)
 		}
+	}
+}
+
+func TestCreateHome(t *testing.T) {
+	testenv.RequireRoot(t) // chown to another uid
+	root := t.TempDir()
+	u := &User{Name: "alice", UID: 10007, GID: 10003}
+	dir, err := CreateHome(root, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if st.Mode().Perm() != 0o700 || !st.IsDir() || sys.Uid != 10007 || sys.Gid != 10003 {
+		t.Fatalf("home %s: mode %v owner %d:%d", dir, st.Mode(), sys.Uid, sys.Gid)
+	}
+	// An existing one is reported and left alone.
+	os.Chown(dir, 0, 0)
+	if _, err := CreateHome(root, u); err == nil || !strings.Contains(err.Error(), "already exists; left as it is") {
+		t.Fatalf("second create: %v", err)
+	}
+	if st, _ := os.Stat(dir); st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatal("existing home re-owned")
+	}
+	if _, err := CreateHome(filepath.Join(root, "missing"), u); err == nil || !strings.Contains(err.Error(), "homes export") {
+		t.Fatalf("missing export: %v", err)
 	}
 }
 

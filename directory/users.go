@@ -3,7 +3,9 @@ package directory
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -343,4 +345,34 @@ func (d *Dir) HomeInstructions(u *User) string {
 	return fmt.Sprintf("herd does not mount the NAS; create the home directory on %s, in the homes export (nas.homes), as root:\n"+
 		"  mkdir %s\n  chown %d:%d %s\n  chmod 700 %s\n"+
 		"Nodes mount it at %s.\n", where, dir, u.UID, u.GID, dir, dir, u.Home)
+}
+
+// CreateHome makes the user's home in exportRoot (the NAS homes export as
+// mounted on this machine): NAME with mode 0700 owned by uid:gid. An
+// existing directory is left alone and reported, never re-owned.
+func CreateHome(exportRoot string, u *User) (string, error) {
+	st, err := os.Stat(exportRoot)
+	if err != nil {
+		return "", fmt.Errorf("homes export %s: %w", exportRoot, err)
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("homes export %s is not a directory", exportRoot)
+	}
+	dir := filepath.Join(exportRoot, u.Name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return dir, fmt.Errorf("%s already exists; left as it is (check its owner is %d:%d)", dir, u.UID, u.GID)
+		}
+		return dir, fmt.Errorf("create home: %w", err)
+	}
+	// Mkdir applies the umask; the mode must be exactly 0700.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		os.Remove(dir)
+		return dir, fmt.Errorf("create home: %w", err)
+	}
+	if err := os.Chown(dir, u.UID, u.GID); err != nil {
+		os.Remove(dir)
+		return dir, fmt.Errorf("create home: %w", err)
+	}
+	return dir, nil
 }

@@ -33,6 +33,7 @@ func init() {
 
 	var nu directory.NewUser
 	var addPwStdin, noPassword bool
+	var homesMount string
 	add := &cobra.Command{
 		Use:   "add NAME",
 		Short: "Add a user (next free uid above ldap.uid_min, primary group ldap.default_group)",
@@ -74,6 +75,14 @@ func init() {
 			} else {
 				fmt.Fprintf(out, "no password set: %s cannot log in until `herd user passwd %s`\n", u.Name, u.Name)
 			}
+			if homesMount != "" {
+				dir, err := directory.CreateHome(homesMount, u)
+				if err == nil {
+					fmt.Fprintf(out, "created home %s (owner %d:%d, mode 0700)\n", dir, u.UID, u.GID)
+					return nil
+				}
+				fmt.Fprintf(out, "could not create the home: %v\n", err)
+			}
 			fmt.Fprint(out, d.HomeInstructions(u))
 			return nil
 		},
@@ -85,6 +94,7 @@ func init() {
 	f.StringVar(&nu.Gecos, "gecos", "", "full name")
 	f.StringVar(&nu.Home, "home", "", "home directory (default: nas.home_root/NAME)")
 	f.BoolVar(&addPwStdin, "password-stdin", false, "read the password from the first line of stdin")
+	f.StringVar(&homesMount, "create-home-in", "", "the NAS homes export as mounted here: create NAME in it (0700, owned by the user)")
 	f.BoolVar(&noPassword, "no-password", false, "do not prompt for a password on a terminal (set it later with herd user passwd)")
 
 	var listJSON bool
