@@ -114,7 +114,7 @@ func (s *Store) Lock(ctx context.Context) (unlock func(), err error) {
 			return func() { f.Close() }, nil
 		}
 		if !logged {
-			slog.Info("waiting for the image store lock (a build, gc, promote or rm is running)", "lock", s.lockPath())
+			slog.Warn("waiting for the image store lock (a build, gc, promote or rm is running)", "lock", s.lockPath())
 			logged = true
 		}
 		select {
