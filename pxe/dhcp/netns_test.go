@@ -453,3 +453,54 @@ func TestFullModeWithholdsACKWhenLeasesCannotBeSaved(t *testing.T) {
 		t.Fatalf("leases.json after recovery: %v %s", err, data)
 	}
 }
+
+// isc-dhcp-client, with its script, lease and pid files in a temp dir so it
+// never touches the host's, gets the reserved address and host name.
+func TestFullModeDhclient(t *testing.T) {
+	testenv.RequireCommands(t, "dhclient")
+	l := newLab(t)
+	ns := l.client("52:54:00:77:00:12", "")
+	if _, err := l.start(labConfig(t, site.DHCPFull, site.UnknownIgnore), t.TempDir(), true); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "events")
+	script := filepath.Join(dir, "script")
+	writeFile(t, script, "#!/bin/sh\necho \"$reason $new_ip_address $new_host_name $new_subnet_mask $new_routers $new_domain_name\" >> "+out+"\nexit 0\n")
+	os.Chmod(script, 0o755)
+	conf := filepath.Join(dir, "dhclient.conf")
+	writeFile(t, conf, "timeout 30;\nrequest subnet-mask, routers, domain-name-servers, domain-name, host-name;\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := ns.Command(ctx, "dhclient", "-d", "-1", "-v", "-cf", conf, "-sf", script,
+		"-lf", filepath.Join(dir, "leases"), "-pf", filepath.Join(dir, "pid"), "eth0")
+	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	// dhclient -d stays in the foreground after binding: wait (bounded) for
+	// the BOUND event or for it to give up.
+	var bound string
+	for i := 0; i < 700 && bound == ""; i++ {
+		data, _ := os.ReadFile(out)
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(line, "BOUND ") {
+				bound = line
+			}
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			if bound == "" {
+				t.Fatalf("dhclient exited without a lease: %v\n%s", err, data)
+			}
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if bound != "BOUND 10.77.0.12 gpu02 255.255.255.0 10.77.0.254 lab.example" {
+		t.Fatalf("dhclient: %q", bound)
+	}
+}
