@@ -78,6 +78,11 @@ type running struct {
 
 // start runs a herd DHCP server for cfg inside the lab's namespace.
 func (l *lab) start(cfg *site.Config, state string, force bool) (*running, error) {
+	return l.startIn(l.srv, cfg, state, force)
+}
+
+// startIn runs a herd DHCP server for cfg inside ns.
+func (l *lab) startIn(ns *testlab.Netns, cfg *site.Config, state string, force bool) (*running, error) {
 	r := &running{reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	s, err := New(cfg, Options{
 		StateDir: state, Force: force, Registry: r.reg, ProbeWait: 4 * time.Second,
@@ -95,7 +100,7 @@ func (l *lab) start(cfg *site.Config, state string, force bool) (*running, error
 	s.tap = l.tap
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	if err := l.srv.Do(func() error { return s.Listen(ctx) }); err != nil {
+	if err := ns.Do(func() error { return s.Listen(ctx) }); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -272,6 +277,21 @@ func TestFullModeRefusesRivalServer(t *testing.T) {
 	if err := l.srv.Do(func() (err error) { who, err = Probe(context.Background(), "br0", time.Second); return }); err != nil || who != "" {
 		t.Fatalf("probe with no rival: %q %v", who, err)
 	}
+
+	// First rival: a second herd (unknown: discover) on the same segment.
+	rcfg := labConfig(t, site.DHCPFull, site.UnknownDiscover)
+	rcfg.Server.Interface, rcfg.Server.Address = "eth0", "10.77.0.2"
+	other, err := l.startIn(rival, rcfg, t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.start(labConfig(t, site.DHCPFull, site.UnknownIgnore), t.TempDir(), false)
+	if err == nil || !strings.Contains(err.Error(), "another DHCP server (10.77.0.2") {
+		t.Fatalf("start with a herd rival: %v", err)
+	}
+	other.stop()
+
+	// Second rival: dnsmasq.
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
