@@ -182,6 +182,7 @@ func (s *Store) removeImage(id string) (int64, error) {
 	if err := syncFile(s.imagesDir()); err != nil {
 		return 0, err
 	}
+	hook("rm-renamed")
 	freed := freedBytes([]string{dst})
 	if err := removeTree(filepath.Dir(dst)); err != nil {
 		return 0, fmt.Errorf("remove image %s: %w", id, err)

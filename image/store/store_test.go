@@ -46,6 +46,14 @@ func child(mode string) int {
 			select {} // wait for SIGKILL
 		}
 	}
+	if id := os.Getenv("HERD_STORE_RM"); id != "" {
+		if _, err := s.Remove(context.Background(), id, nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		fmt.Println("at done")
+		return 0
+	}
 	unlock, err := s.Lock(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -718,4 +726,71 @@ func TestBuiltImagesIntact(t *testing.T) {
 		}
 	}
 	t.Logf("%d built images verified in %s", len(imgs), state)
+}
+
+// TestKilledRemove kills `rm` right after it moved the image out of
+// images/: the image is gone whole, the others are intact, and the next
+// Open clears the leftovers.
+func TestKilledRemove(t *testing.T) {
+	state := t.TempDir()
+	s, _ := Open(state)
+	keep, gone := publish(t, s, "keep"), publish(t, s, "gone")
+	before, _ := s.Get(keep)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "HERD_STORE_CHILD=stop:rm-renamed", "HERD_STORE_DIR="+state, "HERD_STORE_RM="+gone)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	reached := false
+	for sc.Scan() {
+		if sc.Text() == "at rm-renamed" {
+			reached = true
+			break
+		}
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if !reached {
+		t.Fatal("child never reached rm-renamed")
+	}
+	if ents := tmpEntries(t, s); len(ents) != 1 {
+		t.Fatalf("tmp before Open: %v, want the half-removed image", ents)
+	}
+	s, err = Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(t, s); !reflect.DeepEqual(got, []string{keep}) {
+		t.Errorf("images %v, want [%s]", got, keep)
+	}
+	if err := s.Verify(keep); err != nil {
+		t.Error(err)
+	}
+	after, _ := s.Get(keep)
+	if !reflect.DeepEqual(before.Manifest.Artifacts, after.Manifest.Artifacts) {
+		t.Error("kept image changed")
+	}
+	if ents := tmpEntries(t, s); len(ents) != 0 {
+		t.Errorf("tmp after Open: %v", ents)
+	}
+}
+
+func TestListSkipsBrokenImage(t *testing.T) {
+	state := t.TempDir()
+	s, _ := Open(state)
+	good := publish(t, s, "good")
+	os.MkdirAll(filepath.Join(state, "images", "0123456789abcdef"), 0o755)
+	os.WriteFile(filepath.Join(state, "images", "0123456789abcdef", manifest.FileName), []byte("{not json"), 0o644)
+	os.WriteFile(filepath.Join(state, "images", "stray-file"), nil, 0o644)
+	if got := ids(t, s); !reflect.DeepEqual(got, []string{good}) {
+		t.Errorf("List = %v, want only %s", got, good)
+	}
+	_, err := s.Get("0123456789abcdef")
+	wantErr(t, err, "0123456789abcdef", "not in the store")
 }
