@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -200,6 +201,7 @@ type imageDetail struct {
 	Current  bool               `json:"current"`
 	Nodes    int                `json:"nodes"`
 	Test     *store.TestResult  `json:"test"`
+	PinnedBy []string           `json:"pinned_by"`
 	BuildLog string             `json:"build_log,omitempty"`
 	Manifest *manifest.Manifest `json:"manifest"`
 }
@@ -211,7 +213,17 @@ func runImageShow(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	_, tr := testState(st, im.ID)
-	d := imageDetail{ID: im.ID, Dir: im.Dir, Current: im.Current, Nodes: bootCounts()[im.ID], Test: tr, Manifest: im.Manifest}
+	d := imageDetail{ID: im.ID, Dir: im.Dir, Current: im.Current, Nodes: bootCounts()[im.ID], Test: tr,
+		Manifest: im.Manifest, PinnedBy: []string{}}
+	if cfg, err := loadSite(true); err != nil {
+		slog.Warn("node pins unknown", "err", err)
+	} else {
+		for _, n := range cfg.Nodes {
+			if store.PinnedBy(im.ID, []string{n.Image}) {
+				d.PinnedBy = append(d.PinnedBy, n.Name)
+			}
+		}
+	}
 	if _, err := os.Stat(filepath.Join(im.Dir, "build.log")); err == nil {
 		d.BuildLog = filepath.Join(im.Dir, "build.log")
 	}
@@ -232,6 +244,9 @@ func runImageShow(cmd *cobra.Command, args []string) error {
 	fmt.Fprintf(tw, "packages:\t%d\n", len(m.Packages))
 	fmt.Fprintf(tw, "overlay files:\t%d\n", len(m.Overlays))
 	fmt.Fprintf(tw, "nodes booted:\t%d\n", d.Nodes)
+	if len(d.PinnedBy) > 0 {
+		fmt.Fprintf(tw, "pinned by:\t%s\n", strings.Join(d.PinnedBy, ", "))
+	}
 	switch {
 	case tr == nil:
 		fmt.Fprintf(tw, "test:\tnever tested\n")

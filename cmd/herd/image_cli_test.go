@@ -218,6 +218,9 @@ func TestImageCommands(t *testing.T) {
 		t.Errorf("show --json: %+v", det)
 	}
 	c.refused([]string{"image", "show", "0badc0de"}, "0badc0de", "not in the store")
+	if out := c.ok("image", "show", pinned); !strings.Contains(out, "pinned by:      n1") {
+		t.Errorf("show of a pinned image:\n%s", out)
+	}
 
 	// diff, text and JSON; unknown IDs named.
 	out = c.ok("image", "diff", a, b)
