@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,35 +18,18 @@ import (
 	"github.com/herdlab/herd/pxe/inventory"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
 // herdBinary is HERD_BIN when `make test` built it, else a binary built
-// from this package once per test run.
+// from this package into the test's temporary directory.
 func herdBinary(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("HERD_BIN"); p != "" {
 		return p
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "herd-cli-test-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "herd")
-		out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput()
-		if err != nil {
-			buildErr = &exec.ExitError{Stderr: out}
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build herd: %v", buildErr)
+	bin := filepath.Join(t.TempDir(), "herd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build herd: %v\n%s", err, out)
 	}
-	return builtBin
+	return bin
 }
 
 type cli struct {
