@@ -118,6 +118,14 @@ func publishImage(t *testing.T, st *store.Store, recipe, nvidia string, pkgs map
 func TestImageCommands(t *testing.T) {
 	testenv.RequireCommands(t, "mksquashfs", "go")
 	work := t.TempDir()
+	t.Cleanup(func() { // published images are read-only dirs
+		filepath.WalkDir(work, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				os.Chmod(p, 0o755)
+			}
+			return nil
+		})
+	})
 	c := &cli{t: t, bin: herdBinary(t), state: filepath.Join(work, "state"), config: filepath.Join(work, "herd.yaml")}
 	// Empty store: list says so; rollback has nothing to go back to.
 	if out := c.ok("image", "list"); !strings.Contains(out, "no images") {

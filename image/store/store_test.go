@@ -149,7 +149,7 @@ func wantErr(t *testing.T, err error, parts ...string) {
 }
 
 func TestPublishListGet(t *testing.T) {
-	s, err := Open(t.TempDir())
+	s, err := Open(tempState(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestPublishListGet(t *testing.T) {
 }
 
 func TestGetAmbiguousPrefix(t *testing.T) {
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	// Publish until two IDs share their first hex digit (16 values: a few
 	// images are enough by the pigeonhole principle).
 	byFirst := map[byte][]string{}
@@ -216,7 +216,7 @@ func TestGetAmbiguousPrefix(t *testing.T) {
 }
 
 func TestPublishSameContentTwice(t *testing.T) {
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	unlock, _ := s.Lock(context.Background())
 	defer unlock()
 	var dirs []string
@@ -244,7 +244,7 @@ func TestPublishSameContentTwice(t *testing.T) {
 }
 
 func TestPublishMissingArtifact(t *testing.T) {
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	d, _ := s.StagingDir()
 	os.WriteFile(filepath.Join(d, manifest.Kernel), []byte("k"), 0o644)
 	_, err := s.Publish(d, &manifest.Manifest{})
@@ -256,7 +256,7 @@ func TestPublishMissingArtifact(t *testing.T) {
 
 func TestPromoteRollback(t *testing.T) {
 	ctx := context.Background()
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	_, err := s.Rollback(ctx)
 	wantErr(t, err, "no image is current")
 	a := publish(t, s, "a")
@@ -301,7 +301,7 @@ func TestPromoteRollback(t *testing.T) {
 
 func TestRollbackSkipsRemoved(t *testing.T) {
 	ctx := context.Background()
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	a, b, c := publish(t, s, "a"), publish(t, s, "b"), publish(t, s, "c")
 	for _, id := range []string{a, b, c} {
 		if _, err := s.Promote(ctx, id, false); err != nil {
@@ -318,7 +318,7 @@ func TestRollbackSkipsRemoved(t *testing.T) {
 
 func TestRemoveRefusals(t *testing.T) {
 	ctx := context.Background()
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	a, b, c := publish(t, s, "a"), publish(t, s, "b"), publish(t, s, "c")
 	if _, err := s.Promote(ctx, a, false); err != nil {
 		t.Fatal(err)
@@ -355,7 +355,7 @@ func sortedOf(x ...string) []string {
 
 func TestRequireTest(t *testing.T) {
 	ctx := context.Background()
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	a := publish(t, s, "a")
 	_, err := s.Promote(ctx, a, true)
 	wantErr(t, err, a, "no test result")
@@ -395,7 +395,7 @@ func writeBlocks(t *testing.T, p string, blocks int) {
 
 func TestGC(t *testing.T) {
 	ctx := context.Background()
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	stages := filepath.Join(state, "stages")
 	writeBlocks(t, filepath.Join(stages, "keep1", "out", "f"), 4)
@@ -464,7 +464,7 @@ func TestGC(t *testing.T) {
 }
 
 func TestGCCountsSharedLinksOnce(t *testing.T) {
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	writeBlocks(t, filepath.Join(state, "stages", "shared", "f"), 10)
 	id := publish(t, s, "x", "shared")
@@ -482,7 +482,7 @@ func TestGCCountsSharedLinksOnce(t *testing.T) {
 }
 
 func TestLockHonoursCancel(t *testing.T) {
-	s, _ := Open(t.TempDir())
+	s, _ := Open(tempState(t))
 	unlock, err := s.Lock(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -509,7 +509,7 @@ func TestLockHonoursCancel(t *testing.T) {
 }
 
 func TestOpenKeepsTmpWhileLocked(t *testing.T) {
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	unlock, _ := s.Lock(context.Background())
 	d, _ := s.StagingDir()
@@ -530,7 +530,7 @@ func TestOpenKeepsTmpWhileLocked(t *testing.T) {
 
 func TestConcurrentPublishAndGC(t *testing.T) {
 	ctx := context.Background()
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	base := publish(t, s, "base")
 	if _, err := s.Promote(ctx, base, false); err != nil {
@@ -626,7 +626,7 @@ func TestConcurrentPublishAndGC(t *testing.T) {
 // the store still lists exactly the earlier images, byte for byte intact
 // (or, once the rename happened, those plus the complete new one).
 func TestKilledPublish(t *testing.T) {
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	earlier := []string{publish(t, s, "a"), publish(t, s, "b")}
 	if _, err := s.Promote(context.Background(), earlier[0], false); err != nil {
@@ -732,7 +732,7 @@ func TestBuiltImagesIntact(t *testing.T) {
 // images/: the image is gone whole, the others are intact, and the next
 // Open clears the leftovers.
 func TestKilledRemove(t *testing.T) {
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	keep, gone := publish(t, s, "keep"), publish(t, s, "gone")
 	before, _ := s.Get(keep)
@@ -782,7 +782,7 @@ func TestKilledRemove(t *testing.T) {
 }
 
 func TestListSkipsBrokenImage(t *testing.T) {
-	state := t.TempDir()
+	state := tempState(t)
 	s, _ := Open(state)
 	good := publish(t, s, "good")
 	os.MkdirAll(filepath.Join(state, "images", "0123456789abcdef"), 0o755)
@@ -793,4 +793,19 @@ func TestListSkipsBrokenImage(t *testing.T) {
 	}
 	_, err := s.Get("0123456789abcdef")
 	wantErr(t, err, "0123456789abcdef", "not in the store")
+}
+
+// tempState is a state dir for one test; published images are read-only
+// (0555 dirs), so without root the cleanup first makes them writable.
+func tempState(t *testing.T) string {
+	d := t.TempDir()
+	t.Cleanup(func() {
+		filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				os.Chmod(p, 0o755)
+			}
+			return nil
+		})
+	})
+	return d
 }
