@@ -276,6 +276,14 @@ func TestImagesWithCurl(t *testing.T) {
 			t.Errorf("%s: %s, want 404", bad, code)
 		}
 	}
+	// A directory in images/ without a manifest (an unfinished publish, or
+	// debris) is not an image.
+	fake := "00112233445566ff"
+	os.MkdirAll(filepath.Join(f.state, "images", fake), 0o755)
+	os.WriteFile(filepath.Join(f.state, "images", fake, "vmlinuz"), []byte("x"), 0o644)
+	if code, _ := exec.Command("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f.url+"/images/"+fake+"/vmlinuz").Output(); string(code) != "404" {
+		t.Errorf("unpublished image: %s, want 404", code)
+	}
 	// The access log names the client and the path: a test can assert that
 	// the rootfs was (not) downloaded.
 	if !strings.Contains(f.logs.String(), `"path":"/images/`+f.id+`/vmlinuz"`) || strings.Contains(f.logs.String(), "rootfs.squashfs\",\"range") {
