@@ -135,7 +135,7 @@ func init() {
 						return enc.Encode(v)
 					}
 					w := cmd.OutOrStdout()
-					fmt.Fprintf(w, "name:        %s\nmac:         %s\nip:          %s\nin herd.yaml: %v\n", dash(v.Name), v.MAC, dash(v.IP), v.Configured)
+					fmt.Fprintf(w, "name:        %s\nmac:         %s\nip:          %s\nin config:   %v\n", dash(v.Name), v.MAC, dash(v.IP), v.Configured)
 					if v.Image != "" {
 						fmt.Fprintf(w, "image pin:   %s\n", v.Image)
 					}
