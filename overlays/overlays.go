@@ -26,6 +26,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -112,7 +113,12 @@ var errSkip = errors.New("skip this file")
 func Render(cfg *site.Config, names []string) ([]File, error) {
 	d := &data{Site: cfg, Overlays: names}
 	if contains(names, "ldap") && cfg.LDAP.CAFile != "" && cfg.LDAP.TLS != "none" {
-		pem, err := os.ReadFile(cfg.LDAP.CAFile)
+		ca := cfg.LDAP.CAFile
+		if !filepath.IsAbs(ca) && cfg.Path != "" {
+			// Relative to the site file, like every path an admin writes there.
+			ca = filepath.Join(filepath.Dir(cfg.Path), ca)
+		}
+		pem, err := os.ReadFile(ca)
 		if err != nil {
 			return nil, fmt.Errorf("ldap.ca_file: %w", err)
 		}

@@ -96,7 +96,21 @@ var overlayRenderCmd = &cobra.Command{
 			}
 		}
 		if overlayFlags.json {
-			return json.NewEncoder(cmd.OutOrStdout()).Encode(files)
+			type entry struct {
+				Overlay string `json:"overlay"`
+				Path    string `json:"path"`
+				Kind    string `json:"kind"`
+				Mode    string `json:"mode"`
+				UID     int    `json:"uid"`
+				GID     int    `json:"gid"`
+				Link    string `json:"link,omitempty"`
+				Content string `json:"content,omitempty"`
+			}
+			out := make([]entry, 0, len(files))
+			for _, f := range files {
+				out = append(out, entry{Overlay: f.Overlay, Path: "/" + f.Path, Kind: f.Kind(), Mode: overlays.OctalMode(f), UID: f.UID, GID: f.GID, Link: f.Link, Content: string(f.Data)})
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(out)
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "OVERLAY\tMODE\tOWNER\tPATH")
