@@ -236,7 +236,8 @@ func Run(ctx context.Context, opt Options) error {
 		s.stopDHCP()
 		return fmt.Errorf("http: listen on %s port %d: %w", bindIP, httpPort, err)
 	}
-	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 30 * time.Second}
+	// No write timeout: a 1 GB image on a slow link may take minutes.
+	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 
 	errc := make(chan error, 2)
 	go func() {
