@@ -118,6 +118,9 @@ func (s *Server) Reload() error {
 			return err
 		}
 	}
+	if cfg.Server.MaxTFTP != old.Server.MaxTFTP {
+		s.tftp.SetMaxTransfers(cfg.Server.MaxTFTP)
+	}
 	if s.dhcp != nil {
 		if err := s.dhcp.SetConfig(cfg); err != nil {
 			s.log.Error("reload: DHCP refused the new config; keeping the running config", "err", err)

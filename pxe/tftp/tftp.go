@@ -57,7 +57,7 @@ type Server struct {
 	// pinned maps a boot binary's name to the file outside the root its
 	// distribution symlink points at (see BootFiles).
 	pinned atomic.Pointer[map[string]string]
-	slots  chan struct{}
+	slots  atomic.Pointer[chan struct{}]
 	srv    *ptftp.Server
 	log    *slog.Logger
 
@@ -91,9 +91,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.Log = slog.Default()
 	}
 	s := &Server{
-		cfg:   cfg,
-		slots: make(chan struct{}, cfg.MaxTransfers),
-		log:   cfg.Log.With("service", "tftp"),
+		cfg: cfg,
+		log: cfg.Log.With("service", "tftp"),
 		transfers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_tftp_transfers_total",
 			Help: "TFTP requests by result (ok, failed, refused, not_found, busy).",
@@ -111,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 			Help: "TFTP requests waiting for a free transfer slot.",
 		}),
 	}
+	s.SetMaxTransfers(cfg.MaxTransfers)
 	if err := s.SetRoot(cfg.Root); err != nil {
 		return nil, err
 	}
@@ -134,6 +134,19 @@ func New(cfg Config) (*Server, error) {
 // owns that directory), and the request opens the resolved file. Every other
 // name, and any link created later, stays confined to the root.
 var BootFiles = []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"}
+
+// SetMaxTransfers changes the bound on concurrent transfers (reload);
+// transfers already running finish under the old bound.
+func (s *Server) SetMaxTransfers(n int) {
+	if n < 1 {
+		n = 1
+	}
+	s.mu.Lock()
+	s.cfg.MaxTransfers = n
+	s.mu.Unlock()
+	ch := make(chan struct{}, n)
+	s.slots.Store(&ch)
+}
 
 // SetRoot switches the served directory (used on reload); transfers already
 // running keep the file they opened.
@@ -264,18 +277,19 @@ func (s *Server) read(filename string, rf io.ReaderFrom) error {
 	// Wait for a slot. The client may retransmit its RRQ meanwhile; pin/tftp
 	// then starts a second transfer from another port, which the client
 	// ignores (RFC 1350: packets from an unknown TID are dropped).
+	slots := *s.slots.Load()
 	s.queued.Inc()
 	select {
-	case s.slots <- struct{}{}:
+	case slots <- struct{}{}:
 		s.queued.Dec()
 	case <-time.After(s.cfg.QueueTimeout):
 		s.queued.Dec()
 		s.transfers.WithLabelValues("busy").Inc()
-		log.Warn("tftp server busy: no free transfer slot", "max_tftp", s.cfg.MaxTransfers)
+		log.Warn("tftp server busy: no free transfer slot", "max_tftp", cap(slots))
 		return errors.New("server busy, retry later")
 	}
 	s.active.Inc()
-	defer func() { <-s.slots; s.active.Dec() }()
+	defer func() { <-slots; s.active.Dec() }()
 
 	if ot, ok := rf.(ptftp.OutgoingTransfer); ok {
 		ot.SetSize(st.Size())
