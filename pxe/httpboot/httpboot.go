@@ -337,6 +337,11 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 		"console=tty0", "console=ttyS0,115200n8",
 	}
 	if ka := strings.TrimSpace(node.KernelArgs); ka != "" {
+		// A newline would start a new iPXE command; iPXE would also expand
+		// ${...} itself. Neither belongs in a kernel command line.
+		if strings.ContainsFunc(ka, func(r rune) bool { return r < 0x20 || r == 0x7f }) || strings.Contains(ka, "${") {
+			return "", fmt.Errorf("node %s: kernel_args holds a control character or ${...}, which iPXE would interpret", node.Name)
+		}
 		args = append(args, ka)
 	}
 	var b strings.Builder
@@ -412,7 +417,7 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	script, err := Script(cfg, node, id, m)
 	if err != nil {
 		s.log.Error("render boot script", "node", node.Name, "err", err)
-		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "image "+id+" is incomplete"))
+		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "its boot script cannot be built; see the server log"))
 		return
 	}
 	if err := s.opt.Inventory.RecordScript(mac, node.Name, id, from, s.opt.Now()); err != nil {

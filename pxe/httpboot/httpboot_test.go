@@ -525,3 +525,19 @@ func TestIPXEOverHTTP(t *testing.T) {
 		}
 	}
 }
+
+func TestScriptRefusesInjection(t *testing.T) {
+	cfg, err := site.Parse("herd.yaml", []byte("server: {address: 10.0.0.1}\ndhcp: {mode: off}\noverlays: [base]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Artifacts: map[string]manifest.Artifact{manifest.Rootfs: {SHA256: "ab"}}}
+	for _, ka := range []string{"quiet\nshell", "a=${net0/mac}", "x\x00"} {
+		if _, err := Script(cfg, &site.Node{Name: "n1", KernelArgs: ka}, "0123456789abcdef", m); err == nil {
+			t.Errorf("kernel_args %q accepted", ka)
+		}
+	}
+	if _, err := Script(cfg, &site.Node{Name: "n1", KernelArgs: "nvidia.NVreg_X=1 quiet"}, "0123456789abcdef", m); err != nil {
+		t.Error(err)
+	}
+}
