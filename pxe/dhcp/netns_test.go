@@ -109,6 +109,13 @@ func (l *lab) startIn(ns *testlab.Netns, cfg *site.Config, state string, force b
 	return r, nil
 }
 
+// seenCalls returns the OnLease calls so far.
+func (r *running) seenCalls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.seen...)
+}
+
 func (r *running) stop() {
 	if r.cancel == nil {
 		return
@@ -189,7 +196,7 @@ func TestFullModeUdhcpc(t *testing.T) {
 	if ip, ok := srv.s.Lease("52:54:00:77:00:11"); !ok || ip != "10.77.0.11" {
 		t.Errorf("Lease() = %q %v", ip, ok)
 	}
-	if got := strings.Join(srv.seen, ";"); got != "52:54:00:77:00:11 10.77.0.11 gpu01" {
+	if got := strings.Join(srv.seenCalls(), ";"); got != "52:54:00:77:00:11 10.77.0.11 gpu01" {
 		t.Errorf("OnLease calls: %q", got)
 	}
 	ev = udhcpc(t, unknown)
@@ -415,11 +422,9 @@ func TestProxyModeGoClient(t *testing.T) {
 	if n := testutil.ToFloat64(srv.s.metrics.replies.WithLabelValues("OFFER", site.DHCPProxy)); n != 2 {
 		t.Errorf("replies{OFFER,proxy} = %v", n)
 	}
-	srv.mu.Lock()
-	if len(srv.seen) != 3 || srv.seen[0] != "52:54:00:77:00:11 <nil> gpu01" {
-		t.Errorf("OnLease: %q", srv.seen)
+	if seen := srv.seenCalls(); len(seen) != 3 || seen[0] != "52:54:00:77:00:11 <nil> gpu01" {
+		t.Errorf("OnLease: %q", seen)
 	}
-	srv.mu.Unlock()
 
 	// Reload: a new node becomes known without a restart.
 	cfg := labConfig(t, site.DHCPProxy, site.UnknownIgnore)

@@ -249,13 +249,8 @@ func (s *Server) send(c *net.UDPConn, port int, p *Plan, req *dhcpv4.DHCPv4, res
 		s.log.Debug("no reply", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "port", port, "reason", res.Reason, "detail", res.Detail)
 		return
 	}
-	if _, err := c.WriteToUDP(res.Reply.ToBytes(), res.Dest); err != nil {
-		s.log.Warn("send DHCP reply", "to", res.Dest, "err", err)
-		return
-	}
-	s.metrics.replies.WithLabelValues(res.Reply.MessageType().String(), p.Mode).Inc()
-	s.log.Debug("reply", "mac", req.ClientHWAddr.String(), "type", res.Reply.MessageType(), "yiaddr", res.Reply.YourIPAddr,
-		"file", res.Reply.BootFileName, "to", res.Dest, "detail", res.Detail)
+	// The inventory hears of the lease before the client does, so whoever
+	// sees the node up also finds it in the inventory.
 	if res.Bound && s.opt.OnLease != nil {
 		var ip net.IP
 		if res.IP.IsValid() {
@@ -263,6 +258,15 @@ func (s *Server) send(c *net.UDPConn, port int, p *Plan, req *dhcpv4.DHCPv4, res
 		}
 		s.opt.OnLease(req.ClientHWAddr, ip, res.Hostname)
 	}
+	// Counted before the write so a client that has its reply also sees it counted.
+	s.metrics.replies.WithLabelValues(res.Reply.MessageType().String(), p.Mode).Inc()
+	if _, err := c.WriteToUDP(res.Reply.ToBytes(), res.Dest); err != nil {
+		s.metrics.ignored.WithLabelValues("send-failed").Inc()
+		s.log.Warn("send DHCP reply", "to", res.Dest, "err", err)
+		return
+	}
+	s.log.Debug("reply", "mac", req.ClientHWAddr.String(), "type", res.Reply.MessageType(), "yiaddr", res.Reply.YourIPAddr,
+		"file", res.Reply.BootFileName, "to", res.Dest, "detail", res.Detail)
 }
 
 // Reload swaps in a new site config atomically; leases are kept. The mode
