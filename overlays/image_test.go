@@ -171,6 +171,30 @@ func TestImageCarriesTheRender(t *testing.T) {
 			t.Errorf("/etc/resolv.conf -> %q", l)
 		}
 	})
+	t.Run("ssh host keys", func(t *testing.T) {
+		// Without the runtime overlay's marker the image's shared keys are
+		// replaced (once per boot); with it the node's keys stay.
+		key := filepath.Join(tree, "etc/ssh/ssh_host_ed25519_key")
+		shared, err := os.ReadFile(key)
+		if err != nil {
+			t.Fatalf("image has no shared host key to replace: %v", err)
+		}
+		inImage(t, "/usr/lib/herd/ssh-host-keys")
+		fresh, _ := os.ReadFile(key)
+		if len(fresh) == 0 || bytes.Equal(fresh, shared) {
+			t.Fatal("the image's shared host key was kept")
+		}
+		inImage(t, "/usr/lib/herd/ssh-host-keys") // a restart keeps this boot's keys
+		if again, _ := os.ReadFile(key); !bytes.Equal(again, fresh) {
+			t.Error("ssh restart regenerated the host keys")
+		}
+		os.Remove(filepath.Join(tree, "run/herd/ssh-host-keys-done"))
+		mustWrite(t, filepath.Join(tree, "etc/ssh/herd-node-keys"), "marker\n")
+		inImage(t, "/usr/lib/herd/ssh-host-keys")
+		if kept, _ := os.ReadFile(key); !bytes.Equal(kept, fresh) {
+			t.Error("the runtime overlay's keys were replaced")
+		}
+	})
 	t.Run("pam and nss", func(t *testing.T) {
 		// libpam-sss's postinst (pam-auth-update) already wired pam_sss at
 		// install time; the overlay relies on it.
@@ -271,5 +295,15 @@ func checkEntry(t *testing.T, fsys *squashfs.FileSystem, f overlays.File) {
 		if !bytes.Equal(got, f.Data) {
 			t.Errorf("/%s content differs from the render:\n%s", f.Path, got)
 		}
+	}
+}
+
+func mustWrite(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -187,6 +187,15 @@ func RenderRuntime(cfg *site.Config, node *site.Node, secrets RuntimeSecrets) ([
 			File{Overlay: RuntimeName, Path: base, Mode: 0o600, Data: k.Private},
 			File{Overlay: RuntimeName, Path: base + ".pub", Mode: 0o644, Data: k.Public})
 	}
+	if len(secrets.SSHHostKeys) > 0 {
+		// Tells base's ssh-host-keys that these are the node's own keys.
+		var types []string
+		for _, k := range secrets.SSHHostKeys {
+			types = append(types, k.Type)
+		}
+		files = append(files, File{Overlay: RuntimeName, Path: "etc/ssh/herd-node-keys", Mode: 0o644,
+			Data: []byte(fmt.Sprintf("# herd: host keys of %s from the runtime overlay: %s\n", node.Name, strings.Join(types, " ")))})
+	}
 	sortFiles(files)
 	return files, checkConflicts(files)
 }

@@ -545,7 +545,7 @@ func TestApplySetuidAndRuntime(t *testing.T) {
 		names = append(names, e.Name())
 	}
 	sort.Strings(names)
-	if strings.Join(names, " ") != "ssh_host_ed25519_key ssh_host_ed25519_key.pub" {
+	if strings.Join(names, " ") != "herd-node-keys ssh_host_ed25519_key ssh_host_ed25519_key.pub" {
 		t.Errorf("etc/ssh = %v", names)
 	}
 }
@@ -557,5 +557,63 @@ func mustWrite(t *testing.T, p, s string) {
 	}
 	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// has-nvidia-gpu decides whether nvidia-persistenced runs: run it against
+// sysfs trees with and without an NVIDIA GPU, and against the host's own.
+func TestHasNvidiaGPUScript(t *testing.T) {
+	testenv.RequireCommands(t, "sh")
+	files, err := Render(richSite(t), []string{"nvidia"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := find(files, "usr/lib/herd/has-nvidia-gpu")
+	if !ok {
+		t.Fatal("script not rendered")
+	}
+	script := filepath.Join(t.TempDir(), "has-nvidia-gpu")
+	if err := os.WriteFile(script, f.Data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func(sysfs string) bool {
+		cmd := exec.Command(script)
+		cmd.Env = append(os.Environ(), "HERD_SYSFS="+sysfs)
+		err := cmd.Run()
+		if _, isExit := err.(*exec.ExitError); err != nil && !isExit {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	fake := func(devs ...[2]string) string {
+		root := t.TempDir()
+		for i, d := range devs {
+			dir := filepath.Join(root, "bus/pci/devices", fmt.Sprintf("0000:00:%02x.0", i))
+			mustWrite(t, filepath.Join(dir, "vendor"), d[0]+"\n")
+			mustWrite(t, filepath.Join(dir, "class"), d[1]+"\n")
+		}
+		return root
+	}
+	if !run(fake([2]string{"0x8086", "0x060000"}, [2]string{"0x10de", "0x030200"})) {
+		t.Error("a 3D controller from NVIDIA was not recognised")
+	}
+	if run(fake([2]string{"0x10de", "0x068000"}, [2]string{"0x1af4", "0x020000"})) {
+		t.Error("an NVIDIA bridge (no GPU) counted as a GPU")
+	}
+	if run(fake()) {
+		t.Error("an empty PCI bus counted as a GPU")
+	}
+	// The host: the script must agree with a look at /sys from Go.
+	want := false
+	devs, _ := filepath.Glob("/sys/bus/pci/devices/*")
+	for _, d := range devs {
+		v, _ := os.ReadFile(filepath.Join(d, "vendor"))
+		c, _ := os.ReadFile(filepath.Join(d, "class"))
+		if strings.TrimSpace(string(v)) == "0x10de" && strings.HasPrefix(string(c), "0x03") {
+			want = true
+		}
+	}
+	if got := run("/sys"); got != want {
+		t.Errorf("on this host has-nvidia-gpu = %v, /sys says %v", got, want)
 	}
 }
