@@ -255,6 +255,11 @@ func Run(ctx context.Context, opt Options) error {
 	}()
 	opt.Log.Warn("herd serving", "http", hln.Addr().String(), "tftp", tconn.LocalAddr().String(),
 		"dhcp", cfg.DHCP.Mode, "nodes", len(cfg.Nodes), "config", opt.ConfigPath)
+	// Signals are caught before anyone is told we are ready, so a SIGHUP
+	// right after start reloads instead of killing the process.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(sigs)
 	if opt.Ready != nil {
 		opt.Ready(hln.Addr().String(), tconn.LocalAddr().String())
 	}
@@ -262,9 +267,6 @@ func Run(ctx context.Context, opt Options) error {
 	// (an RSA 3072 key takes about a second; generation is serialised).
 	s.startPregenerate(cfg)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
-	defer signal.Stop(sigs)
 	var runErr error
 loop:
 	for {
