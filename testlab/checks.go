@@ -60,9 +60,17 @@ func BootNode(ctx context.Context, l *Lab, name string, uefi bool, user, passwor
 	return b, nil
 }
 
-// BootTimeout bounds one boot under TCG: firmware PXE, a squashfs download
-// of ~700 MB over the bridge, systemd to multi-user (about a minute alone).
-const BootTimeout = 8 * time.Minute
+// BootTimeout bounds one boot under TCG: firmware PXE, a ~800 MB squashfs
+// download over the bridge, systemd to multi-user. About 3 minutes on an idle
+// 2-core machine; a busy one needs more. $HERD_BOOT_TIMEOUT overrides it.
+var BootTimeout = envDuration("HERD_BOOT_TIMEOUT", 15*time.Minute)
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
 
 // WaitUp waits for the login prompt on the console (from the console's
 // current position) and then for an SSH login, pinning herd's host keys.
