@@ -145,9 +145,12 @@ WantedBy=multi-user.target
 
 // node is one QEMU boot.
 type node struct {
-	disk    string // raw disk image ("" = no disk)
-	cache   string // herd.cache
-	console string // serial log path
+	disk  string // raw disk image ("" = no disk)
+	cache string // herd.cache
+	// local boots the disk as an ordinary root filesystem (root=/dev/vda,
+	// initramfs-tools' local script) instead of herd's netboot: the
+	// baseline for the cached boot.
+	local bool
 }
 
 var reportRE = regexp.MustCompile(`HERDTEST (.*) END`)
@@ -177,6 +180,9 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		"herd.image=" + base + "/images/" + h.img.ID + "/rootfs.squashfs", "herd.sha256=" + h.img.SHA256,
 		"herd.id=" + h.img.ID, "herd.node=node1", "herd.server=" + base, "herd.cache=" + cache, "herd.keep=2",
 		"console=ttyS0,115200n8", "panic=-1", "herdtest.poweroff=1"}, " ")
+	if n.local {
+		appendLine = "root=/dev/vda rw console=ttyS0,115200n8 panic=-1 herdtest.poweroff=1"
+	}
 	log := filepath.Join(dir, "console.log")
 	args := []string{"-accel", accel(), "-cpu", "max", "-smp", "2", "-m", "2048",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + log, "-no-reboot",
@@ -189,7 +195,28 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	q := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
-	out, err := q.CombinedOutput()
+	var qout strings.Builder
+	q.Stdout, q.Stderr = &qout, &qout
+	start := time.Now()
+	must(t, q.Start())
+	done := make(chan error, 1)
+	go func() { done <- q.Wait() }()
+	// Power-on to login prompt: watch the serial log while QEMU runs.
+	var login time.Duration
+wait:
+	for {
+		select {
+		case err = <-done:
+			break wait
+		case <-time.After(200 * time.Millisecond):
+			if login == 0 {
+				if b, _ := os.ReadFile(log); strings.Contains(string(b), " login: ") {
+					login = time.Since(start)
+				}
+			}
+		}
+	}
+	out := qout.String()
 	console, _ := os.ReadFile(log)
 	if err != nil {
 		t.Fatalf("qemu: %v: %s\nconsole:\n%s", err, out, tail(console))
@@ -203,7 +230,13 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		k, v, _ := strings.Cut(kv, "=")
 		rep[k] = v
 	}
-	t.Logf("report: %s", m[1])
+	if login > 0 {
+		rep["login_s"] = fmt.Sprintf("%.1f", login.Seconds())
+	}
+	if v := regexp.MustCompile(`cached image verified in ([0-9.]+)s`).FindStringSubmatch(string(console)); v != nil {
+		rep["verify_s"] = v[1]
+	}
+	t.Logf("report: %s login_s=%s verify_s=%s", m[1], rep["login_s"], rep["verify_s"])
 	return string(console), rep
 }
 
@@ -432,4 +465,66 @@ func TestQEMUNoDiskBootsFromRAM(t *testing.T) {
 	if rootfsGets(log) == 0 {
 		t.Errorf("no download: %v", log)
 	}
+}
+
+// localDisk makes a raw disk holding the image's tree as a plain ext4 root
+// (unsquashfs + mkfs.ext4 -d), with the test probe installed in it.
+func localDisk(t *testing.T, img bootImage, overlay string) string {
+	t.Helper()
+	testenv.RequireCommands(t, "unsquashfs", "mkfs.ext4", "cpio")
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	for _, c := range [][]string{
+		{"unsquashfs", "-q", "-d", tree, img.Rootfs},
+		{"sh", "-c", fmt.Sprintf("cd %q && cpio -idm --quiet < %q && cp -a herd/overlay/. %q/ && rm -rf herd", dir, overlay, tree)},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", c, err, out)
+		}
+	}
+	disk := filepath.Join(dir, "local.raw")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, disk, "4G").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 -d: %v %s", err, out)
+	}
+	os.RemoveAll(tree)
+	return disk
+}
+
+// TestBootBench is bench/boot.sh's measurement (HERD_BENCH_BOOT=1): power-on
+// to login prompt for a first boot (download onto a blank SSD), a cached
+// reboot and the same image from a local virtual disk, and MemAvailable
+// after boot with the SSD cache and in RAM mode. It prints BENCH lines and
+// asserts nothing about timings.
+func TestBootBench(t *testing.T) {
+	if os.Getenv("HERD_BENCH_BOOT") != "1" {
+		t.Skip("benchmark: run through bench/boot.sh (HERD_BENCH_BOOT=1)")
+	}
+	requireQEMUBoot(t)
+	testenv.RequireCommands(t, "unsquashfs")
+	img := testImage(t)
+	h := newImageHost(t, img)
+	overlay := overlayCPIO(t)
+	disk := rawDisk(t, 8<<30)
+	_, first := h.boot(t, node{disk: disk}, overlay)
+	_, cached := h.boot(t, node{disk: disk}, overlay)
+	_, local := h.boot(t, node{disk: localDisk(t, img, overlay), local: true}, overlay)
+	_, ram := h.boot(t, node{}, overlay)
+	f := func(s string) float64 {
+		var v float64
+		fmt.Sscan(s, &v)
+		return v
+	}
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	st, _ := os.Stat(img.Rootfs)
+	fmt.Printf("BENCH boot-first-to-login: herd %ss reference(local-disk) %ss ratio %s (image %d MiB, TCG)\n",
+		first["login_s"], local["login_s"], ratio(f(first["login_s"]), f(local["login_s"])), st.Size()>>20)
+	fmt.Printf("BENCH boot-cached-to-login: herd %ss reference(local-disk) %ss ratio %s (sha256 of cached image %ss)\n",
+		cached["login_s"], local["login_s"], ratio(f(cached["login_s"]), f(local["login_s"])), cached["verify_s"])
+	fmt.Printf("BENCH memavailable-after-boot: herd(ssd-cache) %sKiB reference(ram-mode) %sKiB ratio %s (local-disk %sKiB)\n",
+		cached["memavail_kb"], ram["memavail_kb"], ratio(f(cached["memavail_kb"]), f(ram["memavail_kb"])), local["memavail_kb"])
 }
