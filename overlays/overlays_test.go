@@ -617,3 +617,33 @@ func TestHasNvidiaGPUScript(t *testing.T) {
 		t.Errorf("on this host has-nvidia-gpu = %v, /sys says %v", got, want)
 	}
 }
+
+// The runtime overlay is rendered on every node boot (the server's
+// /nodes/<name>/overlay.cpio), the system overlays once per image build.
+func BenchmarkRenderRuntime(b *testing.B) {
+	cfg, err := site.Load("testdata/site.yaml", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	node, _ := cfg.NodeByName("gpu01")
+	priv, _ := os.ReadFile("testdata/hostkey_ed25519")
+	pub, _ := os.ReadFile("testdata/hostkey_ed25519.pub")
+	sec := RuntimeSecrets{MachineID: "5f1c0d2a9b8e4c7d8e1f2a3b4c5d6e7f", SSHHostKeys: []HostKey{{Type: "ed25519", Private: priv, Public: pub}}, LDAPBindPassword: testPassword}
+	for b.Loop() {
+		if _, err := RenderRuntime(cfg, node, sec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRenderAll(b *testing.B) {
+	cfg, err := site.Load("testdata/site.yaml", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Render(cfg, site.AllOverlays); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
