@@ -18,4 +18,4 @@ if [ -z "${HERD_TEST_IMAGE_DIR:-}" ] && [ -r "${STATE:-/var/lib/herd}/current" ]
 		echo "boot bench: current image $id"
 	fi
 fi
-go test -count=1 -timeout 60m -run '^TestBootBench$' -v ./image/nodeboot/ | tee /dev/stderr | grep '^BENCH ' || true
+go test -count=1 -timeout 60m -run '^TestBootBench$' -v ./image/nodeboot/
