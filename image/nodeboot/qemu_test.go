@@ -28,6 +28,9 @@ type imageHost struct {
 	mu     sync.Mutex
 	log    []string
 	events []nodeboot.Event
+	// down makes the server broken: the image answers 503 and /events
+	// hangs (a server that accepts connections but never answers).
+	down bool
 }
 
 func newImageHost(t *testing.T, img bootImage) *imageHost {
@@ -38,6 +41,13 @@ func newImageHost(t *testing.T, img bootImage) *imageHost {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /images/{id}/rootfs.squashfs", func(w http.ResponseWriter, r *http.Request) {
 		h.record(r.Method + " " + r.URL.Path + " range=" + r.Header.Get("Range"))
+		h.mu.Lock()
+		down := h.down
+		h.mu.Unlock()
+		if down {
+			http.Error(w, "server broken on purpose", http.StatusServiceUnavailable)
+			return
+		}
 		if r.PathValue("id") != img.ID {
 			http.NotFound(w, r)
 			return
@@ -45,6 +55,16 @@ func newImageHost(t *testing.T, img bootImage) *imageHost {
 		http.ServeFile(w, r, img.Rootfs)
 	})
 	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		down := h.down
+		h.mu.Unlock()
+		if down {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(30 * time.Second):
+			}
+			return
+		}
 		var ev nodeboot.Event
 		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
 			http.Error(w, err.Error(), 400)
@@ -414,6 +434,24 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 		}
 		if !strings.Contains(rep["images"], img.SHA256) {
 			t.Errorf("image not cached again: %v", rep)
+		}
+	})
+
+	t.Run("server broken: the cached image boots and events do not block", func(t *testing.T) {
+		h.reset()
+		h.mu.Lock()
+		h.down = true
+		h.mu.Unlock()
+		defer func() { h.mu.Lock(); h.down = false; h.mu.Unlock() }()
+		console, rep := h.boot(t, node{disk: disk}, overlay)
+		if !strings.HasPrefix(rep["cache"], "/dev/vda1,ext4") || rep["root"] != "overlay" {
+			t.Errorf("cached boot failed: %v", rep)
+		}
+		if log, _ := h.snapshot(); rootfsGets(log) != 0 {
+			t.Errorf("node asked the broken server for the image: %v", log)
+		}
+		if !strings.Contains(console, "booting it without downloading") || !strings.Contains(console, "event not delivered") {
+			t.Errorf("console:\n%s", tail([]byte(console)))
 		}
 	})
 }
