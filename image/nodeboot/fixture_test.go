@@ -3,6 +3,7 @@ package nodeboot_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -29,23 +30,30 @@ const ubuntuKeyFingerprint = "F6ECB3762474EDA9D21B7022871920D1991BC93C"
 // a kernel, initramfs-tools, systemd and udev.
 var fixturePackages = []string{"linux-image-virtual", "initramfs-tools", "systemd-sysv", "udev", "kmod", "e2fsprogs", "iproute2", "util-linux"}
 
-// testImage returns a bootable herd image. HERD_TEST_IMAGE_DIR (vmlinuz,
-// initrd.img, rootfs.squashfs, e.g. an image built by `herd image build`
-// into the store) is used when set; otherwise a minimal Ubuntu noble is
-// built here with mmdebstrap, herd's hook (initramfs.Install) and the
-// image's own update-initramfs, and cached under /var/tmp by a key over the
-// agent binary, the embedded hook files and the package list.
-func testImage(t *testing.T) bootImage {
+// testStore is where image/build's tests publish images (HACKING.md).
+const testStore = "/var/tmp/herd-test-store"
+
+// testImage returns a bootable herd image, in this order:
+//   - HERD_TEST_IMAGE_DIR (vmlinuz, initrd.img, rootfs.squashfs);
+//   - an image of the shared test store built by image/build (so by the
+//     builder's own initramfs.Install + update-initramfs) whose agent is
+//     byte-identical to the one built from this tree — from recipe when
+//     given (bench: the default image), else the smallest;
+//   - a minimal Ubuntu noble built here with mmdebstrap, initramfs.Install
+//     and the image's own update-initramfs, cached under /var/tmp by a key
+//     over the agent binary, the hook files and the package list.
+func testImage(t *testing.T, recipe string) bootImage {
 	t.Helper()
 	if d := os.Getenv("HERD_TEST_IMAGE_DIR"); d != "" {
-		img := bootImage{Kernel: filepath.Join(d, "vmlinuz"), Initrd: filepath.Join(d, "initrd.img"), Rootfs: filepath.Join(d, "rootfs.squashfs")}
-		img.SHA256 = sumFile(t, img.Rootfs)
-		img.ID = filepath.Base(d)
-		return img
+		return imageFromDir(t, d)
 	}
 	testenv.RequireRoot(t)
-	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "gpg", "chroot", "unshare")
 	agent := agentBinary(t)
+	if d := storeImage(t, sumFile(t, agent), recipe); d != "" {
+		t.Logf("booting store image %s", d)
+		return imageFromDir(t, d)
+	}
+	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "gpg", "chroot", "unshare")
 	h := sha256.New()
 	fmt.Fprintln(h, sumFile(t, agent), strings.Join(fixturePackages, ","))
 	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/initramfs.go"} {
@@ -108,6 +116,55 @@ func testImage(t *testing.T) bootImage {
 	must(t, os.Rename(out2, dir))
 	img.SHA256 = sumFile(t, img.Rootfs)
 	return img
+}
+
+func imageFromDir(t *testing.T, d string) bootImage {
+	img := bootImage{Kernel: filepath.Join(d, "vmlinuz"), Initrd: filepath.Join(d, "initrd.img"), Rootfs: filepath.Join(d, "rootfs.squashfs")}
+	img.SHA256 = sumFile(t, img.Rootfs)
+	img.ID = filepath.Base(d)
+	return img
+}
+
+// storeImage picks a published image of the shared test store carrying
+// exactly this agent (read from the squashfs with unsquashfs -cat).
+func storeImage(t *testing.T, agentSHA, recipe string) string {
+	if _, err := exec.LookPath("unsquashfs"); err != nil {
+		return ""
+	}
+	dirs, _ := filepath.Glob(filepath.Join(testStore, "images", "*"))
+	best, bestSize := "", int64(-1)
+	for _, d := range dirs {
+		var m struct {
+			Recipe string `json:"recipe"`
+		}
+		b, err := os.ReadFile(filepath.Join(d, "manifest.json"))
+		if err != nil || json.Unmarshal(b, &m) != nil {
+			continue
+		}
+		if recipe != "" && m.Recipe != recipe {
+			continue
+		}
+		st, err := os.Stat(filepath.Join(d, "rootfs.squashfs"))
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d, "initrd.img")); err != nil {
+			continue
+		}
+		if bestSize >= 0 && st.Size() >= bestSize {
+			continue
+		}
+		out, err := exec.Command("unsquashfs", "-cat", filepath.Join(d, "rootfs.squashfs"), "usr/lib/herd/herd-boot").Output()
+		if err != nil {
+			continue
+		}
+		sum := sha256.Sum256(out)
+		if hex.EncodeToString(sum[:]) != agentSHA {
+			continue
+		}
+		best, bestSize = d, st.Size()
+	}
+	return best
 }
 
 // agentBinary is bin/herd-boot from `make build`, or a fresh static build.

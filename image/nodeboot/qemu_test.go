@@ -204,7 +204,11 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		appendLine = "root=/dev/vda rw console=ttyS0,115200n8 panic=-1 herdtest.poweroff=1"
 	}
 	log := filepath.Join(dir, "console.log")
-	args := []string{"-accel", accel(), "-cpu", "max", "-smp", "2", "-m", "2048",
+	mem := os.Getenv("HERD_QEMU_MEM")
+	if mem == "" {
+		mem = "2048"
+	}
+	args := []string{"-accel", accel(), "-cpu", "max", "-smp", "2", "-m", mem,
 		"-display", "none", "-monitor", "none", "-serial", "file:" + log, "-no-reboot",
 		"-kernel", h.img.Kernel, "-initrd", initrd, "-append", appendLine,
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s:80-cmd:socat - TCP:127.0.0.1:%d", guestServer, h.port()),
@@ -362,7 +366,7 @@ func corruptCachedImage(t *testing.T, disk, sha string) {
 
 func TestQEMUCacheLifecycle(t *testing.T) {
 	requireQEMUBoot(t)
-	img := testImage(t)
+	img := testImage(t, "")
 	h := newImageHost(t, img)
 	overlay := overlayCPIO(t)
 	disk := rawDisk(t, 4<<30)
@@ -458,7 +462,7 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 
 func TestQEMUForeignDiskUntouched(t *testing.T) {
 	requireQEMUBoot(t)
-	img := testImage(t)
+	img := testImage(t, "")
 	h := newImageHost(t, img)
 	overlay := overlayCPIO(t)
 	disk := rawDisk(t, 1<<30)
@@ -490,7 +494,7 @@ func TestQEMUForeignDiskUntouched(t *testing.T) {
 
 func TestQEMUNoDiskBootsFromRAM(t *testing.T) {
 	requireQEMUBoot(t)
-	img := testImage(t)
+	img := testImage(t, "")
 	h := newImageHost(t, img)
 	console, rep := h.boot(t, node{}, overlayCPIO(t))
 	if rep["cache"] != "none" || rep["ram"] != "herd-ram" || rep["root"] != "overlay" {
@@ -539,7 +543,7 @@ func TestBootBench(t *testing.T) {
 	}
 	requireQEMUBoot(t)
 	testenv.RequireCommands(t, "unsquashfs")
-	img := testImage(t)
+	img := testImage(t, os.Getenv("HERD_BENCH_RECIPE"))
 	h := newImageHost(t, img)
 	overlay := overlayCPIO(t)
 	disk := rawDisk(t, 8<<30)
