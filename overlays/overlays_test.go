@@ -501,8 +501,8 @@ func TestApplyWritesOwnersModesLinks(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Join(root, "etc/sssd/sssd.conf")); fi.Mode().Perm() != 0o600 {
 		t.Errorf("sssd.conf mode %v", fi.Mode())
 	}
-	if fi, _ := os.Stat(filepath.Join(root, "etc/sssd")); fi.Mode().Perm() != 0o700 {
-		t.Errorf("/etc/sssd mode %v, want the existing dir chmod'ed to 0700", fi.Mode())
+	if fi, _ := os.Stat(filepath.Join(root, "etc/sssd")); fi.Mode().Perm() != 0o711 {
+		t.Errorf("/etc/sssd mode %v, want the existing dir chmod'ed to 0711", fi.Mode())
 	}
 	// No temp files left behind.
 	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
