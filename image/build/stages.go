@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -127,7 +128,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, "pack/2", "zstd-3", mkfsTime)
+	packKey := hashKey(initKey, "pack/3", "zstd-3", mkfsTime)
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
@@ -228,6 +229,7 @@ func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, 
 		"--components=" + strings.Join(r.Components, ","),
 		"--include=" + strings.Join(pins, ","),
 		"--skip=download/empty",
+		b.listsHook(),
 		// Package scripts must not start services in the build tree.
 		"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" && find " + shq(debs) + " -maxdepth 1 -name '*.deb' -exec cp -l -t \"$1/var/cache/apt/archives/\" {} +",
 		"--customize-hook=find \"$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -l -n -t " + shq(debs) + " {} +",
@@ -309,6 +311,13 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 	}
 	defer os.Remove(rcd)
 	if len(driverPins) > 0 {
+		// Seed the image's apt with the indices the resolve step fetched.
+		if err := os.MkdirAll(filepath.Join(root, "var/lib/apt/lists"), 0o755); err != nil {
+			return err
+		}
+		if out, err := exec.Command("cp", "-a", b.listsDir()+"/.", filepath.Join(root, "var/lib/apt/lists")+"/").CombinedOutput(); err != nil {
+			return fmt.Errorf("seed package indices: %v: %s", err, out)
+		}
 		script := divertInitramfs + " && apt-get update -q && apt-get install -y -q --no-install-recommends " +
 			strings.Join(driverPins, " ") + " && " + undivertInitramfs
 		if err := inChroot(ctx, b.log, root, script); err != nil {
@@ -388,6 +397,9 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 				return fmt.Errorf("copy %s out of the image: %w", src, err)
 			}
 		}
+		if err := padTo4(filepath.Join(out, manifest.Initrd)); err != nil {
+			return err
+		}
 		var list strings.Builder
 		cmd := command(ctx, &list, "dpkg-query", "--admindir="+filepath.Join(merged, "var/lib/dpkg"), "-W",
 			"-f=${db:Status-Abbrev}\t${Package}\t${Version}\n")
@@ -424,4 +436,28 @@ func (b *builder) fetchError(err error) error {
 		}
 	}
 	return err
+}
+
+// padTo4 appends zero bytes to the initrd up to a multiple of 4. Booted
+// through the kernel's EFI stub (UEFI iPXE), the initrd= files are
+// concatenated as they are, and the kernel looks for the next cpio (the
+// node's overlay.cpio) only at a 4-byte aligned offset after a compressed
+// archive, skipping zeros: unpadded, the overlay is rejected as "invalid
+// magic" and the node boots without its identity. BIOS iPXE aligns itself.
+func padTo4(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("pad initrd: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("pad initrd: %w", err)
+	}
+	if n := (4 - st.Size()%4) % 4; n > 0 {
+		if _, err := f.Write(make([]byte, n)); err != nil {
+			return fmt.Errorf("pad initrd: %w", err)
+		}
+	}
+	return f.Close()
 }
