@@ -75,10 +75,13 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 	defer os.RemoveAll(dir)
 	tree := filepath.Join(dir, "tree")
 	args := []string{"--variant=extract", "--keyring=" + keyring, "--skip=cleanup/apt/lists",
-		"--components=" + strings.Join(r.Components, ","), r.Suite, tree}
+		"--components=" + strings.Join(r.Components, ","), b.listsHook(), r.Suite, tree}
 	args = append(args, b.mirrorArgs()...)
 	if err := inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) }); err != nil {
 		return nil, fmt.Errorf("download package indices: %w", err)
+	}
+	if err := b.keepLists(filepath.Join(tree, "var/lib/apt/lists")); err != nil {
+		return nil, err
 	}
 	lock, err := recipe.ReadLock(r.LockPath())
 	if err != nil {
@@ -111,7 +114,8 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 	}
 	apt := func(extra ...string) *exec.Cmd {
 		a := []string{"-o", "Dir=" + tree, "-o", "Dir::State::status=" + filepath.Join(tree, "var/lib/dpkg/status"),
-			"-o", "Dir::Etc::Trusted=" + keyring, "-o", "Debug::NoLocking=true"}
+			"-o", "Dir::Etc::Trusted=" + keyring, "-o", "Debug::NoLocking=true",
+			"-o", "Dir::State::Lists=" + b.listsDir()}
 		return exec.CommandContext(ctx, extra[0], append(a, extra[1:]...)...)
 	}
 	simulate := func(specs []string) (map[string]string, error) {
@@ -203,4 +207,27 @@ func (b *builder) explain(out string, wanted map[string]pinWant, candidate func(
 		}
 	}
 	return fmt.Errorf("apt cannot resolve the recipe's packages:\n  %s", strings.Join(lines, "\n  "))
+}
+
+// listsDir caches apt's package indices across builds: with them in place
+// apt-get update only asks whether they changed (If-Modified-Since), so a
+// rebuild does not download the archive's indices again.
+func (b *builder) listsDir() string { return filepath.Join(b.state, "apt-lists") }
+
+// listsHook is an mmdebstrap --setup-hook seeding the tree with cached indices.
+func (b *builder) listsHook() string {
+	return "--setup-hook=mkdir -p \"$1/var/lib/apt/lists\" && if [ -d " + shq(b.listsDir()) + " ]; then cp -a " +
+		shq(b.listsDir()) + "/. \"$1/var/lib/apt/lists/\"; fi"
+}
+
+// keepLists replaces the cached indices with the fresh ones in lists.
+func (b *builder) keepLists(lists string) error {
+	os.RemoveAll(filepath.Join(lists, "lock"))
+	if err := removeTree(b.listsDir()); err != nil {
+		return err
+	}
+	if err := os.Rename(lists, b.listsDir()); err != nil {
+		return fmt.Errorf("keep package indices: %w", err)
+	}
+	return nil
 }
