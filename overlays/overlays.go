@@ -30,6 +30,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/template"
 
 	"github.com/herdlab/herd/internal/strictyaml"
@@ -105,7 +106,15 @@ type data struct {
 	CACert   string          // the LDAP CA certificate (PEM) when ldap.ca_file is set
 }
 
+// Enabled reports whether overlay o is rendered together with this one
+// ({{if .Enabled "ldap"}} in a template).
+func (d *data) Enabled(o string) bool { return contains(d.Overlays, o) }
+
 var errSkip = errors.New("skip this file")
+
+// parsedTemplates caches the embedded trees' parsed templates: the runtime
+// overlay is rendered on every node boot.
+var parsedTemplates sync.Map // tree path -> *template.Template
 
 // Render renders the named system overlays for cfg, in order. It fails if
 // two overlays would write the same path, if a template fails (the error
@@ -281,10 +290,7 @@ func renderTree(name string, d *data) ([]File, error) {
 	if _, err := fs.Stat(source, name); err != nil {
 		return nil, fmt.Errorf("overlay %q has no template tree", name)
 	}
-	enabled := func(o string) bool { return contains(d.Overlays, o) }
 	fm := funcs()
-	fm["enabled"] = enabled
-
 	var m meta
 	var files []File
 	byPath := map[string]int{}
@@ -390,9 +396,20 @@ func checkPath(p string) error {
 
 // execute runs one template; errors carry the template's file name and line.
 func execute(p string, src []byte, fm template.FuncMap, d *data) ([]byte, error) {
-	t, err := template.New(srcName(p)).Funcs(fm).Option("missingkey=error").Parse(string(src))
-	if err != nil {
-		return nil, err
+	var t *template.Template
+	// Only the embedded trees are cached (tests swap in other trees).
+	embedded := source == fs.FS(trees)
+	if c, ok := parsedTemplates.Load(p); ok && embedded {
+		t = c.(*template.Template)
+	} else {
+		var err error
+		t, err = template.New(srcName(p)).Funcs(fm).Option("missingkey=error").Parse(string(src))
+		if err != nil {
+			return nil, err
+		}
+		if embedded {
+			parsedTemplates.Store(p, t)
+		}
 	}
 	var b bytes.Buffer
 	if err := t.Execute(&b, d); err != nil {
