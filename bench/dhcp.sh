@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/netns.sh
-RATE=${BENCH_DHCP_RATE:-2000}     # exchanges/s perfdhcp attempts
-COUNT=${BENCH_DHCP_COUNT:-4000}   # exchanges per run
+RATE=${BENCH_DHCP_RATE:-500}      # exchanges/s perfdhcp attempts
+COUNT=${BENCH_DHCP_COUNT:-3000}   # exchanges per run
 PERIOD=${BENCH_DHCP_PERIOD:-20}   # hard limit, seconds
 CLIENTS=${BENCH_DHCP_CLIENTS:-200} # distinct MACs (fits in the range)
 HERD=$(herd_bin)

@@ -315,11 +315,12 @@ func replyFull(p *Plan, l *Leases, req *dhcpv4.DHCPv4, src *net.UDPAddr, now tim
 			return Result{Reply: r, Dest: destination(req, r, ServerPort, src),
 				Detail: fmt.Sprintf("%s asked for %s, has %v", mac, want, have)}
 		}
-		if !reserved.IsValid() {
-			l.set(Lease{MAC: mac, IP: have, Expires: now.Add(p.LeaseTime)})
-		} else if cur, ok := l.byMAC[mac]; !ok || cur.IP != have || cur.Expires.Before(now.Add(p.LeaseTime/2)) {
-			// Reserved leases are recorded too, so Lease() and a restarted
-			// server know the node is up.
+		// Reserved leases are recorded too, so Lease() and a restarted
+		// server know the node is up. A renewal of a binding that still
+		// has more than half its time left changes nothing (no disk
+		// write): the client renews again at T1 = half the lease time
+		// from now, before the recorded expiry passes.
+		if cur, ok := l.byMAC[mac]; !ok || cur.Offered || cur.IP != have || !cur.Expires.After(now.Add(p.LeaseTime/2)) {
 			l.set(Lease{MAC: mac, IP: have, Hostname: node.Name, Expires: now.Add(p.LeaseTime)})
 		}
 		if le := l.byMAC[mac]; le != nil && le.Hostname != node.Name {

@@ -486,3 +486,24 @@ func TestPlanErrors(t *testing.T) {
 		t.Errorf("mode off: %v", err)
 	}
 }
+
+func TestRenewalWritesOnlyPastHalfLease(t *testing.T) {
+	p := testPlan(t, site.DHCPFull, site.UnknownDiscover)
+	l := NewLeases()
+	req := with(plain(macUnknown, dhcpv4.MessageTypeRequest), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 100)))
+	mustReply(t, Reply(p, l, req, ServerPort, nil, t0), dhcpv4.MessageTypeAck)
+	if !l.Dirty() {
+		t.Fatal("new binding not dirty")
+	}
+	l.dirty = false
+	// Renewed at a quarter of the lease: nothing to write.
+	mustReply(t, Reply(p, l, req, ServerPort, nil, t0.Add(15*time.Minute)), dhcpv4.MessageTypeAck)
+	if le, _ := l.Get(macUnknown.String(), t0); l.Dirty() || !le.Expires.Equal(t0.Add(time.Hour)) {
+		t.Errorf("early renewal: dirty %v expires %v", l.Dirty(), le.Expires)
+	}
+	// Renewed at T1 (half): extended and written.
+	mustReply(t, Reply(p, l, req, ServerPort, nil, t0.Add(30*time.Minute)), dhcpv4.MessageTypeAck)
+	if le, _ := l.Get(macUnknown.String(), t0); !l.Dirty() || !le.Expires.Equal(t0.Add(90*time.Minute)) {
+		t.Errorf("renewal at T1: dirty %v expires %v", l.Dirty(), le.Expires)
+	}
+}

@@ -111,11 +111,6 @@ func (s *Server) Listen(ctx context.Context) error {
 			s.closeConns()
 			return fmt.Errorf("listen udp/%d on %s: %w", port, p.Interface, err)
 		}
-		// Room for a burst of clients (a rack powering on) while a
-		// batch waits for its leases.json fsync.
-		if err := c.SetReadBuffer(1 << 20); err != nil {
-			s.log.Warn("set DHCP socket receive buffer", "err", err)
-		}
 		s.conns = append(s.conns, c)
 		s.ports = append(s.ports, port)
 	}
