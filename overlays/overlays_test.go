@@ -647,3 +647,33 @@ func BenchmarkRenderAll(b *testing.B) {
 		}
 	}
 }
+
+// The server renders runtime overlays for many booting nodes at once.
+func TestConcurrentRuntimeRenders(t *testing.T) {
+	cfg := richSite(t)
+	sec := testSecrets(t)
+	want := map[string][]File{}
+	for _, n := range cfg.Nodes {
+		files, err := RenderRuntime(cfg, &n, sec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[n.Name] = files
+	}
+	errs := make(chan error, 16)
+	for i := 0; i < 16; i++ {
+		go func(i int) {
+			n := cfg.Nodes[i%len(cfg.Nodes)]
+			files, err := RenderRuntime(cfg, &n, sec)
+			if err == nil && index(files) != index(want[n.Name]) {
+				err = fmt.Errorf("%s: concurrent render differs", n.Name)
+			}
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < 16; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
