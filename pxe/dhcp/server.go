@@ -26,8 +26,10 @@ type Options struct {
 	Force    bool   // start even if another DHCP server answers
 	Log      *slog.Logger
 	Registry prometheus.Registerer // nil: metrics are not registered
-	// OnLease is called after every ACK (full mode) and every proxy reply;
-	// ip is nil in proxy mode, hostname "" for unknown MACs.
+	// OnLease is called for every ACK (full mode) and every proxy reply,
+	// from a goroutine of its own (never delaying a reply; calls for one MAC
+	// coalesce to the newest); ip is nil in proxy mode, hostname "" for
+	// unknown MACs.
 	OnLease func(mac net.HardwareAddr, ip net.IP, hostname string)
 	// UEFIBinary is the iPXE build for UEFI PXE (default snponly.efi).
 	UEFIBinary string
@@ -52,6 +54,7 @@ type Server struct {
 	wg      sync.WaitGroup
 	closed  atomic.Bool
 	tap     func(port int, pkt []byte) // tests: sees every received packet
+	hook    *leaseHook
 }
 
 // New prepares a server for cfg and loads its leases; it opens no socket.
@@ -72,7 +75,7 @@ func New(cfg *site.Config, opt Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opt: opt, log: opt.Log, leases: NewLeases()}
+	s := &Server{opt: opt, log: opt.Log, leases: NewLeases(), hook: newLeaseHook(opt.OnLease)}
 	s.plan.Store(p)
 	if opt.StateDir != "" {
 		s.path = filepath.Join(opt.StateDir, "leases.json")
@@ -125,6 +128,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, func() { s.closeConns() })
 	defer stop()
+	hookStop, hookDone := make(chan struct{}), make(chan struct{})
+	go func() { s.hook.run(hookStop); close(hookDone) }()
+	defer func() { close(hookStop); <-hookDone }()
 	errc := make(chan error, len(s.conns))
 	for i, c := range s.conns {
 		s.wg.Add(1)
@@ -244,14 +250,12 @@ func (s *Server) send(c *net.UDPConn, port int, p *Plan, req *dhcpv4.DHCPv4, res
 		s.log.Debug("no reply", "mac", req.ClientHWAddr.String(), "type", req.MessageType(), "port", port, "reason", res.Reason, "detail", res.Detail)
 		return
 	}
-	// The inventory hears of the lease before the client does, so whoever
-	// sees the node up also finds it in the inventory.
-	if res.Bound && s.opt.OnLease != nil {
+	if res.Bound {
 		var ip net.IP
 		if res.IP.IsValid() {
 			ip = res.IP.AsSlice()
 		}
-		s.opt.OnLease(req.ClientHWAddr, ip, res.Hostname)
+		s.hook.add(req.ClientHWAddr, ip, res.Hostname)
 	}
 	// Counted before the write so a client that has its reply also sees it counted.
 	s.metrics.replies.WithLabelValues(res.Reply.MessageType().String(), p.Mode).Inc()
