@@ -304,7 +304,9 @@ func replyFull(p *Plan, l *Leases, req *dhcpv4.DHCPv4, src *net.UDPAddr, now tim
 		var have netip.Addr
 		if reserved.IsValid() {
 			have = reserved
-		} else if cur, ok := l.Get(mac, now); ok {
+		} else if cur, ok := l.Get(mac, now); ok && p.inRange(cur.IP) && free(p, l, mac, cur.IP, now) {
+			// Still valid under the current config: a reload may have
+			// shrunk the range or reserved the address for a node.
 			have = cur.IP
 		} else if want.IsValid() && !want.IsUnspecified() && free(p, l, mac, want, now) && p.inRange(want) {
 			have = want // we forgot it (offer expired): still free, take it

@@ -507,3 +507,22 @@ func TestRenewalWritesOnlyPastHalfLease(t *testing.T) {
 		t.Errorf("renewal at T1: dirty %v expires %v", l.Dirty(), le.Expires)
 	}
 }
+
+func TestReloadInvalidatesDynamicLease(t *testing.T) {
+	p := testPlan(t, site.DHCPFull, site.UnknownDiscover)
+	l := NewLeases()
+	req := with(plain(macUnknown, dhcpv4.MessageTypeRequest), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 100)))
+	mustReply(t, Reply(p, l, req, ServerPort, nil, t0), dhcpv4.MessageTypeAck)
+	// The admin reserves .100 for a new node: the unknown client's renewal is refused.
+	cfg := testConfig(t, site.DHCPFull, site.UnknownDiscover)
+	cfg.Nodes = append(cfg.Nodes, site.Node{Name: "gpu03", MAC: "52:54:00:77:00:13", IP: "10.77.0.100"})
+	p2, err := NewPlan(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustReply(t, Reply(p2, l, req, ServerPort, nil, t0.Add(time.Minute)), dhcpv4.MessageTypeNak)
+	rep := mustReply(t, Reply(p2, l, plain(macUnknown, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0.Add(time.Minute)), dhcpv4.MessageTypeOffer)
+	if rep.YourIPAddr.String() != "10.77.0.101" {
+		t.Errorf("re-offer %s, want 10.77.0.101", rep.YourIPAddr)
+	}
+}
