@@ -195,6 +195,22 @@ func TestImageCarriesTheRender(t *testing.T) {
 			t.Error("the runtime overlay's keys were replaced")
 		}
 	})
+	t.Run("initramfs blacklists nouveau", func(t *testing.T) {
+		// The initramfs is built after the overlays stage, so
+		// initramfs-tools copies modprobe.d into it: nouveau stays unloaded
+		// before switch_root too. lsinitramfs is the image's own tool.
+		initrd, err := os.ReadFile(st.ArtifactPath(res.ID, "initrd.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, "tmp/herd-initrd.img"), initrd, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		list := inImage(t, "lsinitramfs", "/tmp/herd-initrd.img")
+		if !strings.Contains(list, "etc/modprobe.d/herd-nvidia.conf") {
+			t.Errorf("the initramfs lacks etc/modprobe.d/herd-nvidia.conf")
+		}
+	})
 	t.Run("pam and nss", func(t *testing.T) {
 		// libpam-sss's postinst (pam-auth-update) already wired pam_sss at
 		// install time; the overlay relies on it.

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -136,11 +137,25 @@ func Render(cfg *site.Config, names []string) ([]File, error) {
 		}
 		d.CACert = string(pem)
 	}
-	var out []File
+	var use []string
 	for _, n := range names {
 		if !contains(site.AllOverlays, n) {
 			return nil, fmt.Errorf("unknown overlay %q (known: %s)", n, strings.Join(site.AllOverlays, ", "))
 		}
+		if err := needs(cfg, n); err != nil {
+			if cfg.Path != "" {
+				return nil, err
+			}
+			// No site file yet (built-in defaults): an image can still be
+			// built, without the overlays that would be broken config.
+			slog.Warn("skipping overlay: no site config", "overlay", n, "why", err.Error())
+			continue
+		}
+		use = append(use, n)
+	}
+	d.Overlays = use
+	var out []File
+	for _, n := range use {
 		files, err := renderTree(n, d)
 		if err != nil {
 			return nil, err
@@ -207,6 +222,37 @@ func RenderRuntime(cfg *site.Config, node *site.Node, secrets RuntimeSecrets) ([
 	}
 	sortFiles(files)
 	return files, checkConflicts(files)
+}
+
+// needs checks the site fields an overlay cannot do without. site.Validate
+// checks them for the site's own overlay list; a recipe may name overlays
+// the site did not list (or the site may be the built-in defaults).
+func needs(cfg *site.Config, overlay string) error {
+	var missing []string
+	switch overlay {
+	case "autofs":
+		if cfg.NAS.Address == "" {
+			missing = append(missing, "nas.address")
+		}
+		if cfg.NAS.Homes == "" {
+			missing = append(missing, "nas.homes")
+		}
+	case "ldap":
+		if cfg.LDAP.URI == "" {
+			missing = append(missing, "ldap.uri")
+		}
+		if cfg.LDAP.Base == "" {
+			missing = append(missing, "ldap.base")
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	from := cfg.Path
+	if from == "" && cfg.Doc != nil {
+		from = cfg.Doc.File
+	}
+	return fmt.Errorf("overlay %s needs %s, which the site config %s does not set", overlay, strings.Join(missing, " and "), from)
 }
 
 func isMachineID(s string) bool {

@@ -324,6 +324,41 @@ func TestRenderChoices(t *testing.T) {
 	}
 }
 
+func TestOverlayNeedsSiteFields(t *testing.T) {
+	// A site file that lists only base but whose image recipe asks for
+	// autofs and ldap: an error naming the fields.
+	cfg, err := site.Parse("herd.yaml", []byte("overlays: [base]\ndhcp: {mode: off}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o, want := range map[string]string{
+		"autofs": "overlay autofs needs nas.address and nas.homes, which the site config herd.yaml does not set",
+		"ldap":   "overlay ldap needs ldap.uri and ldap.base, which the site config herd.yaml does not set",
+	} {
+		if _, err := Render(cfg, []string{"base", o}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want %q", o, err, want)
+		}
+	}
+	// No site file at all (built-in defaults, `herd image build` before
+	// the site is configured): those overlays are left out, not broken.
+	def, err := site.LoadOrDefault("/nonexistent/herd.yaml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := Render(def, site.AllOverlays)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := byOverlay(files)
+	if len(groups["autofs"]) != 0 || len(groups["ldap"]) != 0 || len(groups["base"]) == 0 || len(groups["cachefilesd"]) == 0 {
+		t.Errorf("defaults rendered overlays %v", sortedKeys(groups))
+	}
+	ns, _ := find(files, "etc/nsswitch.conf")
+	if bytes.Contains(ns.Data, []byte("sss")) {
+		t.Errorf("nsswitch uses sss although ldap was left out:\n%s", ns.Data)
+	}
+}
+
 func TestUnknownOverlay(t *testing.T) {
 	_, err := Render(richSite(t), []string{"base", "gpu"})
 	if err == nil || !strings.Contains(err.Error(), `unknown overlay "gpu"`) {
