@@ -17,7 +17,7 @@ import (
 var knownReasons = map[string]bool{
 	ReasonNotRequest: true, ReasonNotEthernet: true, ReasonModeOff: true, ReasonUnknownMAC: true,
 	ReasonNotBootable: true, ReasonArch: true, ReasonOtherServer: true, ReasonNoAddress: true,
-	ReasonNoLease: true, ReasonReleased: true, ReasonDeclined: true, ReasonMessageType: true,
+	ReasonReleased: true, ReasonDeclined: true, ReasonMessageType: true,
 	ReasonWrongPort: true, ReasonMissingCIAdr: true,
 }
 

@@ -32,7 +32,6 @@ const (
 	ReasonArch         = "unsupported-arch"
 	ReasonOtherServer  = "for-another-server"
 	ReasonNoAddress    = "no-free-address"
-	ReasonNoLease      = "no-lease"
 	ReasonReleased     = "released"
 	ReasonDeclined     = "declined"
 	ReasonMessageType  = "unhandled-message-type"
