@@ -405,3 +405,18 @@ func TestPackIsReproducible(t *testing.T) {
 		t.Errorf("repacked rootfs differs from the published one (%s): %s", want, sums[0])
 	}
 }
+
+// The keyring package is fetched unauthenticated, so nothing in it is
+// trusted unless gpg shows the pinned fingerprint: a wrong pin fails.
+func TestKeyringFingerprintMustMatch(t *testing.T) {
+	needBuild(t)
+	fpr := "0123456789ABCDEF0123456789ABCDEF01234567"
+	r := testRecipe(t, "test-noble-minimal", "keyring.fingerprint="+fpr)
+	_, err := realBuild(t, r, Options{})
+	if err == nil || !strings.Contains(err.Error(), "keyring package ubuntu-keyring: no key with the pinned fingerprint "+fpr) {
+		t.Fatalf("want a fingerprint error, got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(TestStateDir, "keyrings", fpr+".gpg")); err == nil {
+		t.Fatal("an unverified keyring was cached")
+	}
+}
