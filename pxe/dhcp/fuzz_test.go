@@ -97,11 +97,10 @@ func checkReply(t *testing.T, p *Plan, req *dhcpv4.DHCPv4, r Result) {
 	}
 }
 
-// TestWriteFuzzSeeds regenerates the firmware seeds when HERD_WRITE_FUZZ_SEEDS=1.
-func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("HERD_WRITE_FUZZ_SEEDS") != "1" {
-		t.Skip("set HERD_WRITE_FUZZ_SEEDS=1 to rewrite testdata/fuzz/FuzzReply firmware seeds")
-	}
+// TestFuzzSeedsCurrent checks that the firmware seeds in testdata/fuzz/FuzzReply
+// match the firmware descriptions above; HERD_WRITE_FUZZ_SEEDS=1 rewrites them.
+func TestFuzzSeedsCurrent(t *testing.T) {
+	write := os.Getenv("HERD_WRITE_FUZZ_SEEDS") == "1"
 	http := pkt(macKnown, dhcpv4.MessageTypeDiscover,
 		dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001"), dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))
 	req := with(ovmfPXE(macKnown, dhcpv4.MessageTypeRequest), dhcpv4.OptServerIdentifier(net.IPv4(10, 77, 0, 1)), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 11)))
@@ -119,7 +118,15 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		"decline":               with(plain(macUnknown, dhcpv4.MessageTypeDecline), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 100))),
 	} {
 		for _, flags := range []byte{0, 1, 3} {
-			writeSeed(t, fmt.Sprintf("%s-%d", name, flags), d.ToBytes(), flags)
+			seed := fmt.Sprintf("%s-%d", name, flags)
+			if write {
+				writeSeed(t, seed, d.ToBytes(), flags)
+				continue
+			}
+			got, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzReply", seed))
+			if err != nil || string(got) != seedBody(d.ToBytes(), flags) {
+				t.Errorf("seed %s is missing or stale (rewrite with HERD_WRITE_FUZZ_SEEDS=1): %v", seed, err)
+			}
 		}
 	}
 }
@@ -129,8 +136,11 @@ func writeSeed(t testing.TB, name string, pkt []byte, flags byte) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nbyte(%d)\n", pkt, flags)
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(seedBody(pkt, flags)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func seedBody(pkt []byte, flags byte) string {
+	return fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nbyte(%d)\n", pkt, flags)
 }
