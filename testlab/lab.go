@@ -103,7 +103,7 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 			l = nil
 		}
 	}()
-	if l.ImageID, err = linkImage(c.ImageDir, l.StateDir); err != nil {
+	if l.ImageID, err = LinkImage(c.ImageDir, l.StateDir); err != nil {
 		return l, err
 	}
 	if l.Netns, err = NewNetns("lab"); err != nil {
@@ -199,10 +199,10 @@ nodes:
 	return b.String()
 }
 
-// linkImage makes imageDir (images/<id> of a store) the current image of a
+// LinkImage makes imageDir (images/<id> of a store) the current image of a
 // fresh state dir: files are hard-linked when on the same file system, else
 // copied, so the lab never changes the store it came from.
-func linkImage(imageDir, state string) (string, error) {
+func LinkImage(imageDir, state string) (string, error) {
 	id := filepath.Base(filepath.Clean(imageDir))
 	dst := filepath.Join(state, "images", id)
 	if err := os.MkdirAll(dst, 0o755); err != nil {
