@@ -104,10 +104,10 @@ done
 
 uefi=()
 [[ ${HERD_DEMO_UEFI:-0} == 1 ]] && uefi=(--uefi)
-say "netbooting QEMU node demo1 (software emulation: a few minutes) until its login prompt"
+say "netbooting QEMU node demo1 (software emulation: a few minutes) until systemd reaches multi-user"
 "$HERD" --config "$WORK/herd.yaml" vm run --netns "$NS" --name demo1 --dir "$WORK/vm-demo1" "${uefi[@]}" \
-	--until 'demo1 login: ' --timeout 15m
-say "demo1 reached its login prompt; what the server saw:"
+	--until 'demo1 login: |Reached target .{0,40}multi-user|Multi-User System' --timeout 20m
+say "demo1 is up (multi-user); what the server saw:"
 "$HERD" --config "$WORK/herd.yaml" --state "$STATE" node list
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" 2>/dev/null || true

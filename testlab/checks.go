@@ -33,11 +33,8 @@ type Check struct {
 	Run  func(ctx context.Context, b *Booted) error
 }
 
-// loginRe matches getty's prompt on the serial console.
-var loginRe = regexp.MustCompile(`(?m)(\S+) login: `)
-
-// BootNode starts a QEMU node for reservation name and waits until its
-// serial console shows the login prompt and alice can log in over SSH.
+// BootNode starts a QEMU node for reservation name and waits until it
+// reaches multi-user and alice can log in over SSH.
 func BootNode(ctx context.Context, l *Lab, name string, uefi bool, user, password string, uid, gid int) (*Booted, error) {
 	n, ok := l.Node(name)
 	if !ok {
@@ -72,18 +69,23 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-// WaitUp waits for the login prompt on the console (from the console's
-// current position) and then for an SSH login, pinning herd's host keys.
+// multiUser matches systemd reaching multi-user.target on the serial
+// console (the getty's login prompt does not always reach ttyS0).
+var multiUser = regexp.MustCompile(`Reached target .{0,40}multi-user\.target|Multi-User System|(\S+) login: `)
+
+// WaitUp waits (from the console's current position) until systemd reaches
+// multi-user on the serial console, then until alice can log in over SSH,
+// pinning the host keys herd generated for the node.
 func (b *Booted) WaitUp(ctx context.Context) error {
-	if _, err := b.VM.Console.Expect(ctx, loginRe, BootTimeout); err != nil {
-		return fmt.Errorf("%s did not reach a login prompt: %w\n(%s)", b.Node.Name, err, b.Lab.Logs())
+	if _, err := b.VM.Console.Expect(ctx, multiUser, BootTimeout); err != nil {
+		return fmt.Errorf("%s did not reach multi-user: %w\n(%s)", b.Node.Name, err, b.Lab.Logs())
 	}
 	keys, err := NodeHostKeys(b.Lab.StateDir, b.Node.Name)
 	if err != nil {
 		return err
 	}
 	b.User.HostKeys = keys
-	return b.User.WaitSSH(ctx, 2*time.Minute)
+	return b.User.WaitSSH(ctx, 5*time.Minute)
 }
 
 // Reboot resets the machine and waits until it is up again.
