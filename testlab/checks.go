@@ -359,12 +359,13 @@ func checkNodeList(ctx context.Context, b *Booted) error {
 	return fmt.Errorf("%s missing from herd node list --json: %s", b.Node.Name, out)
 }
 
-// RootfsDownloads counts server log lines for requests of the image's
-// rootfs.squashfs from the node's address.
+// RootfsDownloads counts herd serve's access-log lines for GETs of the
+// image's rootfs.squashfs from the node's address.
 func RootfsDownloads(serverLog, imageID, ip string) int {
 	n := 0
 	for _, l := range strings.Split(serverLog, "\n") {
-		if strings.Contains(l, "/images/"+imageID+"/"+manifest.Rootfs) && strings.Contains(l, "remote="+ip) {
+		// Only HTTP requests count: boot events also carry the image URL.
+		if strings.Contains(l, `msg="http request"`) && strings.Contains(l, " path=/images/"+imageID+"/"+manifest.Rootfs+" ") && strings.Contains(l, "remote="+ip+" ") {
 			n++
 		}
 	}

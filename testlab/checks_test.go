@@ -25,10 +25,11 @@ RdHelp : RA=3 RP=0 WB=0 WBZ=0 rr=0 sr=0
 }
 
 func TestRootfsDownloadsCountsOnlyThatNode(t *testing.T) {
-	log := `level=INFO msg="http request" remote=10.77.0.11 method=GET path=/images/abc/rootfs.squashfs status=200
-level=INFO msg="http request" remote=10.77.0.12 method=GET path=/images/abc/rootfs.squashfs status=200
-level=INFO msg="http request" remote=10.77.0.11 method=GET path=/images/abc/vmlinuz status=200
-level=INFO msg="http request" remote=10.77.0.11 method=GET path=/images/def/rootfs.squashfs status=200`
+	log := `level=INFO msg="http request" service=http remote=10.77.0.11 method=GET path=/images/abc/rootfs.squashfs range="" status=200
+level=INFO msg="http request" service=http remote=10.77.0.12 method=GET path=/images/abc/rootfs.squashfs range="" status=200
+level=INFO msg="http request" service=http remote=10.77.0.11 method=GET path=/images/abc/vmlinuz range="" status=200
+level=INFO msg="boot event" service=http node=gpu01 stage=network message="ens2 is up; image http://10.77.0.1:8080/images/abc/rootfs.squashfs" image=abc remote=10.77.0.11
+level=INFO msg="http request" service=http remote=10.77.0.11 method=GET path=/images/def/rootfs.squashfs range="" status=200`
 	if n := RootfsDownloads(log, "abc", "10.77.0.11"); n != 1 {
 		t.Fatalf("got %d", n)
 	}
