@@ -64,7 +64,7 @@ nodes:
 		"etc/hostname":                   cpio.TypeReg | 0o644,
 		"etc/machine-id":                 cpio.TypeReg | 0o444,
 		"etc/sssd/conf.d/herd-bind.conf": cpio.TypeReg | 0o600,
-		"etc/sssd":                       cpio.TypeDir | 0o700,
+		"etc/sssd":                       cpio.TypeDir | 0o711, // as Ubuntu's sssd-common: non-root sssd helpers traverse it
 		"etc/ssh/ssh_host_ed25519_key":   cpio.TypeReg | 0o600,
 		"etc/ssh/ssh_host_ecdsa_key":     cpio.TypeReg | 0o600,
 		"etc/ssh/ssh_host_rsa_key":       cpio.TypeReg | 0o600,
