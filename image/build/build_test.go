@@ -242,8 +242,11 @@ func TestDriverChangeReusesBootstrap(t *testing.T) {
 	if !st[0].Cached || st[0].Key != base.Manifest.Stages[0].Key {
 		t.Errorf("bootstrap not reused: %+v vs %+v", st[0], base.Manifest.Stages[0])
 	}
-	if st[1].Cached || st[1].Key == base.Manifest.Stages[1].Key {
-		t.Errorf("packages stage should be rebuilt for the driver: %+v", st[1])
+	// The packages stage must be a different stage (its key covers the
+	// driver). It may still be marked cached: the test store persists across
+	// runs, so an earlier run may already have built this exact stage.
+	if st[1].Key == base.Manifest.Stages[1].Key {
+		t.Errorf("packages stage should differ for the driver: %+v vs %+v", st[1], base.Manifest.Stages[1])
 	}
 	if res.ID == base.ID {
 		t.Errorf("driver image has the same ID as the base image")
