@@ -25,13 +25,18 @@ import (
 // the same Linux boot protocol, so the boot chain up to "kernel started"
 // is the same. real reports whether it is a Linux kernel that logs
 // "Linux version" on ttyS0.
-func bootKernel(t *testing.T) (kernel, initrd string, real bool) {
+func bootKernel(t *testing.T, uefi bool) (kernel, initrd string, real bool) {
 	if k := os.Getenv("HERD_TEST_KERNEL"); k != "" {
 		return k, os.Getenv("HERD_TEST_INITRD"), true
 	}
+	// The builder's test store: its current image, else any published one
+	// (the build tests publish without promoting).
 	store := "/var/tmp/herd-test-store"
+	dirs, _ := filepath.Glob(filepath.Join(store, "images", "*"))
 	if b, err := os.ReadFile(filepath.Join(store, "current")); err == nil {
-		dir := filepath.Join(store, "images", strings.TrimSpace(string(b)))
+		dirs = append([]string{filepath.Join(store, "images", strings.TrimSpace(string(b)))}, dirs...)
+	}
+	for _, dir := range dirs {
 		k, i := filepath.Join(dir, manifest.Kernel), filepath.Join(dir, manifest.Initrd)
 		if _, err := os.Stat(k); err == nil {
 			return k, i, true
@@ -45,8 +50,15 @@ func bootKernel(t *testing.T) (kernel, initrd string, real bool) {
 		}
 		return k, i, true
 	}
-	if _, err := os.Stat("/usr/lib/ipxe/ipxe.lkrn"); err == nil {
-		return "/usr/lib/ipxe/ipxe.lkrn", "", false
+	// Last resort: an iPXE binary loaded as the "kernel". Under UEFI it
+	// must be an EFI image (ipxe.lkrn is a BIOS bzImage that UEFI iPXE
+	// refuses, so the script would stop before fetching the initrds).
+	fallback := "/usr/lib/ipxe/ipxe.lkrn"
+	if uefi {
+		fallback = "/usr/lib/ipxe/ipxe.efi"
+	}
+	if _, err := os.Stat(fallback); err == nil {
+		return fallback, "", false
 	}
 	t.Skip("no kernel to boot (set HERD_TEST_KERNEL)")
 	return
@@ -116,7 +128,7 @@ func qemuNetboot(t *testing.T, uefi bool, mode string) {
 		testenv.RequireCommands(t, "dnsmasq")
 	}
 	herd := testenv.Bin(t, "HERD_BIN")
-	kernel, initrd, realKernel := bootKernel(t)
+	kernel, initrd, realKernel := bootKernel(t, uefi)
 	t.Logf("booting kernel %s (Linux: %v)", kernel, realKernel)
 
 	ns, err := testlab.NewNetns("pxeqemu")
