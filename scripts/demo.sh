@@ -46,29 +46,8 @@ trap 'exit 130' INT TERM
 [[ -x $HERD ]] || { echo "$HERD is missing: run 'make demo' (it builds bin/ first)" >&2; exit 1; }
 mkdir -p "$STATE" "$WORK"
 
-say "building the default image from $RECIPE into $STATE (cached stages are reused)"
-# The recipe's lock file is written next to the copy, not into the source tree.
-cp "$RECIPE" "$WORK/"
-"$HERD" --state "$STATE" image build "$WORK/$(basename "$RECIPE")" 2>&1 | tee "$WORK/build.log"
-name=$(basename "$RECIPE" .yaml)
-ID=
-for d in $(ls -td "$STATE"/images/*/ 2>/dev/null); do
-	if grep -q "\"recipe\": *\"$name\"" "$d/manifest.json" 2>/dev/null; then
-		ID=$(basename "$d")
-		break
-	fi
-done
-[[ -n $ID ]] || { echo "no image of recipe $name in $STATE/images after the build" >&2; exit 1; }
-"$HERD" --state "$STATE" image promote "$ID"
-say "image $ID is current"
-
-say "serving it in network namespace $NS (bridge br-herd, 10.77.0.1, DHCP full)"
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-ip -n "$NS" link add br-herd type bridge
-ip -n "$NS" link set br-herd type bridge stp_state 0 forward_delay 0
-ip -n "$NS" addr add 10.77.0.1/24 dev br-herd
-ip -n "$NS" link set br-herd up
+# The reference lab's site config: the image's autofs and LDAP overlays are
+# rendered from it, and the demo's server reads it.
 cat >"$WORK/herd.yaml" <<EOF
 # Written by scripts/demo.sh: the reference lab's addresses, used only
 # inside the demo's own network namespace.
@@ -94,6 +73,30 @@ nodes:
     mac: "52:54:00:77:00:21"
     ip: 10.77.0.21
 EOF
+
+say "building the default image from $RECIPE into $STATE (cached stages are reused)"
+# The recipe's lock file is written next to the copy, not into the source tree.
+cp "$RECIPE" "$WORK/"
+"$HERD" --config "$WORK/herd.yaml" --state "$STATE" image build "$WORK/$(basename "$RECIPE")" 2>&1 | tee "$WORK/build.log"
+name=$(basename "$RECIPE" .yaml)
+ID=
+for d in $(ls -td "$STATE"/images/*/ 2>/dev/null); do
+	if grep -q "\"recipe\": *\"$name\"" "$d/manifest.json" 2>/dev/null; then
+		ID=$(basename "$d")
+		break
+	fi
+done
+[[ -n $ID ]] || { echo "no image of recipe $name in $STATE/images after the build" >&2; exit 1; }
+"$HERD" --state "$STATE" image promote "$ID"
+say "image $ID is current"
+
+say "serving it in network namespace $NS (bridge br-herd, 10.77.0.1, DHCP full)"
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" link add br-herd type bridge
+ip -n "$NS" link set br-herd type bridge stp_state 0 forward_delay 0
+ip -n "$NS" addr add 10.77.0.1/24 dev br-herd
+ip -n "$NS" link set br-herd up
 ip netns exec "$NS" "$HERD" -v --config "$WORK/herd.yaml" --state "$STATE" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do
