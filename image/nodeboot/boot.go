@@ -210,7 +210,9 @@ func (s *System) setupCache(ctx context.Context, p *Params, rep *Reporter, mnt s
 // sha256 matches, otherwise downloaded. It loops until it has one.
 func (s *System) obtain(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
 	if onSSD {
-		rep.Report(ctx, StageVerify, 0, "checking the cached image %s.squashfs (full sha256)", p.SHA256)
+		if _, err := os.Stat(dir.Path(p.SHA256)); err == nil {
+			rep.Report(ctx, StageVerify, 0, "checking the cached image %s.squashfs (full sha256)", p.SHA256)
+		}
 		start := time.Now()
 		ok, err := dir.Verify(p.SHA256, nil)
 		switch {
