@@ -183,8 +183,8 @@ func checkHome(ctx context.Context, b *Booted) error {
 	if !strings.HasPrefix(out, "nfs4 ") || !regexp.MustCompile(`(^|,)fsc(,|\s|$)`).MatchString(out) {
 		return fmt.Errorf("%s is not NFSv4 with fsc: %q", home, out)
 	}
-	if !strings.Contains(out, LabNAS+":") {
-		return fmt.Errorf("%s does not come from the NAS %s: %q", home, LabNAS, out)
+	if nas := b.Lab.Config.Site.NASAddr; !strings.Contains(out, nas+":") {
+		return fmt.Errorf("%s does not come from the NAS %s: %q", home, nas, out)
 	}
 	if auto, err := b.User.Run(ctx, "findmnt -n -o FSTYPE /home"); err != nil || !strings.Contains(auto, "autofs") {
 		return fmt.Errorf("/home is not an autofs mount point: %q %v", auto, err)

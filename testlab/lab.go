@@ -8,9 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -53,6 +56,9 @@ type LabConfig struct {
 	Cache string
 	// ExtraYAML is appended to the generated herd.yaml.
 	ExtraYAML string
+	// Site is where the NAS and directory appear to nodes (zero fields: the
+	// reference lab's); it must match what the booted image was built for.
+	Site LabSite
 }
 
 // Lab is a running lab.
@@ -89,6 +95,10 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if c.Cache == "" {
 		c.Cache = "auto"
 	}
+	c.Site = c.Site.withDefaults()
+	if err := c.Site.Validate(); err != nil {
+		return nil, err
+	}
 	l = &Lab{
 		Config:     c,
 		StateDir:   filepath.Join(c.Dir, "state"),
@@ -112,11 +122,16 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = l.Netns.AddBridge(LabBridge, LabServer+"/24"); err != nil {
 		return l, err
 	}
-	if err = l.Netns.AddAddress(LabBridge, LabNAS+"/24"); err != nil {
-		return l, err
+	// The NAS and LDAP addresses live on the bridge too. One outside the
+	// lab subnet gets a /32: nodes send it to their router, 10.77.0.1,
+	// which is this namespace, so it is delivered here and goes no further.
+	for _, a := range uniq(c.Site.NASAddr, c.Site.LDAPAddr) {
+		if err = l.Netns.AddAddress(LabBridge, a+labPrefix(a)); err != nil {
+			return l, err
+		}
 	}
-	if l.NAS, err = StartGanesha(ctx, GaneshaConfig{Netns: l.Netns, Addr: LabNAS, Dir: filepath.Join(c.Dir, "nas", "ganesha"),
-		Exports: []Export{{Pseudo: "/export/homes", Path: l.HomesDir}, {Pseudo: "/export/Public", Path: l.PublicDir}}}); err != nil {
+	if l.NAS, err = StartGanesha(ctx, GaneshaConfig{Netns: l.Netns, Addr: c.Site.NASAddr, Dir: filepath.Join(c.Dir, "nas", "ganesha"),
+		Exports: []Export{{Pseudo: c.Site.Homes, Path: l.HomesDir}, {Pseudo: c.Site.Public, Path: l.PublicDir}}}); err != nil {
 		return l, err
 	}
 	// The Public export is world-writable with the sticky bit, like /tmp, so
@@ -128,7 +143,7 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = os.MkdirAll(ldapDir, 0o700); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
-	if l.LDAP, err = StartSlapd(ctx, SlapdConfig{Dir: ldapDir, Netns: l.Netns, Addr: LabNAS, Port: 389, Base: LabBase}); err != nil {
+	if l.LDAP, err = StartSlapd(ctx, SlapdConfig{Dir: ldapDir, Netns: l.Netns, Addr: c.Site.LDAPAddr, Port: c.Site.LDAPPort, Base: c.Site.Base}); err != nil {
 		return l, err
 	}
 	secret := filepath.Join(c.Dir, "ldap-admin.secret")
@@ -160,6 +175,7 @@ func SiteYAML(c LabConfig, adminDN, secret string) string {
 	if c.Cache == "" {
 		c.Cache = "auto"
 	}
+	site := c.Site.withDefaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, `server:
   interface: %s
@@ -174,9 +190,9 @@ dhcp:
   unknown: ignore
 nas:
   address: %s
-  nfs_version: "4.2"
-  homes: /export/homes
-  public: /export/Public
+  nfs_version: %q
+  homes: %s
+  public: %s
 ldap:
   uri: ldap://%s/
   base: %s
@@ -185,7 +201,8 @@ ldap:
 cache:
   disk: %s
 nodes:
-`, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer, LabNAS, LabNAS, LabBase, adminDN, secret, c.Cache)
+`, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer,
+		site.NASAddr, site.NFSVersion, site.Homes, site.Public, site.ldapHost(), site.Base, adminDN, secret, c.Cache)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
 	}
@@ -454,4 +471,32 @@ func searchUser(conn *ldap.Conn, base, name string, uid, gid *int) error {
 		return fmt.Errorf("%s: gidNumber %q: %w", e.DN, e.GetAttributeValue("gidNumber"), err)
 	}
 	return nil
+}
+
+// uniq returns its arguments without repeats, in order.
+func uniq(v ...string) []string {
+	var out []string
+	for _, s := range v {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// labPrefix is the prefix length an address gets on the lab bridge.
+func labPrefix(addr string) string {
+	if ip, err := netip.ParseAddr(addr); err == nil && netip.MustParsePrefix(LabSubnet).Contains(ip) {
+		return "/24"
+	}
+	return "/32"
+}
+
+// ldapHost is the host[:port] of the lab's LDAP URI (no port for 389, as
+// the reference lab's images were built with).
+func (s LabSite) ldapHost() string {
+	if s.LDAPPort == 389 {
+		return s.LDAPAddr
+	}
+	return net.JoinHostPort(s.LDAPAddr, strconv.Itoa(s.LDAPPort))
 }

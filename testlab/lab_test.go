@@ -3,7 +3,9 @@ package testlab
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -90,5 +92,50 @@ func TestLabServesAndStops(t *testing.T) {
 	}
 	if _, err := os.Stat("/run/netns/" + ns); err == nil {
 		t.Fatalf("namespace %s left behind", ns)
+	}
+}
+
+// TestLabPlaysASiteOutsideItsSubnet stands the NAS and LDAP at a real
+// site's addresses (outside 10.77.0.0/24, on two hosts, LDAP on a
+// non-default port and base), as `herd image test` does for an image built
+// for that site: NFSv4 answers at the NAS address, `herd user add` reaches
+// slapd through the lab's herd.yaml, and the export path is the site's.
+func TestLabPlaysASiteOutsideItsSubnet(t *testing.T) {
+	testenv.RequireNetns(t)
+	testenv.RequireCommands(t, "ganesha.nfsd", "slapd")
+	herd := testenv.Bin(t, "HERD_BIN")
+	img := fakeImage(t)
+	s := LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
+		LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example"}
+	lab, err := StartLab(context.Background(), LabConfig{Dir: t.TempDir(), HerdBin: herd, ImageDir: img, Site: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lab.Close()
+	out, err := exec.Command("ip", "-n", lab.Netns.Name, "-o", "addr", "show", "dev", LabBridge).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "10.88.5.2/32") || !strings.Contains(string(out), "10.88.5.3/32") {
+		t.Errorf("bridge addresses: %v\n%s", err, out)
+	}
+	conf, _ := os.ReadFile(lab.NAS.ConfPath)
+	if !strings.Contains(string(conf), `Pseudo = "/tank/home";`) || !strings.Contains(string(conf), "Bind_Addr = 10.88.5.2;") {
+		t.Errorf("ganesha config is not the site's:\n%s", conf)
+	}
+	var conn net.Conn
+	if err := lab.Netns.Do(func() (err error) { conn, err = net.DialTimeout("tcp", "10.88.5.2:2049", 5*time.Second); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if st, err := nfsNull(conn, 9, 4); err != nil || st != 0 {
+		t.Fatalf("NFSv4 NULL at the site's NAS address: accept_stat %d, %v (%s)", st, err, lab.Logs())
+	}
+	if _, _, err := lab.AddUser(context.Background(), "bob", "physics-42-lab"); err != nil {
+		t.Fatalf("herd user add against the site's LDAP: %v (%s)", err, lab.Logs())
+	}
+	if _, err := os.Stat(filepath.Join(lab.HomesDir, "bob")); err != nil {
+		t.Errorf("bob's home on the NAS export: %v", err)
+	}
+	if !strings.Contains(SiteYAML(lab.Config, "", ""), "uri: ldap://10.88.5.3:3389/") {
+		t.Errorf("lab herd.yaml does not name the site's LDAP")
 	}
 }

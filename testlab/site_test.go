@@ -1,0 +1,163 @@
+package testlab
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/overlays"
+	"github.com/herdlab/herd/site"
+)
+
+// imageFor renders the autofs and ldap overlays of a site (the real
+// templates) into a tree and packs it with mksquashfs: the parts of an
+// image SiteFromImage reads.
+func imageFor(t *testing.T, nas, ldap string) string {
+	t.Helper()
+	testenv.RequireRoot(t) // overlays.Apply sets owners
+	testenv.RequireCommands(t, "mksquashfs")
+	names := []string{"base"}
+	if nas != "" {
+		names = append(names, "autofs")
+	}
+	if ldap != "" {
+		names = append(names, "ldap")
+	}
+	yaml := "server: {interface: br-herd, address: 10.77.0.1}\noverlays: [" + strings.Join(names, ", ") + "]\n" + nas + ldap
+	cfg, err := site.Parse("site.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := overlays.Render(cfg, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	if err := os.Mkdir(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := overlays.Apply(files, tree); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "rootfs.squashfs")
+	if out, err := exec.Command("mksquashfs", tree, img, "-quiet", "-noappend").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v: %s", err, out)
+	}
+	return img
+}
+
+const physicsNAS = `nas:
+  address: 10.88.5.2
+  nfs_version: "4.1"
+  homes: /tank/home
+  public: /tank/shared
+`
+
+func physicsLDAP(uri, tls string) string {
+	return "ldap:\n  uri: " + uri + "\n  base: dc=physics,dc=example\n  tls: " + tls + "\n"
+}
+
+func TestSiteFromImageReadsWhatTheImageBaked(t *testing.T) {
+	img := imageFor(t, physicsNAS, physicsLDAP("ldap://10.88.5.3:3389/", "none"))
+	got, notes, err := SiteFromImage(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
+		LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example"}
+	if got != want || len(notes) != 0 {
+		t.Errorf("got %+v notes %q, want %+v", got, notes, want)
+	}
+}
+
+func TestSiteFromImageWithoutOverlaysKeepsTheReferenceLab(t *testing.T) {
+	img := imageFor(t, "", "")
+	got, notes, err := SiteFromImage(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != DefaultLabSite() {
+		t.Errorf("got %+v, want the reference lab", got)
+	}
+	if len(notes) != 2 || !strings.Contains(notes[0], "/etc/auto.home") || !strings.Contains(notes[1], "/etc/sssd/sssd.conf") {
+		t.Errorf("notes %q", notes)
+	}
+}
+
+func TestSiteFromImageRefusesWhatTheLabCannotPlay(t *testing.T) {
+	for _, c := range []struct{ name, ldap, want string }{
+		{"host name", physicsLDAP("ldap://ldap.physics.example/", "none"),
+			`image /etc/sssd/sssd.conf ldap_uri: "ldap://ldap.physics.example/": the host is not an IPv4 address`},
+		{"ldaps", physicsLDAP("ldaps://10.88.5.3/", "ldaps"),
+			`image /etc/sssd/sssd.conf ldap_uri: "ldaps://10.88.5.3/": the lab serves plain ldap:// only`},
+		{"starttls", physicsLDAP("ldap://10.88.5.3/", "starttls"),
+			`image /etc/sssd/sssd.conf uses StartTLS (ldap.tls: starttls)`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := SiteFromImage(imageFor(t, physicsNAS, c.ldap))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("err %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseAutofsEntry(t *testing.T) {
+	addr, path, vers, err := parseAutofsEntry("# comment\n* -fstype=nfs4,vers=4.2,rw,fsc 10.1.2.3:/export/homes/&\n", "*")
+	if err != nil || addr != "10.1.2.3" || path != "/export/homes/&" || vers != "4.2" {
+		t.Errorf("got %q %q %q %v", addr, path, vers, err)
+	}
+	if _, _, _, err := parseAutofsEntry("* -fstype=nfs4 nas.lab:/export/homes/&\n", "*"); err == nil || !strings.Contains(err.Error(), `NAS "nas.lab" is a host name`) {
+		t.Errorf("host name: %v", err)
+	}
+	if _, _, _, err := parseAutofsEntry("# only a comment\n", "*"); err == nil {
+		t.Error("empty map accepted")
+	}
+}
+
+func TestLabSiteValidate(t *testing.T) {
+	for _, c := range []struct {
+		site LabSite
+		want string
+	}{
+		{LabSite{}, ""},
+		{LabSite{NASAddr: "192.168.10.5", LDAPAddr: "192.168.10.6"}, ""},
+		{LabSite{NASAddr: LabServer}, "is the lab's own server address"},
+		{LabSite{LDAPAddr: "10.77.0.11"}, "is the lab node gpu01's address"},
+		{LabSite{NASAddr: "fd00::2"}, "is not an IPv4 address"},
+		{LabSite{NFSVersion: "3"}, "serves NFSv4 only"},
+	} {
+		err := c.site.Validate()
+		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%+v: err %v, want %q", c.site, err, c.want)
+		}
+	}
+}
+
+func TestSiteYAMLUsesTheLabSite(t *testing.T) {
+	def := SiteYAML(LabConfig{}, "cn=admin,dc=lab,dc=internal", "/s")
+	for _, want := range []string{"address: 10.77.0.2\n", "homes: /export/homes\n", "uri: ldap://10.77.0.2/\n", "base: dc=lab,dc=internal\n", `nfs_version: "4.2"`} {
+		if !strings.Contains(def, want) {
+			t.Errorf("reference lab herd.yaml lacks %q:\n%s", want, def)
+		}
+	}
+	phys := SiteYAML(LabConfig{Site: LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example"}}, "cn=admin,dc=physics,dc=example", "/s")
+	for _, want := range []string{"address: 10.88.5.2\n", "homes: /tank/home\n", "public: /export/Public\n", "uri: ldap://10.88.5.3:3389/\n", "base: dc=physics,dc=example\n"} {
+		if !strings.Contains(phys, want) {
+			t.Errorf("lab herd.yaml lacks %q:\n%s", want, phys)
+		}
+	}
+	if _, err := site.Parse("lab.yaml", []byte(phys)); err != nil {
+		t.Errorf("the lab's herd.yaml does not load: %v", err)
+	}
+}
+
+func TestLabPrefix(t *testing.T) {
+	if labPrefix("10.77.0.2") != "/24" || labPrefix("192.168.10.5") != "/32" {
+		t.Error("prefixes")
+	}
+}
