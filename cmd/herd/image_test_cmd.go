@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/testlab"
 )
@@ -33,8 +34,11 @@ login, autofs NFS home with fsc, cachefilesd on the SSD, FS-Cache hits, the
 pinned NVIDIA driver, no failed units, node list, and (unless --no-reboot)
 a reboot served from the SSD cache. Each check prints PASS or FAIL; the
 result is recorded so that herd image promote --require-test can rely on it.
-The lab uses the reference addresses (10.77.0.0/24), only inside its own
-namespace.`,
+The server and nodes use the reference addresses (10.77.0.0/24); the NAS and
+LDAP stand at the addresses, export paths and base the image was built for
+(read from its autofs maps and sssd.conf), all only inside the lab's own
+namespace. An image whose LDAP URI is a host name or uses TLS cannot be
+played by the lab and is refused with the reason.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := store.Open(globals.state)
@@ -106,7 +110,18 @@ func runImageTest(ctx context.Context, out io.Writer, herd string, im *store.Ima
 		return fmt.Sprintf("%d/%d checks passed in %s", total-failed, total, time.Since(start).Round(time.Second))
 	}
 	fmt.Fprintf(out, "testing image %s in %s\n", im.ID, dir)
-	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: im.Dir})
+	// The lab plays the NAS and directory the image was built for.
+	site, notes, err := testlab.SiteFromImage(filepath.Join(im.Dir, manifest.Rootfs))
+	report("site-settings", err)
+	if err != nil {
+		return false, summary()
+	}
+	for _, n := range notes {
+		fmt.Fprintf(out, "note: %s\n", n)
+	}
+	fmt.Fprintf(out, "lab NAS %s (homes %s, NFS %s), LDAP ldap://%s:%d/ base %s\n",
+		site.NASAddr, site.Homes, site.NFSVersion, site.LDAPAddr, site.LDAPPort, site.Base)
+	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: im.Dir, Site: site})
 	report("lab-up", err)
 	if err != nil {
 		return false, summary()
