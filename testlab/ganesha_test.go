@@ -48,6 +48,82 @@ func nfsNull(c net.Conn, xid, vers uint32) (uint32, error) {
 	return u(5), nil // after xid, type, reply_stat, verf flavor, verf len
 }
 
+// xdrString appends an XDR string/opaque: length, bytes, zero padding to 4.
+func xdrString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	b = append(b, s...)
+	return append(b, make([]byte, (4-len(s)%4)%4)...)
+}
+
+// nfs4Lookup walks path from the server's pseudo-root as a kernel client's
+// mount does: one NFSv4.0 COMPOUND of PUTROOTFH, a LOOKUP per component and
+// GETFH, with AUTH_SYS root credentials (the exports are SecType sys). It
+// returns the COMPOUND's status: 0 NFS4_OK (the path resolves), 2
+// NFS4ERR_NOENT. The host has no NFS client, so this stands in for a mount.
+func nfs4Lookup(c net.Conn, xid uint32, path string) (uint32, error) {
+	var cred []byte
+	cred = binary.BigEndian.AppendUint32(cred, 0) // stamp
+	cred = xdrString(cred, "herd-test")
+	for _, v := range []uint32{0, 0, 0} { // uid, gid, no extra gids
+		cred = binary.BigEndian.AppendUint32(cred, v)
+	}
+	var parts []string
+	for _, p := range strings.Split(path, "/") {
+		if p != "" {
+			parts = append(parts, p)
+		}
+	}
+	body := make([]byte, 0, 128)
+	for _, v := range []uint32{xid, 0 /*CALL*/, 2 /*rpcvers*/, 100003, 4, 1 /*COMPOUND*/, 1 /*AUTH_SYS*/} {
+		body = binary.BigEndian.AppendUint32(body, v)
+	}
+	body = xdrString(body, string(cred))
+	body = binary.BigEndian.AppendUint32(body, 0) // verf AUTH_NONE
+	body = binary.BigEndian.AppendUint32(body, 0)
+	body = xdrString(body, "")                    // tag
+	body = binary.BigEndian.AppendUint32(body, 0) // minorversion
+	body = binary.BigEndian.AppendUint32(body, uint32(len(parts)+2))
+	body = binary.BigEndian.AppendUint32(body, 24) // PUTROOTFH
+	for _, p := range parts {
+		body = binary.BigEndian.AppendUint32(body, 15) // LOOKUP
+		body = xdrString(body, p)
+	}
+	body = binary.BigEndian.AppendUint32(body, 10) // GETFH
+	msg := binary.BigEndian.AppendUint32(nil, 0x80000000|uint32(len(body)))
+	if _, err := c.Write(append(msg, body...)); err != nil {
+		return 0, err
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return 0, err
+	}
+	reply := make([]byte, binary.BigEndian.Uint32(hdr[:])&^0x80000000)
+	if _, err := io.ReadFull(c, reply); err != nil {
+		return 0, err
+	}
+	u := func(off int) (uint32, error) {
+		if off+4 > len(reply) {
+			return 0, fmt.Errorf("short RPC reply (%d bytes)", len(reply))
+		}
+		return binary.BigEndian.Uint32(reply[off:]), nil
+	}
+	// xid, REPLY, MSG_ACCEPTED, verifier flavor and length, body, accept_stat.
+	for i, want := range []uint32{xid, 1, 0} {
+		if v, err := u(4 * i); err != nil || v != want {
+			return 0, fmt.Errorf("unexpected RPC reply header word %d = %d (%v)", i, v, err)
+		}
+	}
+	vlen, err := u(16)
+	if err != nil {
+		return 0, err
+	}
+	off := 20 + int(vlen+3)&^3
+	if st, err := u(off); err != nil || st != 0 {
+		return 0, fmt.Errorf("RPC accept_stat %d (%v)", st, err)
+	}
+	return u(off + 4) // COMPOUND4res status
+}
+
 func TestGaneshaServesNFSv4Only(t *testing.T) {
 	testenv.RequireNetns(t)
 	testenv.RequireCommands(t, "ganesha.nfsd")
@@ -90,6 +166,14 @@ func TestGaneshaServesNFSv4Only(t *testing.T) {
 	}
 	if st, err := nfsNull(conn, 8, 3); err != nil || st != 2 {
 		t.Fatalf("NFSv3 NULL: want PROG_MISMATCH (2), got %d, %v", st, err)
+	}
+	for _, c := range []struct {
+		path string
+		want uint32
+	}{{"/export/homes", 0}, {"/export/Public", 0}, {"/export/nope", 2}} {
+		if st, err := nfs4Lookup(conn, 9, c.path); err != nil || st != c.want {
+			t.Errorf("NFSv4 lookup of %s: status %d, %v; want %d", c.path, st, err, c.want)
+		}
 	}
 	pid := g.PID()
 	if err := g.Stop(); err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-ldap/ldap/v3"
+
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/testenv"
 )
@@ -129,8 +131,37 @@ func TestLabPlaysASiteOutsideItsSubnet(t *testing.T) {
 	if st, err := nfsNull(conn, 9, 4); err != nil || st != 0 {
 		t.Fatalf("NFSv4 NULL at the site's NAS address: accept_stat %d, %v (%s)", st, err, lab.Logs())
 	}
+	// The exports resolve at the site's paths, as the image's autofs maps
+	// will mount them; the reference lab's path is not there.
+	for _, c := range []struct {
+		path string
+		want uint32
+	}{{"/tank/home", 0}, {"/tank/shared", 0}, {"/export/homes", 2}} {
+		if st, err := nfs4Lookup(conn, 10, c.path); err != nil || st != c.want {
+			t.Errorf("NFSv4 lookup of %s at the site's NAS: status %d, %v; want %d", c.path, st, err, c.want)
+		}
+	}
 	if _, _, err := lab.AddUser(context.Background(), "bob", "physics-42-lab"); err != nil {
 		t.Fatalf("herd user add against the site's LDAP: %v (%s)", err, lab.Logs())
+	}
+	// Nodes search anonymously (no ldap.bind_dn) at the URI baked into the
+	// image: the site's address, port and base.
+	var entries int
+	if err := lab.Netns.Do(func() error {
+		conn, err := ldap.DialURL("ldap://10.88.5.3:3389/", ldap.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		res, err := conn.Search(ldap.NewSearchRequest("ou=people,dc=physics,dc=example", ldap.ScopeSingleLevel, ldap.NeverDerefAliases, 0, 10, false,
+			"(&(objectClass=posixAccount)(uid=bob))", []string{"uidNumber"}, nil))
+		if err != nil {
+			return err
+		}
+		entries = len(res.Entries)
+		return nil
+	}); err != nil || entries != 1 {
+		t.Errorf("anonymous search for bob at the site's LDAP: %d entries, %v", entries, err)
 	}
 	if _, err := os.Stat(filepath.Join(lab.HomesDir, "bob")); err != nil {
 		t.Errorf("bob's home on the NAS export: %v", err)

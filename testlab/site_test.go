@@ -161,3 +161,35 @@ func TestLabPrefix(t *testing.T) {
 		t.Error("prefixes")
 	}
 }
+
+// TestParseLabLDAPURI: the one form the lab can serve is accepted; every
+// other one is refused with the reason and what to build instead.
+func TestParseLabLDAPURI(t *testing.T) {
+	for _, c := range []struct {
+		uri, addr string
+		port      int
+		err       string
+	}{
+		{uri: "ldap://10.88.5.3/", addr: "10.88.5.3", port: 389},
+		{uri: "ldap://10.88.5.3", addr: "10.88.5.3", port: 389},
+		{uri: "ldap://192.168.10.6:3389/", addr: "192.168.10.6", port: 3389},
+		{uri: "ldap://10.88.5.3/, ldap://10.88.5.4/", addr: "10.88.5.3", port: 389},
+		{uri: "ldap://ldap.physics.example/",
+			err: `"ldap://ldap.physics.example/": the host is not an IPv4 address; the lab has no DNS for the site's names, so build the image under test with the LDAP server's address`},
+		{uri: "ldaps://10.88.5.3/",
+			err: `"ldaps://10.88.5.3/": the lab serves plain ldap:// only (it has no certificate from the site's CA); test an image built with ldap.uri ldap://<address>/ and ldap.tls: none`},
+		{uri: "ldap://[fd00::3]/",
+			err: `"ldap://[fd00::3]/": the host is not an IPv4 address; the lab has no DNS for the site's names, so build the image under test with the LDAP server's address`},
+		{uri: "ldap://10.88.5.3:0/", err: `"ldap://10.88.5.3:0/": bad port`},
+		{uri: "", err: `"" is not a URI`},
+	} {
+		addr, port, err := parseLabLDAPURI(c.uri)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != c.err || addr != c.addr || port != c.port {
+			t.Errorf("parseLabLDAPURI(%q) = %q, %d, %q; want %q, %d, %q", c.uri, addr, port, got, c.addr, c.port, c.err)
+		}
+	}
+}
