@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -164,17 +166,18 @@ func checkSSH(ctx context.Context, b *Booted) error {
 	if err != nil {
 		return err
 	}
-	if l := strings.SplitN(out, "\n", 2); strings.TrimSpace(l[0]) != b.User.User {
+	l := strings.SplitN(out, "\n", 2)
+	if strings.TrimSpace(l[0]) != b.User.User {
 		return fmt.Errorf("logged in as %q, want %q", l[0], b.User.User)
 	}
-	if !strings.Contains(out, "members") {
-		return fmt.Errorf("%s is not in the members group on the node: %q", b.User.User, out)
+	if g := b.Lab.Config.Site.SudoGroup; len(l) < 2 || !slices.Contains(strings.Fields(l[1]), g) {
+		return fmt.Errorf("%s is not in the %s group on the node: %q", b.User.User, g, out)
 	}
 	return nil
 }
 
 func checkHome(ctx context.Context, b *Booted) error {
-	home := "/home/" + b.User.User
+	home := b.home()
 	name := "from-" + b.Node.Name + "-" + randHex(4)
 	out, err := b.User.Run(ctx, fmt.Sprintf("cd %s && echo hello-from-node > %s && findmnt -n -o FSTYPE,OPTIONS,SOURCE --target %s", home, name, home))
 	if err != nil {
@@ -186,8 +189,9 @@ func checkHome(ctx context.Context, b *Booted) error {
 	if nas := b.Lab.Config.Site.NASAddr; !strings.Contains(out, nas+":") {
 		return fmt.Errorf("%s does not come from the NAS %s: %q", home, nas, out)
 	}
-	if auto, err := b.User.Run(ctx, "findmnt -n -o FSTYPE /home"); err != nil || !strings.Contains(auto, "autofs") {
-		return fmt.Errorf("/home is not an autofs mount point: %q %v", auto, err)
+	root := b.Lab.Config.Site.HomeRoot
+	if auto, err := b.User.Run(ctx, "findmnt -n -o FSTYPE "+root); err != nil || !strings.Contains(auto, "autofs") {
+		return fmt.Errorf("%s is not an autofs mount point: %q %v", root, auto, err)
 	}
 	onNAS := filepath.Join(b.Lab.HomesDir, b.User.User, name)
 	data, err := os.ReadFile(onNAS)
@@ -199,6 +203,9 @@ func checkHome(ctx context.Context, b *Booted) error {
 	}
 	return nil
 }
+
+// home is the user's home directory on the node (under the site's home root).
+func (b *Booted) home() string { return path.Join(b.Lab.Config.Site.HomeRoot, b.User.User) }
 
 func checkCachefilesd(ctx context.Context, b *Booted) error {
 	out, err := b.User.Run(ctx, "systemctl is-active cachefilesd; findmnt -n -o SOURCE,FSTYPE --target /var/cache/herd/fscache; findmnt -n -o SOURCE /")
@@ -256,7 +263,7 @@ func checkFSCacheHits(ctx context.Context, b *Booted) error {
 		return err
 	}
 	os.Chown(p, b.UID, b.GID)
-	f := "/home/" + b.User.User + "/" + name
+	f := path.Join(b.home(), name)
 	stats := func() (map[string]int64, string, error) {
 		out, err := b.User.Run(ctx, "cat /proc/fs/fscache/stats")
 		return fscacheStats(out), out, err

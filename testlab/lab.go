@@ -143,19 +143,25 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = os.MkdirAll(ldapDir, 0o700); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
-	if l.LDAP, err = StartSlapd(ctx, SlapdConfig{Dir: ldapDir, Netns: l.Netns, Addr: c.Site.LDAPAddr, Port: c.Site.LDAPPort, Base: c.Site.Base}); err != nil {
+	if l.LDAP, err = StartSlapd(ctx, SlapdConfig{Dir: ldapDir, Netns: l.Netns, Addr: c.Site.LDAPAddr, Port: c.Site.LDAPPort,
+		Base: c.Site.Base, UsersOU: c.Site.UsersOU, GroupsOU: c.Site.GroupsOU}); err != nil {
 		return l, err
 	}
 	secret := filepath.Join(c.Dir, "ldap-admin.secret")
 	if err = l.LDAP.WriteAdminPassword(secret); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
+	if c.Site.BindDN != "" {
+		if err = l.addBindEntry(bindSecretPath(c)); err != nil {
+			return l, err
+		}
+	}
 	if err = os.WriteFile(l.ConfigPath, []byte(SiteYAML(c, l.LDAP.AdminDN, secret)), 0o644); err != nil {
 		return l, fmt.Errorf("lab: %w", err)
 	}
 	// The site's sudo rule names this group and `herd user add` puts new
 	// users in it; herd refuses to create it implicitly.
-	if _, err = l.Herd(ctx, "", "group", "add", "members"); err != nil {
+	if _, err = l.Herd(ctx, "", "group", "add", c.Site.SudoGroup); err != nil {
 		return l, err
 	}
 	if err = l.startServer(ctx); err != nil {
@@ -165,9 +171,10 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 }
 
 // SiteYAML is the lab's herd.yaml: full DHCP on the bridge with one
-// reservation per node, the NAS and LDAP on the second address. Images the
-// lab boots must be built with it (the system overlays bake the NAS and
-// LDAP addresses in); adminDN and secret only matter to `herd user`.
+// reservation per node, the NAS and LDAP where c.Site puts them (by default
+// on the second address). Images the lab boots must be built with it, or
+// for a site it plays (the system overlays bake the NAS and LDAP settings
+// in); adminDN and secret only matter to `herd user`.
 func SiteYAML(c LabConfig, adminDN, secret string) string {
 	if len(c.Nodes) == 0 {
 		c.Nodes = DefaultLabNodes
@@ -193,16 +200,22 @@ nas:
   nfs_version: %q
   homes: %s
   public: %s
+  home_root: %s
 ldap:
   uri: ldap://%s/
   base: %s
+  users_ou: %q
+  groups_ou: %q
+  default_group: %s
   admin_dn: %s
   admin_password_file: %s
-cache:
-  disk: %s
-nodes:
 `, LabBridge, LabServer, LabHTTP, LabSubnet, LabServer, LabServer,
-		site.NASAddr, site.NFSVersion, site.Homes, site.Public, site.ldapHost(), site.Base, adminDN, secret, c.Cache)
+		site.NASAddr, site.NFSVersion, site.Homes, site.Public, site.HomeRoot,
+		site.ldapHost(), site.Base, site.UsersOU, site.GroupsOU, site.SudoGroup, adminDN, secret)
+	if site.BindDN != "" {
+		fmt.Fprintf(&b, "  bind_dn: %q\n  bind_password_file: %s\n", site.BindDN, bindSecretPath(c))
+	}
+	fmt.Fprintf(&b, "sudo:\n  group: %s\ncache:\n  disk: %s\nnodes:\n", site.SudoGroup, c.Cache)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
 	}
@@ -499,4 +512,92 @@ func (s LabSite) ldapHost() string {
 		return s.LDAPAddr
 	}
 	return net.JoinHostPort(s.LDAPAddr, strconv.Itoa(s.LDAPPort))
+}
+
+// bindSecretPath is where the lab keeps the password of the DN nodes bind
+// as (herd.yaml's ldap.bind_password_file; herd serve hands it to nodes in
+// their runtime overlay).
+func bindSecretPath(c LabConfig) string { return filepath.Join(c.Dir, "ldap-bind.secret") }
+
+// bindEntry checks that the lab can create dn, the DN nodes bind as, under
+// base, and returns the object classes of the entry and the relative DNs of
+// the parents (organizational units) it needs, nearest to base first.
+func bindEntry(dn, base string) ([]string, []string, error) {
+	rel, ok := strings.CutSuffix(dn, ","+base)
+	if !ok {
+		return nil, nil, fmt.Errorf("bind DN %q is not under the base %q: the lab's directory has that one suffix", dn, base)
+	}
+	p, err := ldap.ParseDN(rel)
+	if err != nil || len(p.RDNs) == 0 {
+		return nil, nil, fmt.Errorf("bind DN %q: not a DN", dn)
+	}
+	var parents []string
+	for i := len(p.RDNs) - 1; i >= 1; i-- {
+		r := p.RDNs[i]
+		if len(r.Attributes) != 1 || !strings.EqualFold(r.Attributes[0].Type, "ou") {
+			return nil, nil, fmt.Errorf("bind DN %q: the lab can only create ou= entries above it", dn)
+		}
+		parent := "ou=" + ldap.EscapeDN(r.Attributes[0].Value)
+		if len(parents) > 0 {
+			parent += "," + parents[len(parents)-1]
+		}
+		parents = append(parents, parent)
+	}
+	first := p.RDNs[0]
+	if len(first.Attributes) != 1 {
+		return nil, nil, fmt.Errorf("bind DN %q: a multi-valued RDN", dn)
+	}
+	switch strings.ToLower(first.Attributes[0].Type) {
+	case "cn":
+		return []string{"organizationalRole", "simpleSecurityObject"}, parents, nil
+	case "uid":
+		return []string{"account", "simpleSecurityObject"}, parents, nil
+	}
+	return nil, nil, fmt.Errorf("bind DN %q: the lab can only create a cn= or uid= entry to bind as", dn)
+}
+
+// addBindEntry creates the site's bind DN (and any organizational units
+// above it) in the lab's slapd with a fresh password, written to
+// secretPath (0600), so nodes bind as the image expects.
+func (l *Lab) addBindEntry(secretPath string) error {
+	dn, base := l.Config.Site.BindDN, l.Config.Site.Base
+	classes, parents, err := bindEntry(dn, base)
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	password, err := randomSecret()
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	hash, err := SSHA(password)
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	conn, err := l.LDAP.Admin()
+	if err != nil {
+		return fmt.Errorf("lab: create the bind DN: %w", err)
+	}
+	defer conn.Close()
+	for _, p := range parents {
+		parent, _ := ldap.ParseDN(p)
+		add := ldap.NewAddRequest(p+","+base, nil)
+		add.Attribute("objectClass", []string{"organizationalUnit"})
+		add.Attribute("ou", []string{parent.RDNs[0].Attributes[0].Value})
+		if err := conn.Add(add); err != nil && !ldap.IsErrorWithCode(err, ldap.LDAPResultEntryAlreadyExists) {
+			return fmt.Errorf("lab: create %s,%s: %w", p, base, err)
+		}
+	}
+	rdn, _ := ldap.ParseDN(dn)
+	a := rdn.RDNs[0].Attributes[0]
+	add := ldap.NewAddRequest(dn, nil)
+	add.Attribute("objectClass", classes)
+	add.Attribute(a.Type, []string{a.Value})
+	add.Attribute("userPassword", []string{hash})
+	if err := conn.Add(add); err != nil {
+		return fmt.Errorf("lab: create the bind DN %s: %w", dn, err)
+	}
+	if err := os.WriteFile(secretPath, []byte(password+"\n"), 0o600); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	return nil
 }

@@ -99,16 +99,19 @@ func TestLabServesAndStops(t *testing.T) {
 
 // TestLabPlaysASiteOutsideItsSubnet stands the NAS and LDAP at a real
 // site's addresses (outside 10.77.0.0/24, on two hosts, LDAP on a
-// non-default port and base), as `herd image test` does for an image built
-// for that site: NFSv4 answers at the NAS address, `herd user add` reaches
-// slapd through the lab's herd.yaml, and the export path is the site's.
+// non-default port and base, its own directory layout and a DN nodes bind
+// as), as `herd image test` does for an image built for that site: NFSv4
+// answers at the NAS address with the site's export paths, `herd user add`
+// reaches slapd through the lab's herd.yaml, and the user is where the
+// image's SSSD will look for her, found as it will bind.
 func TestLabPlaysASiteOutsideItsSubnet(t *testing.T) {
 	testenv.RequireNetns(t)
 	testenv.RequireCommands(t, "ganesha.nfsd", "slapd")
 	herd := testenv.Bin(t, "HERD_BIN")
 	img := fakeImage(t)
 	s := LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
-		LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example"}
+		LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example", HomeRoot: "/users",
+		UsersOU: "ou=staff,ou=accounts", GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example", SudoGroup: "physicists"}
 	lab, err := StartLab(context.Background(), LabConfig{Dir: t.TempDir(), HerdBin: herd, ImageDir: img, Site: s})
 	if err != nil {
 		t.Fatal(err)
@@ -144,24 +147,40 @@ func TestLabPlaysASiteOutsideItsSubnet(t *testing.T) {
 	if _, _, err := lab.AddUser(context.Background(), "bob", "physics-42-lab"); err != nil {
 		t.Fatalf("herd user add against the site's LDAP: %v (%s)", err, lab.Logs())
 	}
-	// Nodes search anonymously (no ldap.bind_dn) at the URI baked into the
-	// image: the site's address, port and base.
-	var entries int
+	// Nodes bind as ldap.bind_dn, with the password herd serve hands them
+	// from the lab's bind_password_file, at the URI baked into the image,
+	// and search the site's users and groups bases.
+	pw, err := os.ReadFile(filepath.Join(lab.Config.Dir, "ldap-bind.secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(SiteYAML(lab.Config, "", ""), "bind_password_file: "+filepath.Join(lab.Config.Dir, "ldap-bind.secret")) {
+		t.Errorf("lab herd.yaml does not hand out the bind password")
+	}
+	var people, groups int
 	if err := lab.Netns.Do(func() error {
 		conn, err := ldap.DialURL("ldap://10.88.5.3:3389/", ldap.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}))
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		res, err := conn.Search(ldap.NewSearchRequest("ou=people,dc=physics,dc=example", ldap.ScopeSingleLevel, ldap.NeverDerefAliases, 0, 10, false,
+		if err := conn.Bind("cn=nodes,ou=services,dc=physics,dc=example", strings.TrimSpace(string(pw))); err != nil {
+			return err
+		}
+		res, err := conn.Search(ldap.NewSearchRequest("ou=staff,ou=accounts,dc=physics,dc=example", ldap.ScopeSingleLevel, ldap.NeverDerefAliases, 0, 10, false,
 			"(&(objectClass=posixAccount)(uid=bob))", []string{"uidNumber"}, nil))
 		if err != nil {
 			return err
 		}
-		entries = len(res.Entries)
+		people = len(res.Entries)
+		if res, err = conn.Search(ldap.NewSearchRequest("ou=unixgroups,dc=physics,dc=example", ldap.ScopeSingleLevel, ldap.NeverDerefAliases, 0, 10, false,
+			"(&(objectClass=posixGroup)(cn=physicists))", []string{"gidNumber"}, nil)); err != nil {
+			return err
+		}
+		groups = len(res.Entries)
 		return nil
-	}); err != nil || entries != 1 {
-		t.Errorf("anonymous search for bob at the site's LDAP: %d entries, %v", entries, err)
+	}); err != nil || people != 1 || groups != 1 {
+		t.Errorf("search as the nodes' bind DN at the site's LDAP: bob %d, physicists %d, %v", people, groups, err)
 	}
 	if _, err := os.Stat(filepath.Join(lab.HomesDir, "bob")); err != nil {
 		t.Errorf("bob's home on the NAS export: %v", err)

@@ -25,12 +25,18 @@ type LabSite struct {
 	LDAPAddr   string // slapd address
 	LDAPPort   int
 	Base       string // LDAP suffix
+	HomeRoot   string // where homes appear on nodes (nas.home_root)
+	UsersOU    string // users' entries, relative to Base (ldap.users_ou)
+	GroupsOU   string // groups' entries, relative to Base (ldap.groups_ou)
+	BindDN     string // what nodes bind as (ldap.bind_dn; "" is anonymous)
+	SudoGroup  string // the directory group with sudo (sudo.group); lab users are in it
 }
 
 // DefaultLabSite is the reference lab's NAS and directory.
 func DefaultLabSite() LabSite {
 	return LabSite{NASAddr: LabNAS, Homes: "/export/homes", Public: "/export/Public", NFSVersion: "4.2",
-		LDAPAddr: LabNAS, LDAPPort: 389, Base: LabBase}
+		LDAPAddr: LabNAS, LDAPPort: 389, Base: LabBase, HomeRoot: "/home", UsersOU: "ou=people", GroupsOU: "ou=groups",
+		SudoGroup: "members"}
 }
 
 // withDefaults fills the zero fields from DefaultLabSite.
@@ -41,7 +47,8 @@ func (s LabSite) withDefaults() LabSite {
 		d string
 	}{
 		{&s.NASAddr, d.NASAddr}, {&s.Homes, d.Homes}, {&s.Public, d.Public}, {&s.NFSVersion, d.NFSVersion},
-		{&s.LDAPAddr, d.LDAPAddr}, {&s.Base, d.Base},
+		{&s.LDAPAddr, d.LDAPAddr}, {&s.Base, d.Base}, {&s.HomeRoot, d.HomeRoot}, {&s.UsersOU, d.UsersOU},
+		{&s.GroupsOU, d.GroupsOU}, {&s.SudoGroup, d.SudoGroup},
 	} {
 		if *f.v == "" {
 			*f.v = f.d
@@ -78,6 +85,17 @@ func (s LabSite) Validate() error {
 	default:
 		return fmt.Errorf("lab: NFS version %q: the lab's nfs-ganesha serves NFSv4 only", s.NFSVersion)
 	}
+	if _, err := seedLDIF(s.Base, s.UsersOU, s.GroupsOU); err != nil {
+		return fmt.Errorf("lab: the directory cannot be seeded: %w", err)
+	}
+	if s.BindDN != "" {
+		if _, _, err := bindEntry(s.BindDN, s.Base); err != nil {
+			return fmt.Errorf("lab: %w", err)
+		}
+	}
+	if !strings.HasPrefix(s.HomeRoot, "/") {
+		return fmt.Errorf("lab: home root %q is not an absolute path", s.HomeRoot)
+	}
 	return nil
 }
 
@@ -86,11 +104,14 @@ const (
 	imageAutoHome   = "/etc/auto.home"
 	imageAutoPublic = "/etc/auto.public"
 	imageSSSDConf   = "/etc/sssd/sssd.conf"
+	imageAutoMaster = "/etc/auto.master"
+	imageSudoers    = "/etc/sudoers.d/herd"
 )
 
 // SiteFromImage reads the NAS and directory an image was built for from its
-// root file system (the autofs maps and sssd.conf the overlays wrote), so
-// `herd image test` can stand the lab up where the image will look. Notes
+// root file system (the autofs maps, sssd.conf and sudoers drop-in the
+// overlays wrote), so `herd image test` can stand the lab up where the
+// image will look, with the directory laid out as it expects. Notes
 // say what the image lacks (then those parts keep the reference lab's
 // values and their checks will fail); an error means the lab cannot play
 // the site's part (e.g. an LDAP URI with a host name or TLS).
@@ -125,6 +146,15 @@ func SiteFromImage(rootfs string) (LabSite, []string, error) {
 			return site, nil, fmt.Errorf("image %s: %w", imageAutoHome, err)
 		}
 		site.NASAddr, site.Homes, site.NFSVersion = addr, strings.TrimSuffix(path, "/&"), vers
+		if master, ok, err := read(imageAutoMaster); err != nil {
+			return site, nil, err
+		} else if ok {
+			for _, line := range strings.Split(master, "\n") {
+				if f := strings.Fields(line); len(f) >= 2 && f[1] == imageAutoHome && !strings.HasPrefix(f[0], "#") {
+					site.HomeRoot = f[0]
+				}
+			}
+		}
 		site.Public = ""
 		if pub, ok, err := read(imageAutoPublic); err != nil {
 			return site, nil, err
@@ -158,11 +188,60 @@ func SiteFromImage(rootfs string) (LabSite, []string, error) {
 		if site.Base = kv["ldap_search_base"]; site.Base == "" {
 			return site, nil, fmt.Errorf("image %s has no ldap_search_base", imageSSSDConf)
 		}
+		for _, o := range []struct {
+			key string
+			ou  *string
+		}{{"ldap_user_search_base", &site.UsersOU}, {"ldap_group_search_base", &site.GroupsOU}} {
+			v := kv[o.key]
+			if v == "" {
+				continue
+			}
+			rel, ok := strings.CutSuffix(v, ","+site.Base)
+			if !ok {
+				return site, nil, fmt.Errorf("image %s %s %q is not under ldap_search_base %q: the lab's directory has that one suffix", imageSSSDConf, o.key, v, site.Base)
+			}
+			*o.ou = rel
+		}
+		if site.BindDN = kv["ldap_default_bind_dn"]; site.BindDN != "" {
+			if _, _, err := bindEntry(site.BindDN, site.Base); err != nil {
+				return site, nil, fmt.Errorf("image %s ldap_default_bind_dn: %w", imageSSSDConf, err)
+			}
+		}
+	}
+
+	sudo, ok, err := read(imageSudoers)
+	if err != nil {
+		return site, nil, err
+	}
+	group, all := sudoGroup(sudo)
+	switch {
+	case !ok:
+		notes = append(notes, "the image has no "+imageSudoers+" (built without the base overlay): the lab user cannot use sudo, so the fscache-hits check will fail")
+	case group == "":
+		notes = append(notes, "the image's "+imageSudoers+" gives no directory group sudo (sudo.group is empty): the fscache-hits check, which drops the page cache with sudo, will fail")
+	default:
+		site.SudoGroup = group
+		if !all {
+			notes = append(notes, "sudo for %"+group+" is limited to sudo.commands in the image's "+imageSudoers+": the fscache-hits check, which drops the page cache with sudo sh, will fail")
+		}
 	}
 	if site.Public == "" {
 		site.Public = DefaultLabSite().Public // exported but unused by the image
 	}
 	return site, notes, site.Validate()
+}
+
+// sudoGroup returns the directory group the image's sudoers drop-in names
+// (its %group line) and whether that group may run every command.
+func sudoGroup(text string) (group string, all bool) {
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 || !strings.HasPrefix(f[0], "%") {
+			continue
+		}
+		return f[0][1:], f[len(f)-1] == "ALL" && len(f) == 3
+	}
+	return "", false
 }
 
 // parseAutofsEntry finds the map line whose key is key ("" = any) and

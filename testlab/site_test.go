@@ -62,15 +62,38 @@ func physicsLDAP(uri, tls string) string {
 }
 
 func TestSiteFromImageReadsWhatTheImageBaked(t *testing.T) {
-	img := imageFor(t, physicsNAS, physicsLDAP("ldap://10.88.5.3:3389/", "none"))
-	got, notes, err := SiteFromImage(img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
-		LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example"}
-	if got != want || len(notes) != 0 {
-		t.Errorf("got %+v notes %q, want %+v", got, notes, want)
+	ref := DefaultLabSite()
+	for _, c := range []struct {
+		name, nas, ldap string
+		want            LabSite
+		notes           []string
+	}{
+		{"addresses", physicsNAS, physicsLDAP("ldap://10.88.5.3:3389/", "none"),
+			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
+				LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example",
+				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: ref.SudoGroup}, nil},
+		{"directory layout, bind DN, home root and sudo group", physicsNAS + "  home_root: /users\n",
+			physicsLDAP("ldap://10.88.5.3/", "none") + "  users_ou: ou=staff,ou=accounts\n  groups_ou: ou=unixgroups\n" +
+				"  bind_dn: cn=nodes,ou=services,dc=physics,dc=example\n  bind_password_file: /nonexistent\nsudo: {group: physicists}\n",
+			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
+				LDAPAddr: "10.88.5.3", LDAPPort: 389, Base: "dc=physics,dc=example", HomeRoot: "/users",
+				UsersOU: "ou=staff,ou=accounts", GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example",
+				SudoGroup: "physicists"}, nil},
+		{"sudo limited to some commands", physicsNAS, physicsLDAP("ldap://10.88.5.3/", "none") + "sudo: {commands: [/usr/bin/nvidia-smi]}\n",
+			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
+				LDAPAddr: "10.88.5.3", LDAPPort: 389, Base: "dc=physics,dc=example",
+				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: "members"},
+			[]string{"sudo for %members is limited to sudo.commands in the image's /etc/sudoers.d/herd: the fscache-hits check, which drops the page cache with sudo sh, will fail"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, notes, err := SiteFromImage(imageFor(t, c.nas, c.ldap))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.want || strings.Join(notes, "\n") != strings.Join(c.notes, "\n") {
+				t.Errorf("got %+v notes %q, want %+v notes %q", got, notes, c.want, c.notes)
+			}
+		})
 	}
 }
 
@@ -96,6 +119,10 @@ func TestSiteFromImageRefusesWhatTheLabCannotPlay(t *testing.T) {
 			`image /etc/sssd/sssd.conf ldap_uri: "ldaps://10.88.5.3/": the lab serves plain ldap:// only`},
 		{"starttls", physicsLDAP("ldap://10.88.5.3/", "starttls"),
 			`image /etc/sssd/sssd.conf uses StartTLS (ldap.tls: starttls)`},
+		{"bind DN outside the base", physicsLDAP("ldap://10.88.5.3/", "none") + "  bind_dn: cn=nodes,dc=other\n  bind_password_file: /x\n",
+			`image /etc/sssd/sssd.conf ldap_default_bind_dn: bind DN "cn=nodes,dc=other" is not under the base "dc=physics,dc=example": the lab's directory has that one suffix`},
+		{"users not in an ou", physicsLDAP("ldap://10.88.5.3/", "none") + "  users_ou: cn=users\n",
+			`lab: the directory cannot be seeded: slapd: "cn=users": only ou= entries can be seeded`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, _, err := SiteFromImage(imageFor(t, physicsNAS, c.ldap))
@@ -130,6 +157,12 @@ func TestLabSiteValidate(t *testing.T) {
 		{LabSite{LDAPAddr: "10.77.0.11"}, "is the lab node gpu01's address"},
 		{LabSite{NASAddr: "fd00::2"}, "is not an IPv4 address"},
 		{LabSite{NFSVersion: "3"}, "serves NFSv4 only"},
+		{LabSite{Base: "o=physics", UsersOU: "ou=staff,ou=accounts"}, ""},
+		{LabSite{Base: "cn=physics"}, `lab: the directory cannot be seeded: slapd: base "cn=physics" must start with dc=, o= or ou=`},
+		{LabSite{BindDN: "uid=sssd,ou=people,dc=lab,dc=internal"}, ""},
+		{LabSite{BindDN: "ou=nodes,dc=lab,dc=internal"}, `lab: bind DN "ou=nodes,dc=lab,dc=internal": the lab can only create a cn= or uid= entry to bind as`},
+		{LabSite{BindDN: "cn=nodes,o=x,dc=lab,dc=internal"}, `lab: bind DN "cn=nodes,o=x,dc=lab,dc=internal": the lab can only create ou= entries above it`},
+		{LabSite{HomeRoot: "users"}, `lab: home root "users" is not an absolute path`},
 	} {
 		err := c.site.Validate()
 		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
@@ -153,6 +186,28 @@ func TestSiteYAMLUsesTheLabSite(t *testing.T) {
 	}
 	if _, err := site.Parse("lab.yaml", []byte(phys)); err != nil {
 		t.Errorf("the lab's herd.yaml does not load: %v", err)
+	}
+	// The whole directory layout of a site, as the lab writes it and as an
+	// image built from that herd.yaml would bake it.
+	full := LabConfig{Dir: "/lab", Site: LabSite{Base: "dc=physics,dc=example", HomeRoot: "/users", UsersOU: "ou=staff,ou=accounts",
+		GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example", SudoGroup: "physicists"}}
+	cfg, err := site.Parse("lab.yaml", []byte(SiteYAML(full, "cn=admin,dc=physics,dc=example", "/s")))
+	if err != nil {
+		t.Fatalf("the lab's herd.yaml does not load: %v", err)
+	}
+	if cfg.NAS.HomeRoot != "/users" || cfg.LDAP.UsersOU != "ou=staff,ou=accounts" || cfg.LDAP.GroupsOU != "ou=unixgroups" ||
+		cfg.LDAP.BindDN != full.Site.BindDN || cfg.LDAP.BindPasswordFile != "/lab/ldap-bind.secret" ||
+		cfg.LDAP.DefaultGroup != "physicists" || cfg.Sudo.Group != "physicists" {
+		t.Errorf("lab herd.yaml: nas %+v ldap %+v sudo %+v", cfg.NAS, cfg.LDAP, cfg.Sudo)
+	}
+	// The reference lab's herd.yaml says what site's defaults would: images
+	// built from it (the e2e suite's) render the same files as before.
+	ref, err := site.Parse("lab.yaml", []byte(def))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.LDAP.BindDN != "" || ref.NAS.HomeRoot != "/home" || ref.LDAP.UsersOU != "ou=people" || ref.LDAP.DefaultGroup != "members" || ref.Sudo.Group != "members" {
+		t.Errorf("reference lab herd.yaml: nas %+v ldap %+v sudo %+v", ref.NAS, ref.LDAP, ref.Sudo)
 	}
 }
 
@@ -191,5 +246,34 @@ func TestParseLabLDAPURI(t *testing.T) {
 		if got != c.err || addr != c.addr || port != c.port {
 			t.Errorf("parseLabLDAPURI(%q) = %q, %d, %q; want %q, %d, %q", c.uri, addr, port, got, c.addr, c.port, c.err)
 		}
+	}
+}
+
+func TestSeedLDIF(t *testing.T) {
+	got, err := seedLDIF("o=physics", "ou=staff,ou=accounts", "ou=groups,ou=accounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `dn: o=physics
+objectClass: organization
+o: physics
+
+dn: ou=accounts,o=physics
+objectClass: organizationalUnit
+ou: accounts
+
+dn: ou=staff,ou=accounts,o=physics
+objectClass: organizationalUnit
+ou: staff
+
+dn: ou=groups,ou=accounts,o=physics
+objectClass: organizationalUnit
+ou: groups
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+	if _, err := seedLDIF("dc=lab,dc=internal", "uid=x"); err == nil || err.Error() != `slapd: "uid=x": only ou= entries can be seeded` {
+		t.Errorf("uid=x: %v", err)
 	}
 }

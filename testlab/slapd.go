@@ -40,8 +40,14 @@ type SlapdConfig struct {
 	// namespace). LDAPSPort likewise for ldaps:// (default 636 in a namespace).
 	Port      int
 	LDAPSPort int
-	// Base is the suffix (default dc=herd,dc=test).
+	// Base is the suffix (default dc=herd,dc=test); its first RDN is dc=,
+	// o= or ou=.
 	Base string
+	// UsersOU and GroupsOU are where users and groups live, relative to
+	// Base, as herd.yaml's ldap.users_ou/groups_ou (default ou=people,
+	// ou=groups); each RDN must be ou=. They are seeded empty.
+	UsersOU  string
+	GroupsOU string
 	// TLS generates a CA and a server certificate and also listens on ldaps://;
 	// StartTLS works on the ldap:// port.
 	TLS bool
@@ -116,7 +122,13 @@ func StartSlapd(ctx context.Context, c SlapdConfig) (*Slapd, error) {
 			return nil, err
 		}
 	}
-	dc, err := firstDC(c.Base)
+	if c.UsersOU == "" {
+		c.UsersOU = "ou=people"
+	}
+	if c.GroupsOU == "" {
+		c.GroupsOU = "ou=groups"
+	}
+	seed, err := seedLDIF(c.Base, c.UsersOU, c.GroupsOU)
 	if err != nil {
 		return nil, err
 	}
@@ -124,8 +136,8 @@ func StartSlapd(ctx context.Context, c SlapdConfig) (*Slapd, error) {
 		Config:   c,
 		Base:     c.Base,
 		AdminDN:  "cn=admin," + c.Base,
-		PeopleDN: "ou=people," + c.Base,
-		GroupsDN: "ou=groups," + c.Base,
+		PeopleDN: c.UsersOU + "," + c.Base,
+		GroupsDN: c.GroupsOU + "," + c.Base,
 		ConfPath: filepath.Join(c.Dir, "slapd.conf"),
 		LogPath:  filepath.Join(c.Dir, "slapd.log"),
 		done:     make(chan struct{}),
@@ -185,20 +197,6 @@ index uid,uidNumber,gidNumber,memberUid,cn eq
 	if err := os.WriteFile(s.ConfPath, []byte(b.String()), 0o600); err != nil {
 		return nil, fmt.Errorf("slapd: write config: %w", err)
 	}
-	seed := fmt.Sprintf(`dn: %s
-objectClass: dcObject
-objectClass: organization
-dc: %s
-o: herd test lab
-
-dn: %s
-objectClass: organizationalUnit
-ou: people
-
-dn: %s
-objectClass: organizationalUnit
-ou: groups
-`, c.Base, dc, s.PeopleDN, s.GroupsDN)
 	seedPath := filepath.Join(c.Dir, "base.ldif")
 	if err := os.WriteFile(seedPath, []byte(seed), 0o600); err != nil {
 		return nil, fmt.Errorf("slapd: %w", err)
@@ -337,15 +335,48 @@ func randomSecret() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// firstDC is the value of the first RDN of base, which must be dc=...
-// (the seeded base entry is a dcObject).
-func firstDC(base string) (string, error) {
+// seedLDIF is the base entry (a dcObject organization, an organization or
+// an organizational unit, after base's first RDN) and the organizational
+// units of each relative DN in ous, parents first, each once.
+func seedLDIF(base string, ous ...string) (string, error) {
 	dn, err := ldap.ParseDN(base)
-	if err != nil || len(dn.RDNs) == 0 || len(dn.RDNs[0].Attributes) != 1 ||
-		!strings.EqualFold(dn.RDNs[0].Attributes[0].Type, "dc") {
-		return "", fmt.Errorf("slapd: base %q must start with dc=", base)
+	if err != nil || len(dn.RDNs) == 0 || len(dn.RDNs[0].Attributes) != 1 {
+		return "", fmt.Errorf("slapd: base %q is not a DN with a single-valued first RDN", base)
 	}
-	return dn.RDNs[0].Attributes[0].Value, nil
+	var b strings.Builder
+	a := dn.RDNs[0].Attributes[0]
+	fmt.Fprintf(&b, "dn: %s\n", base)
+	switch strings.ToLower(a.Type) {
+	case "dc":
+		fmt.Fprintf(&b, "objectClass: dcObject\nobjectClass: organization\ndc: %s\no: herd test lab\n", a.Value)
+	case "o":
+		fmt.Fprintf(&b, "objectClass: organization\no: %s\n", a.Value)
+	case "ou":
+		fmt.Fprintf(&b, "objectClass: organizationalUnit\nou: %s\n", a.Value)
+	default:
+		return "", fmt.Errorf("slapd: base %q must start with dc=, o= or ou=", base)
+	}
+	seen := map[string]bool{}
+	for _, rel := range ous {
+		r, err := ldap.ParseDN(rel)
+		if err != nil || len(r.RDNs) == 0 {
+			return "", fmt.Errorf("slapd: %q is not a relative DN", rel)
+		}
+		parent := base
+		for i := len(r.RDNs) - 1; i >= 0; i-- {
+			rdn := r.RDNs[i]
+			if len(rdn.Attributes) != 1 || !strings.EqualFold(rdn.Attributes[0].Type, "ou") {
+				return "", fmt.Errorf("slapd: %q: only ou= entries can be seeded", rel)
+			}
+			parent = "ou=" + ldap.EscapeDN(rdn.Attributes[0].Value) + "," + parent
+			if seen[strings.ToLower(parent)] {
+				continue
+			}
+			seen[strings.ToLower(parent)] = true
+			fmt.Fprintf(&b, "\ndn: %s\nobjectClass: organizationalUnit\nou: %s\n", parent, rdn.Attributes[0].Value)
+		}
+	}
+	return b.String(), nil
 }
 
 // freePort asks the kernel for a free TCP port on loopback. In a namespace
