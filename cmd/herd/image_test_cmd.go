@@ -35,10 +35,15 @@ pinned NVIDIA driver, no failed units, node list, and (unless --no-reboot)
 a reboot served from the SSD cache. Each check prints PASS or FAIL; the
 result is recorded so that herd image promote --require-test can rely on it.
 The server and nodes use the reference addresses (10.77.0.0/24); the NAS and
-LDAP stand at the addresses, export paths and base the image was built for
-(read from its autofs maps and sssd.conf), all only inside the lab's own
-namespace. An image whose LDAP URI is a host name or uses TLS cannot be
-played by the lab and is refused with the reason.`,
+LDAP stand where the image was built to look, read from its autofs maps,
+sssd.conf and sudoers drop-in: addresses (outside the lab subnet as host
+addresses on the lab's bridge), export paths, NFS version, LDAP port, base,
+users and groups OUs, the DN nodes bind as, the home root and the sudo group,
+all only inside the lab's own namespace. An image whose NAS or LDAP server is
+a host name, or whose LDAP uses TLS, cannot be played by the lab and is
+refused at once with the reason; an image built without the autofs or ldap
+overlay is tested against the reference NAS and LDAP, and the output says
+which checks will fail because of that.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := store.Open(globals.state)
@@ -119,8 +124,9 @@ func runImageTest(ctx context.Context, out io.Writer, herd string, im *store.Ima
 	for _, n := range notes {
 		fmt.Fprintf(out, "note: %s\n", n)
 	}
-	fmt.Fprintf(out, "lab NAS %s (homes %s, NFS %s), LDAP ldap://%s:%d/ base %s\n",
-		site.NASAddr, site.Homes, site.NFSVersion, site.LDAPAddr, site.LDAPPort, site.Base)
+	fmt.Fprintf(out, "lab NAS %s (homes %s at %s, public %s, NFS %s), LDAP ldap://%s:%d/ base %s (users %s, groups %s, nodes bind %s), sudo group %s\n",
+		site.NASAddr, site.Homes, site.HomeRoot, site.Public, site.NFSVersion, site.LDAPAddr, site.LDAPPort, site.Base,
+		site.UsersOU, site.GroupsOU, bindAs(site.BindDN), site.SudoGroup)
 	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: im.Dir, Site: site})
 	report("lab-up", err)
 	if err != nil {
@@ -183,4 +189,12 @@ func rebootCheck(ctx context.Context, lab *testlab.Lab, b *testlab.Booted) error
 		return fmt.Errorf("after the reboot: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// bindAs names how nodes bind to the directory, for the lab line.
+func bindAs(dn string) string {
+	if dn == "" {
+		return "anonymously"
+	}
+	return "as " + dn
 }
