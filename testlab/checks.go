@@ -111,6 +111,7 @@ func NodeChecks() []Check {
 		{"cachefilesd-on-ssd", checkCachefilesd},
 		{"fscache-hits", checkFSCacheHits},
 		{"nvidia-pinned", checkNVIDIA},
+		{"timesyncd-site-ntp", checkTimeSync},
 		{"nothing-failed", checkNothingFailed},
 		{"node-list-up", checkNodeList},
 	}
@@ -324,6 +325,32 @@ func checkNVIDIA(ctx context.Context, b *Booted) error {
 		if f := strings.Fields(l); len(f) == 2 && f[1] == "active" && strings.HasSuffix(f[0], ".service") {
 			return fmt.Errorf("NVIDIA service %s is active on a node without a GPU", f[0])
 		}
+	}
+	return nil
+}
+
+// checkTimeSync: timesyncd runs and uses the site's NTP servers (none of
+// herd's when the image sets none). The lab serves no NTP, so whether the
+// clock actually synchronised is not something it can check.
+func checkTimeSync(ctx context.Context, b *Booted) error {
+	out, err := b.User.Run(ctx, "systemctl is-active systemd-timesyncd; timedatectl show-timesync --property=SystemNTPServers --value")
+	if err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	l := strings.SplitN(strings.TrimSpace(out), "\n", 2)
+	if l[0] != "active" {
+		return fmt.Errorf("systemd-timesyncd is %q", l[0])
+	}
+	got := ""
+	if len(l) == 2 {
+		got = strings.Join(strings.Fields(l[1]), " ")
+	}
+	want := strings.Join(strings.Fields(b.Lab.Config.Site.NTP), " ")
+	if b.Lab.Config.Site.NTP == NoNTP {
+		want = ""
+	}
+	if got != want {
+		return fmt.Errorf("timesyncd's NTP servers are %q, the site's (site.ntp) %q", got, want)
 	}
 	return nil
 }

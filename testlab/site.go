@@ -30,13 +30,19 @@ type LabSite struct {
 	GroupsOU   string // groups' entries, relative to Base (ldap.groups_ou)
 	BindDN     string // what nodes bind as (ldap.bind_dn; "" is anonymous)
 	SudoGroup  string // the directory group with sudo (sudo.group); lab users are in it
+	// NTP is site.ntp as timesyncd's NTP= line (space-separated); NoNTP
+	// when the image sets none. The lab serves no NTP: nodes only send to it.
+	NTP string
 }
+
+// NoNTP is LabSite.NTP for an image built without site.ntp.
+const NoNTP = "none"
 
 // DefaultLabSite is the reference lab's NAS and directory.
 func DefaultLabSite() LabSite {
 	return LabSite{NASAddr: LabNAS, Homes: "/export/homes", Public: "/export/Public", NFSVersion: "4.2",
 		LDAPAddr: LabNAS, LDAPPort: 389, Base: LabBase, HomeRoot: "/home", UsersOU: "ou=people", GroupsOU: "ou=groups",
-		SudoGroup: "members"}
+		SudoGroup: "members", NTP: LabServer}
 }
 
 // withDefaults fills the zero fields from DefaultLabSite.
@@ -48,7 +54,7 @@ func (s LabSite) withDefaults() LabSite {
 	}{
 		{&s.NASAddr, d.NASAddr}, {&s.Homes, d.Homes}, {&s.Public, d.Public}, {&s.NFSVersion, d.NFSVersion},
 		{&s.LDAPAddr, d.LDAPAddr}, {&s.Base, d.Base}, {&s.HomeRoot, d.HomeRoot}, {&s.UsersOU, d.UsersOU},
-		{&s.GroupsOU, d.GroupsOU}, {&s.SudoGroup, d.SudoGroup},
+		{&s.GroupsOU, d.GroupsOU}, {&s.SudoGroup, d.SudoGroup}, {&s.NTP, d.NTP},
 	} {
 		if *f.v == "" {
 			*f.v = f.d
@@ -106,11 +112,12 @@ const (
 	imageSSSDConf   = "/etc/sssd/sssd.conf"
 	imageAutoMaster = "/etc/auto.master"
 	imageSudoers    = "/etc/sudoers.d/herd"
+	imageTimesyncd  = "/etc/systemd/timesyncd.conf.d/herd.conf"
 )
 
 // SiteFromImage reads the NAS and directory an image was built for from its
-// root file system (the autofs maps, sssd.conf and sudoers drop-in the
-// overlays wrote), so `herd image test` can stand the lab up where the
+// root file system (the autofs maps, sssd.conf, sudoers and timesyncd
+// drop-ins the overlays wrote), so `herd image test` can stand the lab up where the
 // image will look, with the directory laid out as it expects. Notes
 // say what the image lacks (then those parts keep the reference lab's
 // values and their checks will fail); an error means the lab cannot play
@@ -223,6 +230,14 @@ func SiteFromImage(rootfs string) (LabSite, []string, error) {
 		site.SudoGroup = group
 		if !all {
 			notes = append(notes, "sudo for %"+group+" is limited to sudo.commands in the image's "+imageSudoers+": the fscache-hits check, which drops the page cache with sudo sh, will fail")
+		}
+	}
+	site.NTP = NoNTP
+	if ts, ok, err := read(imageTimesyncd); err != nil {
+		return site, nil, err
+	} else if ok {
+		if site.NTP = iniValues(ts)["NTP"]; site.NTP == "" {
+			return site, nil, fmt.Errorf("image %s sets no NTP= servers", imageTimesyncd)
 		}
 	}
 	if site.Public == "" {

@@ -71,18 +71,19 @@ func TestSiteFromImageReadsWhatTheImageBaked(t *testing.T) {
 		{"addresses", physicsNAS, physicsLDAP("ldap://10.88.5.3:3389/", "none"),
 			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
 				LDAPAddr: "10.88.5.3", LDAPPort: 3389, Base: "dc=physics,dc=example",
-				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: ref.SudoGroup}, nil},
-		{"directory layout, bind DN, home root and sudo group", physicsNAS + "  home_root: /users\n",
+				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: ref.SudoGroup, NTP: NoNTP}, nil},
+		{"directory layout, bind DN, home root, sudo group and NTP", physicsNAS + "  home_root: /users\n",
 			physicsLDAP("ldap://10.88.5.3/", "none") + "  users_ou: ou=staff,ou=accounts\n  groups_ou: ou=unixgroups\n" +
-				"  bind_dn: cn=nodes,ou=services,dc=physics,dc=example\n  bind_password_file: /nonexistent\nsudo: {group: physicists}\n",
+				"  bind_dn: cn=nodes,ou=services,dc=physics,dc=example\n  bind_password_file: /nonexistent\nsudo: {group: physicists}\n" +
+				"ntp: [10.88.5.1, ntp.physics.example]\n",
 			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
 				LDAPAddr: "10.88.5.3", LDAPPort: 389, Base: "dc=physics,dc=example", HomeRoot: "/users",
 				UsersOU: "ou=staff,ou=accounts", GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example",
-				SudoGroup: "physicists"}, nil},
+				SudoGroup: "physicists", NTP: "10.88.5.1 ntp.physics.example"}, nil},
 		{"sudo limited to some commands", physicsNAS, physicsLDAP("ldap://10.88.5.3/", "none") + "sudo: {commands: [/usr/bin/nvidia-smi]}\n",
 			LabSite{NASAddr: "10.88.5.2", Homes: "/tank/home", Public: "/tank/shared", NFSVersion: "4.1",
 				LDAPAddr: "10.88.5.3", LDAPPort: 389, Base: "dc=physics,dc=example",
-				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: "members"},
+				HomeRoot: ref.HomeRoot, UsersOU: ref.UsersOU, GroupsOU: ref.GroupsOU, SudoGroup: "members", NTP: NoNTP},
 			[]string{"sudo for %members is limited to sudo.commands in the image's /etc/sudoers.d/herd: the fscache-hits check, which drops the page cache with sudo sh, will fail"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -103,7 +104,9 @@ func TestSiteFromImageWithoutOverlaysKeepsTheReferenceLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != DefaultLabSite() {
+	want := DefaultLabSite()
+	want.NTP = NoNTP // the image sets no NTP servers
+	if got != want {
 		t.Errorf("got %+v, want the reference lab", got)
 	}
 	if len(notes) != 2 || !strings.Contains(notes[0], "/etc/auto.home") || !strings.Contains(notes[1], "/etc/sssd/sssd.conf") {
@@ -173,7 +176,7 @@ func TestLabSiteValidate(t *testing.T) {
 
 func TestSiteYAMLUsesTheLabSite(t *testing.T) {
 	def := SiteYAML(LabConfig{}, "cn=admin,dc=lab,dc=internal", "/s")
-	for _, want := range []string{"address: 10.77.0.2\n", "homes: /export/homes\n", "uri: ldap://10.77.0.2/\n", "base: dc=lab,dc=internal\n", `nfs_version: "4.2"`} {
+	for _, want := range []string{"address: 10.77.0.2\n", "homes: /export/homes\n", "uri: ldap://10.77.0.2/\n", "base: dc=lab,dc=internal\n", `nfs_version: "4.2"`, "ntp: [10.77.0.1]\n"} {
 		if !strings.Contains(def, want) {
 			t.Errorf("reference lab herd.yaml lacks %q:\n%s", want, def)
 		}
@@ -190,15 +193,17 @@ func TestSiteYAMLUsesTheLabSite(t *testing.T) {
 	// The whole directory layout of a site, as the lab writes it and as an
 	// image built from that herd.yaml would bake it.
 	full := LabConfig{Dir: "/lab", Site: LabSite{Base: "dc=physics,dc=example", HomeRoot: "/users", UsersOU: "ou=staff,ou=accounts",
-		GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example", SudoGroup: "physicists"}}
+		GroupsOU: "ou=unixgroups", BindDN: "cn=nodes,ou=services,dc=physics,dc=example", SudoGroup: "physicists",
+		NTP: "10.88.5.1 ntp.physics.example"}}
 	cfg, err := site.Parse("lab.yaml", []byte(SiteYAML(full, "cn=admin,dc=physics,dc=example", "/s")))
 	if err != nil {
 		t.Fatalf("the lab's herd.yaml does not load: %v", err)
 	}
 	if cfg.NAS.HomeRoot != "/users" || cfg.LDAP.UsersOU != "ou=staff,ou=accounts" || cfg.LDAP.GroupsOU != "ou=unixgroups" ||
 		cfg.LDAP.BindDN != full.Site.BindDN || cfg.LDAP.BindPasswordFile != "/lab/ldap-bind.secret" ||
-		cfg.LDAP.DefaultGroup != "physicists" || cfg.Sudo.Group != "physicists" {
-		t.Errorf("lab herd.yaml: nas %+v ldap %+v sudo %+v", cfg.NAS, cfg.LDAP, cfg.Sudo)
+		cfg.LDAP.DefaultGroup != "physicists" || cfg.Sudo.Group != "physicists" ||
+		strings.Join(cfg.NTP, " ") != "10.88.5.1 ntp.physics.example" {
+		t.Errorf("lab herd.yaml: nas %+v ldap %+v sudo %+v ntp %q", cfg.NAS, cfg.LDAP, cfg.Sudo, cfg.NTP)
 	}
 	// The reference lab's herd.yaml says what site's defaults would: images
 	// built from it (the e2e suite's) render the same files as before.
@@ -208,6 +213,9 @@ func TestSiteYAMLUsesTheLabSite(t *testing.T) {
 	}
 	if ref.LDAP.BindDN != "" || ref.NAS.HomeRoot != "/home" || ref.LDAP.UsersOU != "ou=people" || ref.LDAP.DefaultGroup != "members" || ref.Sudo.Group != "members" {
 		t.Errorf("reference lab herd.yaml: nas %+v ldap %+v sudo %+v", ref.NAS, ref.LDAP, ref.Sudo)
+	}
+	if y := SiteYAML(LabConfig{Site: LabSite{NTP: NoNTP}}, "cn=admin,dc=lab,dc=internal", "/s"); strings.Contains(y, "ntp:") {
+		t.Errorf("a site without NTP servers got an ntp line:\n%s", y)
 	}
 }
 

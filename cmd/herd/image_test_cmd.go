@@ -27,23 +27,25 @@ func init() {
 		Use:   "test ID",
 		Short: "Boot an image in a throwaway lab (server, NFS + LDAP NAS, QEMU node) and run the node checks",
 		Long: `Boots the image on a QEMU node inside a private network namespace, against a
-throwaway herd serve and a NAS fixture (nfs-ganesha exporting homes and Public,
-slapd with a user created through herd user add), and runs the same checks as
-the end-to-end suite: address and hostname, squashfs root, LDAP user, SSH
-login, autofs NFS home with fsc, cachefilesd on the SSD, FS-Cache hits, the
-pinned NVIDIA driver, no failed units, node list, and (unless --no-reboot)
-a reboot served from the SSD cache. Each check prints PASS or FAIL; the
-result is recorded so that herd image promote --require-test can rely on it.
-The server and nodes use the reference addresses (10.77.0.0/24); the NAS and
-LDAP stand where the image was built to look, read from its autofs maps,
-sssd.conf and sudoers drop-in: addresses (outside the lab subnet as host
-addresses on the lab's bridge), export paths, NFS version, LDAP port, base,
-users and groups OUs, the DN nodes bind as, the home root and the sudo group,
-all only inside the lab's own namespace. An image whose NAS or LDAP server is
-a host name, or whose LDAP uses TLS, cannot be played by the lab and is
-refused at once with the reason; an image built without the autofs or ldap
-overlay is tested against the reference NAS and LDAP, and the output says
-which checks will fail because of that.`,
+throwaway herd serve and a NAS fixture (nfs-ganesha exporting homes and
+Public, slapd with a user created through herd user add), and runs the same
+checks as the end-to-end suite: address and hostname, squashfs root, LDAP
+user, SSH login, autofs NFS home with fsc, cachefilesd on the SSD, FS-Cache
+hits, the pinned NVIDIA driver, timesyncd with the site's NTP servers, no
+failed units, node list, and (unless --no-reboot) a reboot served from the SSD
+cache. Each check prints PASS or FAIL; the result is recorded so that herd
+image promote --require-test can rely on it. The server and nodes use the
+reference addresses (10.77.0.0/24); the NAS and LDAP stand where the image was
+built to look, read from its autofs maps, sssd.conf, sudoers and timesyncd
+drop-ins: addresses (outside the lab subnet as host addresses on the lab's
+bridge), export paths, NFS version, LDAP port, base, users and groups OUs, the
+DN nodes bind as, the home root, the sudo group and the NTP servers (the lab
+serves no NTP: only the node's settings are checked), all only inside the
+lab's own namespace. An image whose NAS or LDAP server is a host name, or
+whose LDAP uses TLS, cannot be played by the lab and is refused at once with
+the reason; an image built without the autofs or ldap overlay is tested
+against the reference NAS and LDAP, and the output says which checks will fail
+because of that.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := store.Open(globals.state)
@@ -124,9 +126,9 @@ func runImageTest(ctx context.Context, out io.Writer, herd string, im *store.Ima
 	for _, n := range notes {
 		fmt.Fprintf(out, "note: %s\n", n)
 	}
-	fmt.Fprintf(out, "lab NAS %s (homes %s at %s, public %s, NFS %s), LDAP ldap://%s:%d/ base %s (users %s, groups %s, nodes bind %s), sudo group %s\n",
+	fmt.Fprintf(out, "lab NAS %s (homes %s at %s, public %s, NFS %s), LDAP ldap://%s:%d/ base %s (users %s, groups %s, nodes bind %s), sudo group %s, NTP %s\n",
 		site.NASAddr, site.Homes, site.HomeRoot, site.Public, site.NFSVersion, site.LDAPAddr, site.LDAPPort, site.Base,
-		site.UsersOU, site.GroupsOU, bindAs(site.BindDN), site.SudoGroup)
+		site.UsersOU, site.GroupsOU, bindAs(site.BindDN), site.SudoGroup, site.NTP)
 	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: im.Dir, Site: site})
 	report("lab-up", err)
 	if err != nil {
