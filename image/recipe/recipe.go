@@ -20,18 +20,21 @@ import (
 
 // Recipe is one image recipe.
 type Recipe struct {
-	Name         string    `yaml:"name" herd:"required"`
-	Distribution string    `yaml:"distribution" herd:"required"`
-	Suite        string    `yaml:"suite" herd:"required"`
-	Components   []string  `yaml:"components"`
-	Mirror       string    `yaml:"mirror"`
-	Keyring      Keyring   `yaml:"keyring" herd:"required"`
-	Kernel       Kernel    `yaml:"kernel" herd:"required"`
-	NVIDIA       *NVIDIA   `yaml:"nvidia"`
-	Packages     []string  `yaml:"packages"`
-	Overlays     []string  `yaml:"overlays"`
-	Post         []string  `yaml:"post"`
-	Initramfs    Initramfs `yaml:"initramfs"`
+	Name         string   `yaml:"name" herd:"required"`
+	Distribution string   `yaml:"distribution" herd:"required"`
+	Suite        string   `yaml:"suite" herd:"required"`
+	Components   []string `yaml:"components"`
+	Mirror       string   `yaml:"mirror"`
+	Keyring      Keyring  `yaml:"keyring" herd:"required"`
+	Kernel       Kernel   `yaml:"kernel" herd:"required"`
+	NVIDIA       *NVIDIA  `yaml:"nvidia"`
+	Packages     []string `yaml:"packages"`
+	Overlays     []string `yaml:"overlays"`
+	// Post are shell commands run in the image after the packages, before
+	// the overlays: they belong to the site-independent packages stage, so
+	// a site change never reruns them (and they cannot see overlay files).
+	Post      []string  `yaml:"post"`
+	Initramfs Initramfs `yaml:"initramfs"`
 
 	// Path is the file the recipe was read from.
 	Path string `yaml:"-"`
