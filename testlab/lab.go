@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -75,7 +76,7 @@ type Lab struct {
 	ImageID    string
 	server     *exec.Cmd
 	serverDone chan struct{}
-	taps       int
+	taps       atomic.Int32 // nodes boot concurrently; each needs its own tap
 }
 
 // DefaultLabNodes are two reservations: gpu01 and gpu02.
@@ -401,8 +402,7 @@ func (l *Lab) lookupUser(name string) (int, int, error) {
 
 // AddTap creates the next tap on the lab bridge and returns its name.
 func (l *Lab) AddTap() (string, error) {
-	name := fmt.Sprintf("tap%d", l.taps)
-	l.taps++
+	name := fmt.Sprintf("tap%d", l.taps.Add(1)-1)
 	return name, l.Netns.AddTap(name, LabBridge)
 }
 

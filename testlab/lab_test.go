@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,5 +188,42 @@ func TestLabPlaysASiteOutsideItsSubnet(t *testing.T) {
 	}
 	if !strings.Contains(SiteYAML(lab.Config, "", ""), "uri: ldap://10.88.5.3:3389/") {
 		t.Errorf("lab herd.yaml does not name the site's LDAP")
+	}
+}
+
+// TestAddTapConcurrently: nodes boot together, each on its own tap (two
+// boots once raced for tap0 and one failed with "Device or resource busy").
+func TestAddTapConcurrently(t *testing.T) {
+	testenv.RequireNetns(t)
+	ns, err := NewNetns("taps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.AddBridge(LabBridge, LabServer+"/24"); err != nil {
+		t.Fatal(err)
+	}
+	l := &Lab{Netns: ns}
+	const n = 6
+	names := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			names[i], errs[i] = l.AddTap()
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i := range n {
+		if errs[i] != nil {
+			t.Errorf("AddTap: %v", errs[i])
+		}
+		if seen[names[i]] {
+			t.Errorf("tap %s handed out twice", names[i])
+		}
+		seen[names[i]] = true
 	}
 }
