@@ -25,27 +25,44 @@ func nfsNull(c net.Conn, xid, vers uint32) (uint32, error) {
 	for _, v := range []uint32{xid, 0 /*CALL*/, 2 /*rpcvers*/, 100003, vers, 0 /*NULL*/, 0, 0 /*cred none*/, 0, 0 /*verf none*/} {
 		body = binary.BigEndian.AppendUint32(body, v)
 	}
+	res, err := rpcCall(c, body)
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint32(res), nil
+}
+
+// rpcCall sends one ONC RPC call message (body starts with its xid) as a
+// single TCP record and returns the accepted reply from its accept_stat on,
+// after checking the xid, REPLY and MSG_ACCEPTED and skipping the verifier.
+func rpcCall(c net.Conn, body []byte) ([]byte, error) {
 	msg := binary.BigEndian.AppendUint32(nil, 0x80000000|uint32(len(body)))
 	if _, err := c.Write(append(msg, body...)); err != nil {
-		return 0, err
+		return nil, err
 	}
 	var hdr [4]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return 0, err
+		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:]) &^ 0x80000000
-	reply := make([]byte, n)
+	reply := make([]byte, binary.BigEndian.Uint32(hdr[:])&^0x80000000)
 	if _, err := io.ReadFull(c, reply); err != nil {
-		return 0, err
+		return nil, err
 	}
-	if len(reply) < 24 {
-		return 0, fmt.Errorf("short RPC reply (%d bytes)", len(reply))
+	if len(reply) < 20 {
+		return nil, fmt.Errorf("short RPC reply (%d bytes)", len(reply))
 	}
-	u := func(i int) uint32 { return binary.BigEndian.Uint32(reply[4*i:]) }
-	if u(0) != xid || u(1) != 1 || u(2) != 0 {
-		return 0, fmt.Errorf("unexpected RPC reply header xid=%d type=%d stat=%d", u(0), u(1), u(2))
+	u := func(off int) uint32 { return binary.BigEndian.Uint32(reply[off:]) }
+	// xid, REPLY, MSG_ACCEPTED, verifier flavor and length, verifier, accept_stat.
+	for i, want := range []uint32{binary.BigEndian.Uint32(body), 1, 0} {
+		if v := u(4 * i); v != want {
+			return nil, fmt.Errorf("unexpected RPC reply header word %d = %d, want %d", i, v, want)
+		}
 	}
-	return u(5), nil // after xid, type, reply_stat, verf flavor, verf len
+	off := 20 + int(u(16)+3)&^3
+	if off+4 > len(reply) {
+		return nil, fmt.Errorf("short RPC reply (%d bytes)", len(reply))
+	}
+	return reply[off:], nil
 }
 
 // xdrString appends an XDR string/opaque: length, bytes, zero padding to 4.
@@ -89,39 +106,17 @@ func nfs4Lookup(c net.Conn, xid uint32, path string) (uint32, error) {
 		body = xdrString(body, p)
 	}
 	body = binary.BigEndian.AppendUint32(body, 10) // GETFH
-	msg := binary.BigEndian.AppendUint32(nil, 0x80000000|uint32(len(body)))
-	if _, err := c.Write(append(msg, body...)); err != nil {
-		return 0, err
-	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(c, hdr[:]); err != nil {
-		return 0, err
-	}
-	reply := make([]byte, binary.BigEndian.Uint32(hdr[:])&^0x80000000)
-	if _, err := io.ReadFull(c, reply); err != nil {
-		return 0, err
-	}
-	u := func(off int) (uint32, error) {
-		if off+4 > len(reply) {
-			return 0, fmt.Errorf("short RPC reply (%d bytes)", len(reply))
-		}
-		return binary.BigEndian.Uint32(reply[off:]), nil
-	}
-	// xid, REPLY, MSG_ACCEPTED, verifier flavor and length, body, accept_stat.
-	for i, want := range []uint32{xid, 1, 0} {
-		if v, err := u(4 * i); err != nil || v != want {
-			return 0, fmt.Errorf("unexpected RPC reply header word %d = %d (%v)", i, v, err)
-		}
-	}
-	vlen, err := u(16)
+	res, err := rpcCall(c, body)
 	if err != nil {
 		return 0, err
 	}
-	off := 20 + int(vlen+3)&^3
-	if st, err := u(off); err != nil || st != 0 {
-		return 0, fmt.Errorf("RPC accept_stat %d (%v)", st, err)
+	if st := binary.BigEndian.Uint32(res); st != 0 {
+		return 0, fmt.Errorf("RPC accept_stat %d", st)
 	}
-	return u(off + 4) // COMPOUND4res status
+	if len(res) < 8 {
+		return 0, fmt.Errorf("short COMPOUND reply (%d bytes)", len(res))
+	}
+	return binary.BigEndian.Uint32(res[4:]), nil // COMPOUND4res status
 }
 
 func TestGaneshaServesNFSv4Only(t *testing.T) {

@@ -80,6 +80,27 @@ func (c *cli) refused(args []string, parts ...string) {
 // from a tree with os-release), then Publish under the lock.
 func publishImage(t *testing.T, st *store.Store, recipe, nvidia string, pkgs map[string]string, stages ...string) string {
 	t.Helper()
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "usr/lib/modules/6.8.0-149-generic"), 0o755)
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	os.WriteFile(filepath.Join(tree, "usr/lib/os-release"), []byte("PRETTY_NAME=\"Ubuntu 24.04.5 LTS\"\nVERSION_ID=\"24.04\"\nNOTE="+recipe+nvidia+"\n"), 0o644)
+	os.Symlink("../usr/lib/os-release", filepath.Join(tree, "etc/os-release"))
+	os.Symlink("usr/lib", filepath.Join(tree, "lib"))
+	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: recipe, Distribution: "ubuntu", Suite: "noble",
+		KernelABI: "6.8.0-149-generic", NVIDIA: nvidia, Packages: pkgs,
+		Overlays: []manifest.OverlayFile{{Overlay: "base", Path: "/etc/motd", Mode: "0644", SHA256: nvidia}}}
+	for _, k := range stages {
+		m.Stages = append(m.Stages, manifest.Stage{Name: "bootstrap", Key: k})
+	}
+	id := publishTree(t, st, tree, recipe+nvidia, m)
+	time.Sleep(2 * time.Millisecond) // distinct Created for the newest-first order
+	return id
+}
+
+// publishTree publishes tree as an image's root (a real squashfs), with a
+// kernel and initrd whose contents differ by tag, under the store's lock.
+func publishTree(t *testing.T, st *store.Store, tree, tag string, m *manifest.Manifest) string {
+	t.Helper()
 	unlock, err := st.Lock(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -89,29 +110,16 @@ func publishImage(t *testing.T, st *store.Store, recipe, nvidia string, pkgs map
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree := t.TempDir()
-	os.MkdirAll(filepath.Join(tree, "usr/lib/modules/6.8.0-149-generic"), 0o755)
-	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
-	os.WriteFile(filepath.Join(tree, "usr/lib/os-release"), []byte("PRETTY_NAME=\"Ubuntu 24.04.5 LTS\"\nVERSION_ID=\"24.04\"\nNOTE="+recipe+nvidia+"\n"), 0o644)
-	os.Symlink("../usr/lib/os-release", filepath.Join(tree, "etc/os-release"))
-	os.Symlink("usr/lib", filepath.Join(tree, "lib"))
 	if out, err := exec.Command("mksquashfs", tree, filepath.Join(dir, manifest.Rootfs), "-noappend", "-quiet", "-comp", "zstd").CombinedOutput(); err != nil {
 		t.Fatalf("mksquashfs: %v %s", err, out)
 	}
-	os.WriteFile(filepath.Join(dir, manifest.Kernel), []byte("kernel "+recipe+nvidia), 0o644)
-	os.WriteFile(filepath.Join(dir, manifest.Initrd), []byte("initrd "+recipe+nvidia), 0o644)
+	os.WriteFile(filepath.Join(dir, manifest.Kernel), []byte("kernel "+tag), 0o644)
+	os.WriteFile(filepath.Join(dir, manifest.Initrd), []byte("initrd "+tag), 0o644)
 	os.WriteFile(filepath.Join(dir, "build.log"), []byte("log\n"), 0o644)
-	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: recipe, Distribution: "ubuntu", Suite: "noble",
-		KernelABI: "6.8.0-149-generic", NVIDIA: nvidia, Packages: pkgs,
-		Overlays: []manifest.OverlayFile{{Overlay: "base", Path: "/etc/motd", Mode: "0644", SHA256: nvidia}}}
-	for _, k := range stages {
-		m.Stages = append(m.Stages, manifest.Stage{Name: "bootstrap", Key: k})
-	}
 	id, err := st.Publish(dir, m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Millisecond) // distinct Created for the newest-first order
 	return id
 }
 

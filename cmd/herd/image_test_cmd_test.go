@@ -1,11 +1,9 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,25 +41,7 @@ func publishSiteImage(t *testing.T, st *store.Store, siteYAML string) string {
 			t.Fatal(err)
 		}
 	}
-	unlock, err := st.Lock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	dir, err := st.StagingDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mksquashfs", tree, filepath.Join(dir, manifest.Rootfs), "-noappend", "-quiet").CombinedOutput(); err != nil {
-		t.Fatalf("mksquashfs: %v %s", err, out)
-	}
-	os.WriteFile(filepath.Join(dir, manifest.Kernel), []byte("kernel "+siteYAML), 0o644)
-	os.WriteFile(filepath.Join(dir, manifest.Initrd), []byte("initrd"), 0o644)
-	id, err := st.Publish(dir, &manifest.Manifest{Created: time.Now().UTC(), Recipe: "site-test", Overlays: overlays.Set(files).Files()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return publishTree(t, st, tree, siteYAML, &manifest.Manifest{Created: time.Now().UTC(), Recipe: "site-test", Overlays: overlays.Set(files).Files()})
 }
 
 // TestImageTestRefusesSitesTheLabCannotPlay: an image whose sssd.conf names
