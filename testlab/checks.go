@@ -345,11 +345,7 @@ func checkTimeSync(ctx context.Context, b *Booted) error {
 	if len(l) == 2 {
 		got = strings.Join(strings.Fields(l[1]), " ")
 	}
-	want := strings.Join(strings.Fields(b.Lab.Config.Site.NTP), " ")
-	if b.Lab.Config.Site.NTP == NoNTP {
-		want = ""
-	}
-	if got != want {
+	if want := strings.Join(b.Lab.Config.Site.ntpServers(), " "); got != want {
 		return fmt.Errorf("timesyncd's NTP servers are %q, the site's (site.ntp) %q", got, want)
 	}
 	return nil

@@ -216,8 +216,8 @@ ldap:
 	if site.BindDN != "" {
 		fmt.Fprintf(&b, "  bind_dn: %q\n  bind_password_file: %s\n", site.BindDN, bindSecretPath(c))
 	}
-	if site.NTP != NoNTP {
-		fmt.Fprintf(&b, "ntp: [%s]\n", strings.Join(strings.Fields(site.NTP), ", "))
+	if ntp := site.ntpServers(); len(ntp) > 0 {
+		fmt.Fprintf(&b, "ntp: [%s]\n", strings.Join(ntp, ", "))
 	}
 	fmt.Fprintf(&b, "sudo:\n  group: %s\ncache:\n  disk: %s\nnodes:\n", site.SudoGroup, c.Cache)
 	for _, n := range c.Nodes {

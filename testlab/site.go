@@ -38,6 +38,14 @@ type LabSite struct {
 // NoNTP is LabSite.NTP for an image built without site.ntp.
 const NoNTP = "none"
 
+// ntpServers lists the site's NTP servers (none for NoNTP).
+func (s LabSite) ntpServers() []string {
+	if s.NTP == NoNTP {
+		return nil
+	}
+	return strings.Fields(s.NTP)
+}
+
 // DefaultLabSite is the reference lab's NAS and directory.
 func DefaultLabSite() LabSite {
 	return LabSite{NASAddr: LabNAS, Homes: "/export/homes", Public: "/export/Public", NFSVersion: "4.2",
@@ -117,8 +125,8 @@ const (
 
 // SiteFromImage reads the NAS and directory an image was built for from its
 // root file system (the autofs maps, sssd.conf, sudoers and timesyncd
-// drop-ins the overlays wrote), so `herd image test` can stand the lab up where the
-// image will look, with the directory laid out as it expects. Notes
+// drop-ins the overlays wrote), so `herd image test` can stand the lab up
+// where the image will look, with the directory laid out as it expects. Notes
 // say what the image lacks (then those parts keep the reference lab's
 // values and their checks will fail); an error means the lab cannot play
 // the site's part (e.g. an LDAP URI with a host name or TLS).
