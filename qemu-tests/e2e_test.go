@@ -111,6 +111,15 @@ func TestLab(t *testing.T) {
 			}
 		})
 	}
+	byName := map[string]*testlab.Booted{}
+	for i, n := range nodes {
+		if errs[i] == nil {
+			byName[n.name] = results[i]
+		}
+	}
+	for _, x := range labExtras {
+		t.Run(x.name, func(t *testing.T) { x.run(t, ctx, lab, byName) })
+	}
 	if errs[1] == nil {
 		t.Run("second-node-uefi", func(t *testing.T) {
 			for _, c := range testlab.NodeChecks() {
@@ -153,6 +162,18 @@ func TestLab(t *testing.T) {
 		}
 	})
 }
+
+// labExtra is a group of checks another file of this suite runs on TestLab's
+// booted lab (appended to labExtras in its init), so a feature adds its
+// end-to-end checks without booting a lab of its own. It runs after the
+// standard checks, while both nodes are up, and before gpu01's reboot.
+type labExtra struct {
+	name string
+	run  func(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted)
+}
+
+// labExtras are run by TestLab in the order they were registered.
+var labExtras []labExtra
 
 // labDir is where the lab keeps its files: under /var/tmp (not a tmpfs, the
 // image is linked there from the test store on the same file system).
