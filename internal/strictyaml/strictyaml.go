@@ -125,7 +125,15 @@ func Decode(file string, data []byte, out any, overrides []string) (*Doc, error)
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, syntaxError(file, err)
 	}
-	if root.Kind == 0 { // empty document
+	// An empty file, or one that is only `~`, `---` or `null`, has no fields:
+	// it decodes as an empty mapping so the required-field checks still run.
+	empty := root.Kind == 0 || len(root.Content) == 0
+	if !empty {
+		if b := root.Content[0]; b.Kind == yaml.ScalarNode && b.ShortTag() == "!!null" {
+			empty = true
+		}
+	}
+	if empty {
 		root = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode, Tag: "!!map", Line: 1, Column: 1}}}
 	}
 	doc := &Doc{File: file, pos: map[string]Pos{}}
@@ -143,7 +151,7 @@ func Decode(file string, data []byte, out any, overrides []string) (*Doc, error)
 	if rv.Kind() != reflect.Pointer || rv.Elem().Kind() != reflect.Struct {
 		return nil, fmt.Errorf("strictyaml: out must be a pointer to struct, got %T", out)
 	}
-	w := walker{doc: doc}
+	w := walker{doc: doc, empty: empty}
 	w.walk(body, rv.Elem().Type(), "")
 	if len(w.errs) > 0 {
 		return doc, w.errs
@@ -170,8 +178,9 @@ func syntaxError(file string, err error) error {
 }
 
 type walker struct {
-	doc  *Doc
-	errs Errors
+	doc   *Doc
+	errs  Errors
+	empty bool // the file held no document (empty, `~`, `---`)
 }
 
 func (w *walker) fail(n *yaml.Node, field, format string, args ...any) {
@@ -287,6 +296,10 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, field string) {
 			continue
 		}
 		if !seen[name] {
+			if w.empty && field == "" {
+				w.fail(n, join(field, name), "required field %q is missing (the file has no settings at all)", name)
+				continue
+			}
 			w.fail(n, join(field, name), "required field %q is missing", name)
 			continue
 		}

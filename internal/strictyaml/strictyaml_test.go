@@ -95,3 +95,25 @@ func TestDocErrorf(t *testing.T) {
 		t.Fatalf("fallback position = %d", e.Line)
 	}
 }
+
+// A document that is empty, only `~` or only `---` is a file with no fields:
+// the required-field checks must still run and name the file.
+func TestEmptyDocumentsFailRequired(t *testing.T) {
+	for _, src := range []string{"", "~\n", "---\n", "--- ~\n", "null\n", "# only a comment\n", "---\n...\n"} {
+		t.Run(strings.TrimSpace(src), func(t *testing.T) {
+			var o outer
+			_, err := Decode("site.yaml", []byte(src), &o, nil)
+			if err == nil {
+				t.Fatalf("document %q decoded with no error; want the missing required field", src)
+			}
+			if !strings.Contains(err.Error(), "site.yaml") || !strings.Contains(err.Error(), `required field "title" is missing`) {
+				t.Fatalf("error %q does not name the file and the missing field", err)
+			}
+		})
+	}
+	// Overrides still apply to an empty document, and satisfy the requirement.
+	var o outer
+	if _, err := Decode("site.yaml", []byte("~\n"), &o, []string{"title=x"}); err != nil || o.Title != "x" {
+		t.Fatalf("override on an empty document: title %q, err %v", o.Title, err)
+	}
+}
