@@ -36,6 +36,9 @@ type Config struct {
 	NTP         []string    `yaml:"ntp"`
 	NVIDIA      NVIDIA      `yaml:"nvidia"`
 	Tuning      Tuning      `yaml:"tuning"`
+	// Networks are node networks beside the boot network, by name (e.g.
+	// storage); nodes join them through nodes[].interfaces.
+	Networks map[string]Network `yaml:"networks"`
 	// Overlays lists the system overlays baked into images, in order.
 	Overlays []string `yaml:"overlays"`
 
@@ -102,6 +105,9 @@ type Node struct {
 	KernelArgs string `yaml:"kernel_args"`
 	// CacheDisk overrides cache.disk for this node.
 	CacheDisk string `yaml:"cache_disk"`
+	// Interfaces are the node's NICs, bonds and VLANs beside the boot NIC,
+	// configured by systemd-networkd files in its runtime overlay.
+	Interfaces []Interface `yaml:"interfaces"`
 }
 
 // NAS is the lab's file server (NFS exports).
@@ -117,6 +123,11 @@ type NAS struct {
 	HomeRoot string `yaml:"home_root"`
 	// PublicMount is where the shared folder appears (default /media/Public).
 	PublicMount string `yaml:"public_mount"`
+	// Network is the declared network the NAS is reached on (default
+	// storage when networks.storage exists); nodes with an interface on it
+	// never send NFS over the boot network unless AllowFallback is set.
+	Network       string `yaml:"network"`
+	AllowFallback bool   `yaml:"allow_fallback"`
 }
 
 // LDAP is the lab directory, used by nodes (SSSD) and by `herd user`.
@@ -298,6 +309,12 @@ func (c *Config) ApplyDefaults() {
 	defInt(&c.Tuning.RmemMax, 16777216)
 	defInt(&c.Tuning.WmemMax, 16777216)
 	def(&c.Tuning.TmpAge, "10d")
+	for name, n := range c.Networks {
+		if n.MTU == 0 {
+			n.MTU = 1500
+			c.Networks[name] = n
+		}
+	}
 	if c.Overlays == nil {
 		c.Overlays = append([]string(nil), AllOverlays...)
 	}
@@ -436,6 +453,7 @@ func (c *Config) Validate() error {
 			checkDisk(bad, f+".cache_disk", n.CacheDisk)
 		}
 	}
+	c.validateNetworks(bad, subnet)
 	checkDisk(bad, "cache.disk", c.Cache.Disk)
 	if c.Cache.KeepImages < 1 {
 		bad("cache.keep_images", "must be at least 1")
