@@ -17,6 +17,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 
 	"github.com/herdlab/herd/image/build"
+	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
@@ -95,7 +96,11 @@ func TestImageCarriesTheRender(t *testing.T) {
 	if len(res.Manifest.Overlays) != len(rendered) {
 		t.Errorf("manifest lists %d overlay files, render has %d", len(res.Manifest.Overlays), len(rendered))
 	}
-	sq := st.ArtifactPath(res.ID, "rootfs.squashfs")
+	img, err := st.Get(res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sq := filepath.Join(img.Dir, manifest.Rootfs)
 
 	t.Run("squashfs matches render", func(t *testing.T) {
 		fsys := openSquash(t, sq)
@@ -199,7 +204,7 @@ func TestImageCarriesTheRender(t *testing.T) {
 		// The initramfs is built after the overlays stage, so
 		// initramfs-tools copies modprobe.d into it: nouveau stays unloaded
 		// before switch_root too. lsinitramfs is the image's own tool.
-		initrd, err := os.ReadFile(st.ArtifactPath(res.ID, "initrd.img"))
+		initrd, err := os.ReadFile(filepath.Join(img.Dir, manifest.Initrd))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -28,11 +28,10 @@ func TestImageTestCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(state)
-	id, err := testlab.LinkImage(img, state)
+	id, err := testlab.LinkImage(t.Context(), img, state, false) // a fresh generation, not yet promoted
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(state, "current")) // a fresh generation, not yet promoted
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(herd, append([]string{"--state", state}, args...)...).CombinedOutput()
 		return string(out), err

@@ -320,6 +320,10 @@ func (c *Config) ApplyDefaults() {
 	}
 }
 
+// ValidNodeName reports whether name is a node name herd accepts: a single
+// lower-case DNS label, also safe as a path element under <state>/nodes/.
+func ValidNodeName(name string) bool { return nodeNameRe.MatchString(name) }
+
 var (
 	nodeNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	userRe     = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)

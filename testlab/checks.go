@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 )
 
 // Booted is one node booted in a lab, with the LDAP user the checks log in
@@ -46,12 +47,12 @@ func BootNode(ctx context.Context, l *Lab, name string, uefi bool, user, passwor
 	if err != nil {
 		return nil, err
 	}
-	m, err := manifest.Read(filepath.Join(l.StateDir, "images", l.ImageID))
+	img, err := store.ReadOnly(l.StateDir).Get(l.ImageID)
 	if err != nil {
 		vm.Stop()
 		return nil, fmt.Errorf("lab: manifest: %w", err)
 	}
-	b := &Booted{Lab: l, VM: vm, Node: n, UID: uid, GID: gid, Manifest: m,
+	b := &Booted{Lab: l, VM: vm, Node: n, UID: uid, GID: gid, Manifest: img.Manifest,
 		User: &Guest{Netns: l.Netns, Addr: n.IP, User: user, Password: password}}
 	if err := b.WaitUp(ctx); err != nil {
 		return b, err

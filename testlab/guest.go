@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/herdlab/herd/pxe/httpboot"
 )
 
 // Guest runs commands on a booted node over SSH, the way a lab user logs in.
@@ -134,24 +134,23 @@ func (g *Guest) WaitSSH(ctx context.Context, timeout time.Duration) error {
 	return fmt.Errorf("no SSH login as %s on %s within %s: %w", g.User, g.Addr, timeout, last)
 }
 
-// NodeHostKeys reads the SSH host keys herd serve generated for node under
-// <state>/nodes/<name>/ssh_host_*_key, so a test can pin them.
+// NodeHostKeys reads the SSH host keys herd serve generated for node (via
+// httpboot.LoadSecrets), so a test can pin them.
 func NodeHostKeys(stateDir, node string) ([]ssh.PublicKey, error) {
-	paths, _ := filepath.Glob(filepath.Join(stateDir, "nodes", node, "ssh_host_*_key"))
+	sec, err := httpboot.LoadSecrets(stateDir, node)
+	if err != nil {
+		return nil, err
+	}
 	var keys []ssh.PublicKey
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
+	for _, k := range sec.SSHHostKeys {
+		pk, _, _, _, err := ssh.ParseAuthorizedKey(k.Public)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("node %s %s host key: %w", node, k.Type, err)
 		}
-		s, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", p, err)
-		}
-		keys = append(keys, s.PublicKey())
+		keys = append(keys, pk)
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("no host keys under " + filepath.Join(stateDir, "nodes", node))
+		return nil, errors.New("no host keys for node " + node)
 	}
 	return keys, nil
 }

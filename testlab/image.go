@@ -9,7 +9,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 )
 
 // TestStore is the state directory the real-build tests and the e2e suite
@@ -48,34 +48,33 @@ func BuildImage(ctx context.Context, herd, state, recipe, site, logPath string) 
 	return FindImage(state, name, out.String())
 }
 
-// FindImage picks the image of recipe name in state: the one whose ID the
-// build printed, else the newest.
+// FindImage picks the image of recipe name in state's image store: the one
+// whose ID the build printed, else the newest. It returns the image's directory.
 func FindImage(state, name, buildOutput string) (string, error) {
-	images := filepath.Join(state, "images")
-	for _, id := range regexp.MustCompile(`\b[0-9a-f]{12,64}\b`).FindAllString(buildOutput, -1) {
-		if m, err := manifest.Read(filepath.Join(images, id)); err == nil && m.Recipe == name {
-			return filepath.Join(images, id), nil
-		}
-	}
-	ents, err := os.ReadDir(images)
+	imgs, err := store.ReadOnly(state).List()
 	if err != nil {
 		return "", fmt.Errorf("find image: %w", err)
 	}
-	var best string
-	var bestM *manifest.Manifest
-	for _, e := range ents {
-		m, err := manifest.Read(filepath.Join(images, e.Name()))
-		if err != nil || m.Recipe != name {
+	printed := map[string]bool{}
+	for _, id := range regexp.MustCompile(`\b[0-9a-f]{12,64}\b`).FindAllString(buildOutput, -1) {
+		printed[id] = true
+	}
+	var best *store.Image
+	for i, im := range imgs { // newest first
+		if im.Manifest.Recipe != name {
 			continue
 		}
-		if bestM == nil || m.Created.After(bestM.Created) {
-			best, bestM = filepath.Join(images, e.Name()), m
+		if printed[im.ID] {
+			return im.Dir, nil
+		}
+		if best == nil {
+			best = &imgs[i]
 		}
 	}
-	if best == "" {
-		return "", fmt.Errorf("no image of recipe %s in %s", name, images)
+	if best == nil {
+		return "", fmt.Errorf("no image of recipe %s in the store of %s", name, state)
 	}
-	return best, nil
+	return best.Dir, nil
 }
 
 type multi [2]interface{ Write([]byte) (int, error) }

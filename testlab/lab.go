@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/herdlab/herd/image/store"
 )
 
 // Lab addresses: the reference lab's provisioning network, only ever used
@@ -114,7 +116,7 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 			l = nil
 		}
 	}()
-	if l.ImageID, err = LinkImage(c.ImageDir, l.StateDir); err != nil {
+	if l.ImageID, err = LinkImage(ctx, c.ImageDir, l.StateDir, true); err != nil {
 		return l, err
 	}
 	if l.Netns, err = NewNetns("lab"); err != nil {
@@ -233,57 +235,25 @@ ldap:
 	return b.String()
 }
 
-// LinkImage makes imageDir (images/<id> of a store) the current image of a
-// fresh state dir: files are hard-linked when on the same file system, else
-// copied, so the lab never changes the store it came from.
-func LinkImage(imageDir, state string) (string, error) {
-	id := filepath.Base(filepath.Clean(imageDir))
-	dst := filepath.Join(state, "images", id)
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return "", fmt.Errorf("lab: %w", err)
-	}
-	ents, err := os.ReadDir(imageDir)
+// LinkImage imports imageDir (images/<id> of some store) into the image
+// store of a fresh state dir through image/store (hard links when on the same
+// file system, else copies), and promotes it when promote is set, so the lab
+// never changes the store it came from.
+func LinkImage(ctx context.Context, imageDir, state string, promote bool) (string, error) {
+	st, err := store.Open(state)
 	if err != nil {
-		return "", fmt.Errorf("lab: image %s: %w", imageDir, err)
-	}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		src, to := filepath.Join(imageDir, e.Name()), filepath.Join(dst, e.Name())
-		if _, err := os.Stat(to); err == nil {
-			continue
-		}
-		if err := os.Link(src, to); err != nil {
-			if err := copyFile(src, to); err != nil {
-				return "", fmt.Errorf("lab: copy %s: %w", src, err)
-			}
-		}
-	}
-	if err := os.WriteFile(filepath.Join(state, "current"), []byte(id+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("lab: %w", err)
+	}
+	id, err := st.Import(ctx, imageDir)
+	if err != nil {
+		return "", fmt.Errorf("lab: %w", err)
+	}
+	if promote {
+		if _, err := st.Promote(ctx, id, false); err != nil {
+			return "", fmt.Errorf("lab: %w", err)
+		}
 	}
 	return id, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst + ".tmp")
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	return os.Rename(dst+".tmp", dst)
 }
 
 // startServer runs `herd serve` inside the namespace and waits until its

@@ -15,6 +15,7 @@ import (
 	"github.com/go-ldap/ldap/v3"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -22,28 +23,28 @@ import (
 // the server to hand out scripts and files, no node boots it.
 func fakeImage(t *testing.T) string {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "staging")
-	os.MkdirAll(dir, 0o755)
-	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: "lab-test", Artifacts: map[string]manifest.Artifact{}}
-	for _, n := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
-		p := filepath.Join(dir, n)
-		os.WriteFile(p, bytes.Repeat([]byte(n), 1000), 0o644)
-		a, err := manifest.HashFile(p)
-		if err != nil {
+	st, err := store.Open(filepath.Join(t.TempDir(), "source"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := st.StagingDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range store.Artifacts {
+		if err := os.WriteFile(filepath.Join(dir, n), bytes.Repeat([]byte(n), 1000), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		m.Artifacts[n] = a
 	}
-	m.ID = m.ComputeID()
-	if err := m.Write(dir); err != nil {
+	id, err := st.Publish(dir, &manifest.Manifest{Created: time.Now().UTC(), Recipe: "lab-test"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(filepath.Dir(dir), "images", m.ID)
-	os.MkdirAll(filepath.Dir(img), 0o755)
-	if err := os.Rename(dir, img); err != nil {
+	img, err := st.Get(id)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return img
+	return img.Dir
 }
 
 func TestLabServesAndStops(t *testing.T) {
@@ -61,8 +62,8 @@ func TestLabServesAndStops(t *testing.T) {
 		t.Fatalf("lab serves %s, want %s", lab.ImageID, filepath.Base(img))
 	}
 	// The source store is untouched: the lab has its own state.
-	if _, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(img)), "current")); err == nil {
-		t.Fatal("lab wrote into the source store")
+	if cur, err := store.ReadOnly(filepath.Dir(filepath.Dir(img))).Current(); err != nil || cur != "" {
+		t.Fatalf("lab promoted %q in the source store (%v)", cur, err)
 	}
 	code, body, err := lab.HTTPGet("http://10.77.0.1:8080/boot/52:54:00:77:00:11.ipxe")
 	if err != nil || code != 200 {

@@ -250,7 +250,11 @@ func TestImageCommands(t *testing.T) {
 	if rep.OSRelease["NOTE"] != "gpu580.95.05-0ubuntu0.24.04.1" {
 		t.Errorf("inspect dir: %+v", rep)
 	}
-	if out := c.ok("image", "inspect", st.ArtifactPath(pinned, manifest.Rootfs)); !strings.Contains(out, "Ubuntu") {
+	pinnedImg, err := st.Get(pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := c.ok("image", "inspect", filepath.Join(pinnedImg.Dir, manifest.Rootfs)); !strings.Contains(out, "Ubuntu") {
 		t.Errorf("inspect file: %s", out)
 	}
 	c.refused([]string{"image", "inspect", "nosuchthing"}, "nosuchthing", "not in the store")

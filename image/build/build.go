@@ -27,6 +27,8 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
+	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/internal/fsutil"
 )
 
 // Store is the part of image/store a build needs (see HACKING.md).
@@ -152,10 +154,10 @@ func Build(ctx context.Context, r *recipe.Recipe, opts Options) (*Result, error)
 	logf.Close()
 	if err != nil {
 		kept := filepath.Join(b.state, "logs", fmt.Sprintf("build-%s-%s.log", r.Name, time.Now().UTC().Format("20060102T150405")))
-		if cerr := copyFile(b.logPath, kept, 0o644); cerr != nil {
+		if cerr := atomicfile.Copy(b.logPath, kept, 0o644); cerr != nil {
 			kept = b.logPath
 		}
-		removeTree(staging)
+		fsutil.RemoveTree(staging)
 		return nil, &BuildError{Err: err, LogPath: kept, Tail: tailLines(kept, 20)}
 	}
 	return res, nil
@@ -291,37 +293,11 @@ func cleanStale(tmp string) error {
 		return fmt.Errorf("clean %s: %w", tmp, err)
 	}
 	for _, e := range ents {
-		if err := removeTree(filepath.Join(tmp, e.Name())); err != nil {
+		if err := fsutil.RemoveTree(filepath.Join(tmp, e.Name())); err != nil {
 			return fmt.Errorf("remove stale staging: %w", err)
 		}
 	}
 	return nil
-}
-
-// removeTree deletes a tree without crossing into other file systems.
-func removeTree(p string) error {
-	out, err := exec.Command("rm", "-rf", "--one-file-system", "--", p).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("rm %s: %v: %s", p, err, out)
-	}
-	return nil
-}
-
-func copyFile(src, dst string, perm os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // tailLines returns the last n lines of a file.

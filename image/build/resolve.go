@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/herdlab/herd/image/recipe"
+	"github.com/herdlab/herd/internal/fsutil"
 )
 
 // PinDriftError says a pinned package would resolve to another version than
@@ -223,7 +224,7 @@ func (b *builder) listsHook() string {
 // keepLists replaces the cached indices with the fresh ones in lists.
 func (b *builder) keepLists(lists string) error {
 	os.RemoveAll(filepath.Join(lists, "lock"))
-	if err := removeTree(b.listsDir()); err != nil {
+	if err := fsutil.RemoveTree(b.listsDir()); err != nil {
 		return err
 	}
 	if err := os.Rename(lists, b.listsDir()); err != nil {

@@ -13,9 +13,12 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
-	"golang.org/x/sys/unix"
+	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/internal/fsutil"
 )
 
 // stageVersion changes when a stage's implementation changes what it
@@ -87,7 +90,7 @@ func (s *stage) Run(ctx context.Context, lowers []string) error {
 // Cleanup removes the stage's scratch space.
 func (s *stage) Cleanup() {
 	if s.work != "" {
-		removeTree(s.work)
+		fsutil.RemoveTree(s.work)
 		s.work = ""
 	}
 }
@@ -301,7 +304,7 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 	if err := os.MkdirAll(filepath.Dir(tmpKey), 0o755); err != nil {
 		return err
 	}
-	if err := copyFile(keyring, tmpKey, 0o644); err != nil {
+	if err := atomicfile.Copy(keyring, tmpKey, 0o644); err != nil {
 		return fmt.Errorf("lend keyring: %w", err)
 	}
 	defer os.Remove(tmpKey)
@@ -393,7 +396,7 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 			return err
 		}
 		for src, dst := range map[string]string{"boot/vmlinuz-" + rel: manifest.Kernel, "boot/initrd.img-" + rel: manifest.Initrd} {
-			if err := copyFile(filepath.Join(merged, src), filepath.Join(out, dst), 0o644); err != nil {
+			if err := atomicfile.Copy(filepath.Join(merged, src), filepath.Join(out, dst), 0o644); err != nil {
 				return fmt.Errorf("copy %s out of the image: %w", src, err)
 			}
 		}

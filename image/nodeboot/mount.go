@@ -3,12 +3,13 @@ package nodeboot
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/herdlab/herd/internal/atomicfile"
 )
 
 // LoopAttach attaches file read-only to a free loop device and returns the
@@ -169,7 +170,7 @@ func CopyTree(src, dst string) error {
 			}
 			return nil
 		case info.Mode().IsRegular():
-			if err := copyFile(p, target); err != nil {
+			if err := atomicfile.Copy(p, target, 0o600); err != nil {
 				return fmt.Errorf("overlay: %s: %w", target, err)
 			}
 		default:
@@ -184,25 +185,6 @@ func CopyTree(src, dst string) error {
 		}
 		return nil
 	})
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	// Replace rather than write through: dst may be a symlink in the image.
-	os.Remove(dst)
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // MoveMount moves the mount at from to to (creating to), like mount --move.

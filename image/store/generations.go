@@ -7,12 +7,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/internal/fsutil"
 )
 
 // Promote makes an image current: the old current ID is appended to the
@@ -184,7 +184,7 @@ func (s *Store) removeImage(id string) (int64, error) {
 	}
 	hook("rm-renamed")
 	freed := freedBytes([]string{dst})
-	if err := removeTree(filepath.Dir(dst)); err != nil {
+	if err := fsutil.RemoveTree(filepath.Dir(dst)); err != nil {
 		return 0, fmt.Errorf("remove image %s: %w", id, err)
 	}
 	if err := os.Remove(s.testPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -290,7 +290,7 @@ func (s *Store) GC(ctx context.Context, keep int, pins []string) (*GCReport, err
 	// Counted together: stage outputs and images share hard links.
 	rep.BytesFreed += freedBytes(drop)
 	for _, d := range drop {
-		if err := removeTree(d); err != nil {
+		if err := fsutil.RemoveTree(d); err != nil {
 			return rep, fmt.Errorf("gc: stage cache: %w", err)
 		}
 	}
@@ -313,7 +313,7 @@ func (s *Store) cleanTmp() (int64, []string, error) {
 	}
 	freed := freedBytes(paths)
 	for _, p := range paths {
-		if err := removeTree(p); err != nil {
+		if err := fsutil.RemoveTree(p); err != nil {
 			return 0, nil, fmt.Errorf("remove stale staging: %w", err)
 		}
 	}
@@ -372,14 +372,4 @@ func freedBytes(roots []string) int64 {
 		}
 	}
 	return n
-}
-
-// removeTree deletes a tree without crossing into other file systems (a
-// killed build's leftovers must never take a mounted file system with them).
-func removeTree(p string) error {
-	out, err := exec.Command("rm", "-rf", "--one-file-system", "--", p).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("rm %s: %v: %s", p, err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/internal/fsutil"
 )
 
 // Artifacts are the files every image holds besides its manifest.
@@ -168,7 +169,7 @@ func (s *Store) Publish(stagingDir string, m *manifest.Manifest) (string, error)
 	dst := filepath.Join(s.imagesDir(), m.ID)
 	if _, err := os.Stat(filepath.Join(dst, manifest.FileName)); err == nil {
 		slog.Info("image already in the store; discarding the staged copy", "id", m.ID)
-		if err := removeTree(stagingDir); err != nil {
+		if err := fsutil.RemoveTree(stagingDir); err != nil {
 			return "", fmt.Errorf("publish: discard staging: %w", err)
 		}
 		return m.ID, nil
@@ -344,12 +345,6 @@ func (s *Store) writeCurrent(id string) error {
 		return fmt.Errorf("write current image: %w", err)
 	}
 	return nil
-}
-
-// ArtifactPath is where an image's artifact (vmlinuz, initrd.img,
-// rootfs.squashfs, manifest.json, build.log) lives.
-func (s *Store) ArtifactPath(id, name string) string {
-	return filepath.Join(s.imagesDir(), id, name)
 }
 
 // Verify rehashes an image's artifacts and reports the first that does not

@@ -62,3 +62,17 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// Copy atomically replaces dst with a copy of src, created with perm. A
+// symlink at dst is replaced, never written through.
+func Copy(src, dst string, perm os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer in.Close()
+	return Write(dst, perm, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
+}

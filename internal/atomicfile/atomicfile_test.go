@@ -39,3 +39,30 @@ func TestWriteReplacesOrLeavesOld(t *testing.T) {
 		t.Fatalf("got %q mode %v", got, st.Mode())
 	}
 }
+
+func TestCopyReplacesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	src, victim, dst := filepath.Join(dir, "src"), filepath.Join(dir, "victim"), filepath.Join(dir, "dst")
+	if err := os.WriteFile(src, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, dst); err != nil {
+		t.Fatal(err)
+	}
+	if err := Copy(src, dst, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep" {
+		t.Fatalf("copy wrote through the symlink: victim now %q", b)
+	}
+	fi, err := os.Lstat(dst)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("dst: %v %v", fi, err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "new" {
+		t.Fatalf("dst holds %q", b)
+	}
+}

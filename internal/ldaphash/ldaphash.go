@@ -7,10 +7,8 @@ package ldaphash
 import (
 	"crypto/rand"
 	"crypto/sha1"
-	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
-	"strings"
 )
 
 // SSHA returns "{SSHA}" + base64(SHA-1(password || salt) || salt) with a
@@ -21,19 +19,6 @@ func SSHA(password string) (string, error) {
 		return "", fmt.Errorf("salt: %w", err)
 	}
 	return "{SSHA}" + base64.StdEncoding.EncodeToString(append(digest(password, salt), salt...)), nil
-}
-
-// VerifySSHA reports whether hash is the {SSHA} of password.
-func VerifySSHA(hash, password string) bool {
-	b64, ok := strings.CutPrefix(hash, "{SSHA}")
-	if !ok {
-		return false
-	}
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(raw) <= sha1.Size {
-		return false
-	}
-	return subtle.ConstantTimeCompare(raw[:sha1.Size], digest(password, raw[sha1.Size:])) == 1
 }
 
 // digest is SHA-1 over password then salt.

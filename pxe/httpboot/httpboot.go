@@ -309,7 +309,7 @@ func ParseOverlayPath(p string) (string, error) {
 		return "", fmt.Errorf("%q is not under /nodes/", p)
 	}
 	name, ok := strings.CutSuffix(rest, "/overlay.cpio")
-	if !ok || !nodeNameRe.MatchString(name) {
+	if !ok || !site.ValidNodeName(name) {
 		return "", fmt.Errorf("%q is not /nodes/<name>/overlay.cpio", p)
 	}
 	return name, nil

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/site"
 )
 
 // HostKey is one SSH host key pair in OpenSSH format.
@@ -39,22 +40,36 @@ type Secrets struct {
 var keyTypes = []string{"ed25519", "ecdsa", "rsa"}
 
 var (
-	nodeNameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	machineRe  = regexp.MustCompile(`^[0-9a-f]{32}$`)
-	secretsMu  sync.Mutex // one generator at a time: two first boots must not race
+	machineRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	secretsMu sync.Mutex // one generator at a time: two first boots must not race
 )
 
 // NodeSecrets loads a node's machine-id and SSH host keys from
 // <stateDir>/nodes/<name>/, generating (once, mode 0600) whatever is missing,
 // so a node keeps its identity across reboots and image changes.
 func NodeSecrets(stateDir, name string) (Secrets, error) {
-	if !nodeNameRe.MatchString(name) {
+	return nodeSecrets(stateDir, name, true)
+}
+
+// LoadSecrets reads a node's existing machine-id and SSH host keys without
+// generating any (an error names what is missing), so a test or a tool can
+// pin the keys a node was given.
+func LoadSecrets(stateDir, name string) (Secrets, error) {
+	return nodeSecrets(stateDir, name, false)
+}
+
+func nodeSecrets(stateDir, name string, create bool) (Secrets, error) {
+	if !site.ValidNodeName(name) {
 		return Secrets{}, fmt.Errorf("node secrets: %q is not a node name", name)
 	}
 	secretsMu.Lock()
 	defer secretsMu.Unlock()
 	dir := filepath.Join(stateDir, "nodes", name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if !create {
+		if _, err := os.Stat(dir); err != nil {
+			return Secrets{}, fmt.Errorf("node secrets: %w", err)
+		}
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Secrets{}, fmt.Errorf("node secrets: %w", err)
 	}
 	var s Secrets
@@ -66,7 +81,7 @@ func NodeSecrets(stateDir, name string) (Secrets, error) {
 		if !machineRe.MatchString(s.MachineID) {
 			return Secrets{}, fmt.Errorf("node secrets: %s does not hold 32 hex digits; remove it to get a new machine-id", idPath)
 		}
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist) && create:
 		var b [16]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return Secrets{}, fmt.Errorf("node secrets: %w", err)
@@ -82,7 +97,7 @@ func NodeSecrets(stateDir, name string) (Secrets, error) {
 		return Secrets{}, fmt.Errorf("node secrets: %w", err)
 	}
 	for _, typ := range keyTypes {
-		k, err := loadOrCreateKey(dir, name, typ)
+		k, err := loadOrCreateKey(dir, name, typ, create)
 		if err != nil {
 			return Secrets{}, err
 		}
@@ -91,7 +106,7 @@ func NodeSecrets(stateDir, name string) (Secrets, error) {
 	return s, nil
 }
 
-func loadOrCreateKey(dir, node, typ string) (HostKey, error) {
+func loadOrCreateKey(dir, node, typ string, create bool) (HostKey, error) {
 	priv := filepath.Join(dir, "ssh_host_"+typ+"_key")
 	pub := priv + ".pub"
 	pd, err1 := os.ReadFile(priv)
@@ -102,8 +117,11 @@ func loadOrCreateKey(dir, node, typ string) (HostKey, error) {
 		}
 		return HostKey{Type: typ, Private: pd, Public: pb}, nil
 	}
-	if err1 != nil && !errors.Is(err1, os.ErrNotExist) {
+	if err1 != nil && (!create || !errors.Is(err1, os.ErrNotExist)) {
 		return HostKey{}, fmt.Errorf("node secrets: %w", err1)
+	}
+	if !create {
+		return HostKey{}, fmt.Errorf("node secrets: %w", err2)
 	}
 	var key crypto.Signer
 	var err error

@@ -61,8 +61,7 @@ type Server struct {
 	srv    *ptftp.Server
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	stopping bool
+	mu sync.Mutex // guards cfg.MaxTransfers
 
 	transfers *prometheus.CounterVec
 	bytes     prometheus.Counter
@@ -194,9 +193,6 @@ func (s *Server) Serve(conn net.PacketConn) error {
 // Shutdown stops accepting requests and waits for transfers in flight
 // (each ends or times out after Timeout × Retries without ACKs).
 func (s *Server) Shutdown() {
-	s.mu.Lock()
-	s.stopping = true
-	s.mu.Unlock()
 	s.srv.Shutdown()
 	if r := s.root.Load(); r != nil {
 		r.Close()
