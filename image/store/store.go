@@ -35,7 +35,7 @@ type Store struct {
 type Image struct {
 	ID       string
 	Dir      string
-	Manifest *manifest.Manifest
+	Manifest *manifest.Manifest // shared with the store's cache: read, never modify
 	Current  bool
 }
 
@@ -241,18 +241,21 @@ func (s *Store) List() ([]Image, error) {
 		return nil, err
 	}
 	var out []Image
+	present := map[string]bool{}
 	for _, e := range ents {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		dir := filepath.Join(s.imagesDir(), e.Name())
-		m, err := manifest.Read(dir)
+		m, err := cachedRead(s.imagesDir(), e.Name(), dir)
 		if err != nil {
 			slog.Warn("skipping unreadable image", "dir", dir, "err", err)
 			continue
 		}
+		present[e.Name()] = true
 		out = append(out, Image{ID: e.Name(), Dir: dir, Manifest: m, Current: e.Name() == cur})
 	}
+	pruneCache(s.imagesDir(), present)
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Manifest.Created, out[j].Manifest.Created
 		if !a.Equal(b) {

@@ -809,3 +809,101 @@ func tempState(t *testing.T) string {
 	})
 	return d
 }
+
+// The boot server resolves the current image on every /boot/ and /images/
+// request through a fresh ReadOnly view; published images never change, so
+// their manifests are read from disk once, and again only for a new or
+// re-published image. Promote, rollback and remove show at once.
+func TestListReadsEachManifestOnce(t *testing.T) {
+	state := tempState(t)
+	s, err := Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := publish(t, s, "one")
+	b := publish(t, s, "two")
+	c := publish(t, s, "three")
+	before := manifestReads.Load()
+	request := func() *Image { // what httpboot does per request
+		t.Helper()
+		v := ReadOnly(state)
+		cur, err := v.Current()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur == "" {
+			cur = a
+		}
+		im, err := v.Get(cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return im
+	}
+	for range 50 {
+		request()
+	}
+	if n := manifestReads.Load() - before; n > 3 {
+		t.Fatalf("50 requests over 3 images read %d manifests from disk, want at most 3", n)
+	}
+	if _, err := s.Promote(t.Context(), b, false); err != nil {
+		t.Fatal(err)
+	}
+	if im := request(); im.ID != b || !im.Current {
+		t.Fatalf("after promote the request resolves %s (current %v), want %s", im.ID, im.Current, b)
+	}
+	if _, err := s.Remove(t.Context(), c, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadOnly(state).Get(c); err == nil {
+		t.Fatalf("removed image %s still listed", c)
+	}
+	mid := manifestReads.Load()
+	d := publish(t, s, "four")
+	if _, err := s.Promote(t.Context(), d, false); err != nil {
+		t.Fatal(err)
+	}
+	if im := request(); im.ID != d || im.Manifest.Recipe != "four" {
+		t.Fatalf("after publishing and promoting %s the request resolves %s (%s)", d, im.ID, im.Manifest.Recipe)
+	}
+	if n := manifestReads.Load() - mid; n != 1 {
+		t.Fatalf("a new image cost %d manifest reads, want 1", n)
+	}
+	// The same ID published again after removal (same artifacts, another
+	// manifest) is a new manifest file: it is read again.
+	same := func(recipe string) string {
+		t.Helper()
+		unlock, err := s.Lock(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unlock()
+		dir, err := s.StagingDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range Artifacts {
+			if err := os.WriteFile(filepath.Join(dir, a), []byte("fixed "+a), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		id, err := s.Publish(dir, &manifest.Manifest{Created: time.Now().UTC(), Recipe: recipe})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	e := same("first")
+	if im, err := ReadOnly(state).Get(e); err != nil || im.Manifest.Recipe != "first" {
+		t.Fatalf("image %s: %+v %v", e, im, err)
+	}
+	if _, err := s.Remove(t.Context(), e, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e2 := same("second"); e2 != e {
+		t.Fatalf("same artifacts gave IDs %s and %s", e, e2)
+	}
+	if im, err := ReadOnly(state).Get(e); err != nil || im.Manifest.Recipe != "second" {
+		t.Fatalf("re-published image %s still shows the old manifest: %+v %v", e, im, err)
+	}
+}
