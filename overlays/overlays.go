@@ -169,7 +169,8 @@ func Render(cfg *site.Config, names []string) ([]File, error) {
 }
 
 // RenderRuntime renders the per-node runtime overlay: identity (hostname,
-// /etc/hosts, machine-id), SSH host keys and the LDAP bind password.
+// /etc/hosts, machine-id), SSH host keys, the LDAP bind password and the
+// node's networks (systemd-networkd files, etc/herd/networks.json).
 func RenderRuntime(cfg *site.Config, node *site.Node, secrets RuntimeSecrets) ([]File, error) {
 	if node == nil {
 		return nil, errors.New("runtime overlay: no node given")
@@ -192,6 +193,11 @@ func RenderRuntime(cfg *site.Config, node *site.Node, secrets RuntimeSecrets) ([
 	if err != nil {
 		return nil, err
 	}
+	nets, err := networkFiles(cfg, node)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, nets...)
 	seen := map[string]bool{}
 	for _, k := range secrets.SSHHostKeys {
 		switch k.Type {

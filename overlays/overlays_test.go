@@ -712,3 +712,42 @@ func TestConcurrentRuntimeRenders(t *testing.T) {
 		}
 	}
 }
+
+// TestGoldenNetworks renders the runtime overlay of each node of a
+// two-network site: a NIC by MAC (gpu01), an LACP bond with a VLAN (gpu02),
+// a NIC by name pattern on DHCP plus a VLAN on an address-less
+// active-backup bond (gpu03), and a node with no interfaces (gpu04), which
+// must get exactly the files it got before networks existed.
+func TestGoldenNetworks(t *testing.T) {
+	cfg, err := site.Load("testdata/networks.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gpu01", "gpu02", "gpu03", "gpu04"} {
+		node, _ := cfg.NodeByName(name)
+		rt, err := RenderRuntime(cfg, node, RuntimeSecrets{MachineID: "00112233445566778899aabbccddeeff"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		golden(t, "networks-"+name, rt)
+		_, guard := find(rt, guardDropIn)
+		if want := name != "gpu04"; guard != want {
+			t.Errorf("%s: NAS guard drop-in present = %v, want %v", name, guard, want)
+		}
+		for _, f := range rt {
+			if strings.HasPrefix(f.Path, networkdDir) && !strings.HasPrefix(f.Path, networkdDir+networkPrefix) && f.Path != guardDropIn {
+				t.Errorf("%s: %s does not sort before base's 10-herd-boot.network", name, f.Path)
+			}
+		}
+	}
+	// nas.allow_fallback: no guard route, so NFS may take the boot network.
+	cfg.NAS.AllowFallback = true
+	node, _ := cfg.NodeByName("gpu01")
+	rt, err := RenderRuntime(cfg, node, RuntimeSecrets{MachineID: "00112233445566778899aabbccddeeff"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := find(rt, guardDropIn); ok {
+		t.Errorf("allow_fallback: the guard drop-in is still rendered")
+	}
+}

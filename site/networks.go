@@ -418,3 +418,62 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v |= host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
+
+// DeclaredPath is where the runtime overlay puts a node's declared
+// interfaces (NodeNetworks as JSON), read by herd-boot report-up.
+const DeclaredPath = "etc/herd/networks.json"
+
+// NodeNetworks is what a node is told about its own interfaces, so it can
+// report which of them are missing or down.
+type NodeNetworks struct {
+	// NASNetwork is the network the NAS is reached on ("" = boot network).
+	NASNetwork string `json:"nas_network,omitempty"`
+	NASAddress string `json:"nas_address,omitempty"`
+	// AllowFallback is nas.allow_fallback (no guard route).
+	AllowFallback bool                `json:"allow_fallback,omitempty"`
+	Interfaces    []DeclaredInterface `json:"interfaces"`
+}
+
+// DeclaredInterface is one entry of NodeNetworks.
+type DeclaredInterface struct {
+	Label   string   `json:"label"`
+	Kind    string   `json:"kind"`              // nic, match, bond, vlan
+	MAC     string   `json:"mac,omitempty"`     // nic
+	Match   string   `json:"match,omitempty"`   // match
+	Name    string   `json:"name,omitempty"`    // bond/vlan kernel name
+	Members []string `json:"members,omitempty"` // bond member MACs
+	Network string   `json:"network,omitempty"`
+	Address string   `json:"address,omitempty"` // CIDR, or "dhcp"
+	MTU     int      `json:"mtu,omitempty"`
+}
+
+// NodeNetworks is n's declared interfaces with their addresses in CIDR form.
+func (c *Config) NodeNetworks(n *Node) NodeNetworks {
+	out := NodeNetworks{NASNetwork: c.NASNetwork(), NASAddress: c.NAS.Address, AllowFallback: c.NAS.AllowFallback, Interfaces: []DeclaredInterface{}}
+	for i := range n.Interfaces {
+		it := &n.Interfaces[i]
+		d := DeclaredInterface{Label: it.Label(), Kind: it.Kind(), MAC: it.MAC, Match: it.Match, Network: it.Network, MTU: c.MTUFor(it)}
+		if it.Bond != nil || it.VLAN != nil {
+			d.Name = it.Name
+		}
+		if it.Bond != nil {
+			d.Members = it.Bond.Members
+		}
+		d.Address = c.AddressCIDR(it)
+		out.Interfaces = append(out.Interfaces, d)
+	}
+	return out
+}
+
+// AddressCIDR is the interface's address with its network's prefix length
+// (10.20.0.13/24), "dhcp", or "".
+func (c *Config) AddressCIDR(it *Interface) string {
+	if it.Address == "" || it.Address == AddressDHCP {
+		return it.Address
+	}
+	p, err := netip.ParsePrefix(c.Networks[it.Network].Subnet)
+	if err != nil {
+		return it.Address
+	}
+	return fmt.Sprintf("%s/%d", it.Address, p.Bits())
+}
