@@ -6,7 +6,10 @@
 # to the cold build. Only one 580 driver version is in the archive, so the
 # driver bump is simulated by a recipe change that invalidates the packages
 # stage (where the driver is installed) and everything after it — the work a
-# real bump does. Prints BENCH lines; never fails on timings.
+# real bump does. Then a one-package rebuild: one more package in the
+# recipe's packages reruns the packages stage and what follows, never the
+# bootstrap (keyed by the base set alone). Prints BENCH lines; never fails
+# on timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HERD=${HERD:-bin/herd}
@@ -50,6 +53,17 @@ t1=$(now)
 bump=$(secs "$t0" "$t1")
 grep '^  stages:' "$work/bump.log"
 echo "BENCH build-driver-bump: herd ${bump}s reference(herd cold build) ${cold}s ratio $(ratio "$bump" "$cold")"
+
+# One more package (jq: small, in main, not in the default image) in the
+# recipe's packages; the lock keeps every other version.
+awk '{ print } /^packages:/ { print "  - jq"; added = 1 } END { if (!added) print "packages: [jq]" }' \
+	"$recipe" >"$work/recipes/plus.yaml"
+t0=$(now)
+"$HERD" --state "$state" --config "$work/none.yaml" image build "$work/recipes/plus.yaml" >"$work/plus.log" 2>&1 || { cat "$work/plus.log" >&2; exit 1; }
+t1=$(now)
+plus=$(secs "$t0" "$t1")
+grep '^  stages:' "$work/plus.log"
+echo "BENCH build-one-package: herd ${plus}s reference(herd cold build) ${cold}s ratio $(ratio "$plus" "$cold")"
 
 t0=$(now); build "$work/same.log"; t1=$(now)
 same=$(secs "$t0" "$t1")

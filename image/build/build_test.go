@@ -423,3 +423,32 @@ func TestKeyringFingerprintMustMatch(t *testing.T) {
 		t.Fatal("an unverified keyring was cached")
 	}
 }
+
+// Adding a package to the recipe's packages (not its base) reuses the
+// cached bootstrap stage and rebuilds from the packages stage on; the image
+// then carries the package at the version the lock records.
+func TestPackageChangeReusesBootstrap(t *testing.T) {
+	first := minimalImage(t)
+	r := testRecipe(t, "test-noble-minimal", "packages=[less]")
+	res, err := realBuild(t, r, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, was := res.Manifest.Stages, first.Manifest.Stages
+	if !st[0].Cached || st[0].Key != was[0].Key {
+		t.Errorf("bootstrap not reused: %+v vs %+v", st[0], was[0])
+	}
+	if st[1].Key == was[1].Key {
+		t.Errorf("packages stage should differ for the added package: %+v", st[1])
+	}
+	lock, err := recipe.ReadLock(r.LockPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := res.Manifest.Packages["less"]; v == "" || v != lock["less"] {
+		t.Errorf("less %q in the image, %q in the lock", v, lock["less"])
+	}
+	if _, ok := first.Manifest.Packages["less"]; ok {
+		t.Errorf("the minimal image already has less, so adding it proves nothing: pick another package")
+	}
+}

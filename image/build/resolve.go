@@ -43,7 +43,7 @@ type pinWant struct{ version, source string }
 // resolution is what the archive would install for the recipe.
 type resolution struct {
 	pinned  recipe.Lock       // every pinned package -> exact version
-	base    map[string]string // closure of the bootstrap packages
+	base    map[string]string // closure of the bootstrap packages (the recipe's base)
 	all     map[string]string // closure of everything
 	changed bool              // the lock file needs (re)writing
 }
@@ -141,11 +141,11 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 		return parseInst(out.Bytes()), nil
 	}
 	baseSpecs := spec(r.BasePackages())
-	driverSpecs := spec(r.DriverPackages())
+	stageSpecs := spec(append(r.ExtraPackages(), r.DriverPackages()...))
 	if res.base, err = simulate(baseSpecs); err != nil {
 		return nil, err
 	}
-	if res.all, err = simulate(append(baseSpecs, driverSpecs...)); err != nil {
+	if res.all, err = simulate(append(baseSpecs, stageSpecs...)); err != nil {
 		return nil, err
 	}
 	for _, p := range r.AllPinned() {

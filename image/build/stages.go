@@ -107,12 +107,14 @@ func hashKey(parts ...string) string {
 // plan computes every stage's key and work.
 func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent string) ([]*stage, error) {
 	r := b.recipe
-	var basePins, driverPins []string
+	// The bootstrap installs the base set and is keyed by it alone; the
+	// packages stage installs the recipe's packages and the driver.
+	var basePins, stagePins []string
 	for _, p := range r.BasePackages() {
 		basePins = append(basePins, p.Name+"="+res.pinned[p.Name])
 	}
-	for _, p := range r.DriverPackages() {
-		driverPins = append(driverPins, p.Name+"="+res.pinned[p.Name])
+	for _, p := range append(r.ExtraPackages(), r.DriverPackages()...) {
+		stagePins = append(stagePins, p.Name+"="+res.pinned[p.Name])
 	}
 	var allPins []string
 	for _, p := range r.AllPinned() {
@@ -124,7 +126,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 	}
 	bootKey := hashKey(stageVersion, "bootstrap", r.Distribution, r.Suite, strings.Join(r.Components, ","), r.Mirror,
 		string(keyBytes), strings.Join(basePins, " "), digest(res.base))
-	pkgKey := hashKey(bootKey, "packages", strings.Join(driverPins, " "), digest(res.all), strings.Join(r.Post, "\x00"), strings.Join(allPins, " "))
+	pkgKey := hashKey(bootKey, "packages", strings.Join(stagePins, " "), digest(res.all), strings.Join(r.Post, "\x00"), strings.Join(allPins, " "))
 	ovlKey := hashKey(pkgKey, "overlays", filesDigest(files.Files()))
 	initDigest, err := initramfsDigest(agent, r.Initramfs.Modules)
 	if err != nil {
@@ -139,7 +141,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		}},
 		{name: "packages", key: pkgKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
 			return b.onOverlay(ctx, out, lowers, true, func(root string) error {
-				return b.packages(ctx, root, keyring, driverPins, res.pinned)
+				return b.packages(ctx, root, keyring, stagePins, res.pinned)
 			})
 		}},
 		{name: "overlays", key: ovlKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
@@ -284,11 +286,11 @@ func (b *builder) onOverlay(ctx context.Context, out string, lowers []string, ch
 	})
 }
 
-// packages installs the pinned driver packages with the image's own apt,
+// packages installs the recipe's packages and the driver, pinned, with the image's own apt,
 // runs the recipe's post commands, and pins every pinned package (apt
 // preferences at priority 1001 plus apt-mark hold) so an `apt upgrade` on a
 // node cannot drift the kernel or the driver.
-func (b *builder) packages(ctx context.Context, root, keyring string, driverPins []string, pinned map[string]string) error {
+func (b *builder) packages(ctx context.Context, root, keyring string, pins []string, pinned map[string]string) error {
 	r := b.recipe
 	var m mounts
 	defer m.unmountAll()
@@ -313,7 +315,7 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 		return err
 	}
 	defer os.Remove(rcd)
-	if len(driverPins) > 0 {
+	if len(pins) > 0 {
 		// Seed the image's apt with the indices the resolve step fetched.
 		if err := os.MkdirAll(filepath.Join(root, "var/lib/apt/lists"), 0o755); err != nil {
 			return err
@@ -322,7 +324,7 @@ func (b *builder) packages(ctx context.Context, root, keyring string, driverPins
 			return fmt.Errorf("seed package indices: %v: %s", err, out)
 		}
 		script := divertInitramfs + " && apt-get update -q && apt-get install -y -q --no-install-recommends " +
-			strings.Join(driverPins, " ") + " && " + undivertInitramfs
+			strings.Join(pins, " ") + " && " + undivertInitramfs
 		if err := inChroot(ctx, b.log, root, script); err != nil {
 			return err
 		}

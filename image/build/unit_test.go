@@ -129,3 +129,52 @@ func TestMirrorArgs(t *testing.T) {
 		t.Fatalf("got %s", got)
 	}
 }
+
+// The bootstrap is keyed by its base set alone: adding a package to the
+// recipe's packages (or changing the driver) changes the packages stage's
+// key and those after it, never the bootstrap's; a base change changes all.
+func TestPackageChangeKeepsBootstrapKey(t *testing.T) {
+	dir := t.TempDir()
+	keyring := filepath.Join(dir, "k.gpg")
+	if err := os.WriteFile(keyring, []byte("key"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := testAgent(t)
+	keys := func(sets ...string) []string {
+		t.Helper()
+		r, err := recipe.Load("../../recipes/test-noble-minimal.yaml", sets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := &resolution{pinned: recipe.Lock{}, base: map[string]string{}, all: map[string]string{}}
+		for _, p := range r.AllPinned() {
+			res.pinned[p.Name] = "1.0"
+			res.all[p.Name] = "1.0"
+		}
+		for _, p := range r.BasePackages() {
+			res.base[p.Name] = "1.0"
+		}
+		ss, err := (&builder{recipe: r}).plan(keyring, res, emptySet{}, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.key)
+		}
+		return out
+	}
+	plain := keys()
+	htop := keys("packages=[htop]")
+	if htop[0] != plain[0] {
+		t.Errorf("adding a package changed the bootstrap key: %s -> %s", plain[0], htop[0])
+	}
+	for i := 1; i < len(plain); i++ {
+		if htop[i] == plain[i] {
+			t.Errorf("adding a package kept stage %d's key %s", i, plain[i])
+		}
+	}
+	if base := keys("base=[systemd-sysv, initramfs-tools, udev, kmod, iproute2, htop]"); base[0] == plain[0] {
+		t.Errorf("adding a base package kept the bootstrap key %s", base[0])
+	}
+}

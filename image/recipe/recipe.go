@@ -28,8 +28,13 @@ type Recipe struct {
 	Keyring      Keyring  `yaml:"keyring" herd:"required"`
 	Kernel       Kernel   `yaml:"kernel" herd:"required"`
 	NVIDIA       *NVIDIA  `yaml:"nvidia"`
-	Packages     []string `yaml:"packages"`
-	Overlays     []string `yaml:"overlays"`
+	// Base are installed by the bootstrap stage with the kernel and apt: the
+	// system itself. Changing them reruns every stage.
+	Base []string `yaml:"base"`
+	// Packages are installed by the packages stage (with the driver) on top
+	// of the bootstrap, so adding one reruns that stage and those after it.
+	Packages []string `yaml:"packages"`
+	Overlays []string `yaml:"overlays"`
 	// Post are shell commands run in the image after the packages, before
 	// the overlays: they belong to the site-independent packages stage, so
 	// a site change never reruns them (and they cannot see overlay files).
@@ -186,19 +191,26 @@ func (r *Recipe) validate() error {
 			bad("nvidia.version", "version %q is not on branch %s", n.Version, n.Branch)
 		}
 	}
-	seen := map[string]bool{}
-	for i, p := range r.Packages {
-		field := fmt.Sprintf("packages[%d]", i)
-		name, ver, hasVer := strings.Cut(p, "=")
-		switch {
-		case !nameRE.MatchString(name):
-			bad(field, "%q is not a package name (name or name=version)", p)
-		case hasVer && !versionRE.MatchString(ver):
-			bad(field, "%q has an invalid version %q", p, ver)
-		case seen[name]:
-			bad(field, "package %q is listed twice", name)
+	seen := map[string]string{}
+	for _, list := range []struct {
+		field string
+		pkgs  []string
+	}{{"base", r.Base}, {"packages", r.Packages}} {
+		for i, p := range list.pkgs {
+			field := fmt.Sprintf("%s[%d]", list.field, i)
+			name, ver, hasVer := strings.Cut(p, "=")
+			switch {
+			case !nameRE.MatchString(name):
+				bad(field, "%q is not a package name (name or name=version)", p)
+			case hasVer && !versionRE.MatchString(ver):
+				bad(field, "%q has an invalid version %q", p, ver)
+			case seen[name] != "":
+				bad(field, "package %q is listed twice (also in %s)", name, seen[name])
+			case name == "apt" && list.field == "packages":
+				bad(field, "apt is installed by the bootstrap stage: list it under base to pin it")
+			}
+			seen[name] = list.field
 		}
-		seen[name] = true
 	}
 	for i, o := range r.Overlays {
 		if !wordRE.MatchString(o) {
@@ -225,19 +237,29 @@ func (r *Recipe) validate() error {
 func (r *Recipe) KernelRelease() string { return r.Kernel.ABI + "-" + r.Kernel.Flavor }
 
 // BasePackages are installed by the bootstrap stage: the pinned kernel, apt
-// (the build installs the driver and sets pins with the image's own apt;
-// Ubuntu's minbase lacks it) and the recipe's packages. Changing the driver
-// does not touch them.
+// (the build installs the driver and the packages with the image's own apt;
+// Ubuntu's minbase lacks it) and the recipe's base. They alone key the
+// bootstrap, so neither the driver nor the recipe's packages touch it.
 func (r *Recipe) BasePackages() []Package {
 	rel := r.KernelRelease()
 	out := []Package{{Name: "linux-image-" + rel}, {Name: "linux-modules-" + rel}}
-	if !slices.ContainsFunc(r.Packages, func(p string) bool { return p == "apt" || strings.HasPrefix(p, "apt=") }) {
+	if !slices.ContainsFunc(r.Base, func(p string) bool { return p == "apt" || strings.HasPrefix(p, "apt=") }) {
 		out = append(out, Package{Name: "apt"})
 	}
 	if r.Kernel.Extra {
 		out = append(out, Package{Name: "linux-modules-extra-" + rel})
 	}
-	for _, p := range r.Packages {
+	return append(out, split(r.Base)...)
+}
+
+// ExtraPackages are the recipe's packages, installed by the packages stage
+// with the driver.
+func (r *Recipe) ExtraPackages() []Package { return split(r.Packages) }
+
+// split turns "name" / "name=version" entries into Packages.
+func split(list []string) []Package {
+	var out []Package
+	for _, p := range list {
 		name, ver, _ := strings.Cut(p, "=")
 		out = append(out, Package{Name: name, Version: ver})
 	}
@@ -278,7 +300,7 @@ func (r *Recipe) LockPath() string {
 
 // AllPinned returns every package the lock covers, sorted by name.
 func (r *Recipe) AllPinned() []Package {
-	out := append(r.BasePackages(), r.DriverPackages()...)
+	out := append(append(r.BasePackages(), r.ExtraPackages()...), r.DriverPackages()...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }

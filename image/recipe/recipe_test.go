@@ -22,7 +22,8 @@ kernel:
 nvidia:
   branch: "580"
   version: 580.178.04-0ubuntu0.24.04.1
-packages: [autofs, sudo=1.9.15p5-3ubuntu5]
+base: [autofs, sudo=1.9.15p5-3ubuntu5]
+packages: [htop]
 initramfs:
   modules: [virtio_net]
 `
@@ -62,6 +63,16 @@ func TestGoodRecipeAndOverrides(t *testing.T) {
 	if base[0].Name != "linux-image-6.8.0-150-generic" || base[len(base)-1].Spec() != "sudo=1.9.15p5-3ubuntu5" {
 		t.Fatalf("base packages %v", base)
 	}
+	if ex := r.ExtraPackages(); len(ex) != 1 || ex[0].Name != "htop" {
+		t.Fatalf("extra packages %v", ex)
+	}
+	var all []string
+	for _, p := range r.AllPinned() {
+		all = append(all, p.Name)
+	}
+	if !strings.Contains(strings.Join(all, " "), "autofs htop linux-image") {
+		t.Fatalf("all pinned %v", all)
+	}
 	r2, _ := Parse("t.yaml", []byte(good), nil)
 	if r.SHA256 == r2.SHA256 {
 		t.Fatal("overrides must change the recipe hash")
@@ -82,13 +93,15 @@ func TestRecipeErrors(t *testing.T) {
 		{"bad abi", good, []string{"kernel.abi=6.8"}, "--set: field kernel.abi: \"6.8\" is not an exact kernel ABI"},
 		{"bad fingerprint", strings.Replace(good, "F6ECB3762474EDA9D21B7022871920D1991BC93C", "F6EC", 1), nil, "t.yaml:7:16: field keyring.fingerprint"},
 		{"version off branch", good, []string{"nvidia.version=570.1-1"}, "field nvidia.version: version \"570.1-1\" is not on branch 580"},
-		{"bad package", strings.Replace(good, "autofs,", "Auto FS,", 1), nil, "t.yaml:13:12: field packages[0]"},
+		{"bad package", strings.Replace(good, "autofs,", "Auto FS,", 1), nil, "t.yaml:13:8: field base[0]"},
+		{"package in both lists", strings.Replace(good, "[htop]", "[htop, autofs]", 1), nil, "t.yaml:14:18: field packages[1]: package \"autofs\" is listed twice (also in base)"},
+		{"apt in packages", good, []string{"packages=[apt]"}, "field packages[0]: apt is installed by the bootstrap stage"},
 		{"bad --set syntax", good, []string{"nvidia.version"}, "--set: field nvidia.version: expected key=value"},
 		{"bad --set path", good, []string{"packages.7=x"}, "--set: field packages.7: \"7\" is not an index"},
 		{"bad --set type", good, []string{"kernel=1"}, "--set: field kernel: expected a mapping"},
 		{"bad mirror", good, []string{"mirror=ftp.example"}, "field mirror: \"ftp.example\" is not an http://"},
 		{"bad module", good, []string{"initramfs.modules.0=a b"}, "field initramfs.modules[0]"},
-		{"syntax", good + "  bad: [\n", nil, "t.yaml:16:1: syntax error"},
+		{"syntax", good + "  bad: [\n", nil, "t.yaml:17:1: syntax error"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
