@@ -564,7 +564,7 @@ func localDisk(t *testing.T, img bootImage, overlay string) string {
 // asserts nothing about timings.
 func TestBootBench(t *testing.T) {
 	if os.Getenv("HERD_BENCH_BOOT") != "1" {
-		t.Skip("benchmark: run through bench/boot.sh (HERD_BENCH_BOOT=1)")
+		testenv.Deliberate(t, "benchmark, run only by bench/boot.sh (HERD_BENCH_BOOT=1)")
 	}
 	requireQEMUBoot(t)
 	testenv.RequireCommands(t, "unsquashfs")

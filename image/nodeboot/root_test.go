@@ -55,9 +55,10 @@ func fileSHA(t *testing.T, path string) string {
 }
 
 func mke2fsPath(t *testing.T) string {
+	testenv.RequireCommands(t, "mke2fs")
 	p, err := exec.LookPath("mke2fs")
 	if err != nil {
-		t.Skip("mke2fs missing")
+		t.Fatal(err)
 	}
 	return p
 }

@@ -697,37 +697,6 @@ func TestKilledPublish(t *testing.T) {
 	}
 }
 
-// TestBuiltImagesIntact rehashes the real images the builder's tests
-// published into the shared test store (read only: nothing is changed).
-func TestBuiltImagesIntact(t *testing.T) {
-	if testing.Short() {
-		t.Skip("rehashing built images is slow; skipped under -short")
-	}
-	state := os.Getenv("HERD_TEST_STORE")
-	if state == "" {
-		state = "/var/tmp/herd-test-store"
-	}
-	s := ReadOnly(state)
-	imgs, err := s.List()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(imgs) == 0 {
-		t.Skipf("no built image in %s (the image/build tests make them)", state)
-	}
-	for _, im := range imgs {
-		if err := s.Verify(im.ID); err != nil {
-			t.Error(err)
-		}
-		for _, a := range Artifacts {
-			if _, ok := im.Manifest.Artifacts[a]; !ok {
-				t.Errorf("%s: manifest lacks %s", im.ID, a)
-			}
-		}
-	}
-	t.Logf("%d built images verified in %s", len(imgs), state)
-}
-
 // TestKilledRemove kills `rm` right after it moved the image out of
 // images/: the image is gone whole, the others are intact, and the next
 // Open clears the leftovers.

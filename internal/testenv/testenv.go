@@ -7,6 +7,7 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 )
 
@@ -19,7 +20,7 @@ func missing(t testing.TB, why string) {
 	if InCI() {
 		t.Fatalf("prerequisite missing in CI: %s", why)
 	}
-	t.Skipf("skipping: %s", why)
+	t.Skipf("prerequisite missing: %s", why)
 }
 
 // RequireRoot needs uid 0 (namespaces, mounts, mmdebstrap, taps).
@@ -56,12 +57,45 @@ func RequireQEMU(t testing.TB) {
 	RequireCommands(t, "qemu-system-x86_64", "qemu-img")
 }
 
+// DeliberatePrefix starts the reason of every skip that is a choice (a
+// benchmark run only by bench/*.sh, a long test under -short), not a missing
+// prerequisite; `make test`'s summary counts the two kinds apart.
+const DeliberatePrefix = "deliberate: "
+
+// Deliberate skips t on purpose (never a failure, in CI neither); why says
+// how to run it.
+func Deliberate(t testing.TB, why string) {
+	t.Helper()
+	t.Skip(DeliberatePrefix + why)
+}
+
 // Long skips t under -short: the test builds images or boots VMs.
 func Long(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("skipping long test under -short")
+		Deliberate(t, "long test skipped under -short")
 	}
+}
+
+// RequireFiles needs each path to exist; pkg names what installs them.
+func RequireFiles(t testing.TB, pkg string, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			missing(t, p+" is missing (install "+pkg+"; make deps does)")
+		}
+	}
+}
+
+// RequirePTY needs pseudo-terminals (/dev/ptmx that opens).
+func RequirePTY(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		missing(t, "no pseudo-terminals: "+err.Error())
+		return
+	}
+	f.Close()
 }
 
 // Bin returns the path of a herd binary built by `make build` (HERD_BIN or

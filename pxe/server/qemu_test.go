@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -31,10 +32,14 @@ func bootKernel(t *testing.T, uefi bool) (kernel, initrd string, real bool) {
 	}
 	// The builder's test store: its current image, else any published one
 	// (the build tests publish without promoting).
-	store := "/var/tmp/herd-test-store"
-	dirs, _ := filepath.Glob(filepath.Join(store, "images", "*"))
-	if b, err := os.ReadFile(filepath.Join(store, "current")); err == nil {
-		dirs = append([]string{filepath.Join(store, "images", strings.TrimSpace(string(b)))}, dirs...)
+	var dirs []string
+	imgs, _ := store.ReadOnly(testlab.TestStore).List()
+	for _, im := range imgs {
+		if im.Current {
+			dirs = append([]string{im.Dir}, dirs...)
+		} else {
+			dirs = append(dirs, im.Dir)
+		}
 	}
 	for _, dir := range dirs {
 		k, i := filepath.Join(dir, manifest.Kernel), filepath.Join(dir, manifest.Initrd)
@@ -57,11 +62,8 @@ func bootKernel(t *testing.T, uefi bool) (kernel, initrd string, real bool) {
 	if uefi {
 		fallback = "/usr/lib/ipxe/ipxe.efi"
 	}
-	if _, err := os.Stat(fallback); err == nil {
-		return fallback, "", false
-	}
-	t.Skip("no kernel to boot (set HERD_TEST_KERNEL)")
-	return
+	testenv.RequireFiles(t, "package ipxe (or set HERD_TEST_KERNEL)", fallback)
+	return fallback, "", false
 }
 
 // publishFiles publishes an image whose artifacts are copies of the given
@@ -223,12 +225,10 @@ nodes:
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
 	if uefi {
 		code := "/usr/share/OVMF/OVMF_CODE_4M.fd"
+		testenv.RequireFiles(t, "package ovmf", code, "/usr/share/OVMF/OVMF_VARS_4M.fd")
 		vars, err := os.ReadFile("/usr/share/OVMF/OVMF_VARS_4M.fd")
 		if err != nil {
-			if testenv.InCI() {
-				t.Fatalf("OVMF missing in CI: %v", err)
-			}
-			t.Skipf("skipping: OVMF firmware missing (package ovmf): %v", err)
+			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(dir, "vars.fd"), vars, 0o644)
 		args = append(args, "-machine", "q35",

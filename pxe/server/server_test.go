@@ -120,12 +120,7 @@ func status(url string) int {
 // flight finish before Run returns nil.
 func TestServeReloadAndDrain(t *testing.T) {
 	testenv.RequireCommands(t, "curl")
-	if _, err := os.Stat("/usr/lib/ipxe/undionly.kpxe"); err != nil {
-		if testenv.InCI() {
-			t.Fatal("package ipxe missing in CI")
-		}
-		t.Skip("skipping: /usr/lib/ipxe/undionly.kpxe missing (package ipxe)")
-	}
+	testenv.RequireFiles(t, "package ipxe", "/usr/lib/ipxe/undionly.kpxe")
 	state := t.TempDir()
 	id := publish(t, state, map[string]int{manifest.Kernel: 1 << 20, manifest.Initrd: 1 << 20, manifest.Rootfs: 48 << 20})
 	httpPort, tftpPort := freePort(t, "tcp"), freePort(t, "udp")

@@ -43,12 +43,7 @@ func start(t *testing.T, root string, max int) (*Server, int) {
 func ipxeDir(t *testing.T) string {
 	t.Helper()
 	const dir = "/usr/lib/ipxe"
-	if _, err := os.Stat(filepath.Join(dir, "undionly.kpxe")); err != nil {
-		if testenv.InCI() {
-			t.Fatalf("%s/undionly.kpxe missing in CI (package ipxe)", dir)
-		}
-		t.Skipf("skipping: %s/undionly.kpxe missing (install package ipxe)", dir)
-	}
+	testenv.RequireFiles(t, "package ipxe", filepath.Join(dir, "undionly.kpxe"))
 	return dir
 }
 

@@ -1,0 +1,148 @@
+// Command testsummary reads `go test -json` on stdin and writes what a plain
+// `go test` prints (each package's closing line, the output of failed tests)
+// followed by a summary: tests passed, failed and skipped, and every skip
+// with its reason, prerequisite skips counted apart from deliberate ones
+// (reasons starting "deliberate: ", see internal/testenv). With -ci it exits
+// 1 when any test skipped for a missing prerequisite. Lines that are not
+// JSON (build errors) pass through unchanged. Used by `make test`.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// event is one line of `go test -json` (cmd/test2json).
+type event struct {
+	Action  string
+	Package string
+	Test    string
+	Output  string
+}
+
+// skip is one skipped test and why.
+type skip struct {
+	Test, Reason string
+	Deliberate   bool
+}
+
+// Summary is what testsummary counted.
+type Summary struct {
+	Passed, Failed int
+	Skips          []skip
+	FailedPkgs     []string
+}
+
+// logLine is a t.Log/t.Skip line: "    file_test.go:12: message".
+var logLine = regexp.MustCompile(`^\s+\S+\.go:\d+: (.*)$`)
+
+const deliberatePrefix = "deliberate: " // internal/testenv.DeliberatePrefix
+
+// Run copies the plain go test output of in to out and returns the counts.
+func Run(in io.Reader, out io.Writer) (*Summary, error) {
+	sum := &Summary{}
+	buf := map[string][]string{} // package/test → output lines
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		var e event
+		if !strings.HasPrefix(line, "{") || json.Unmarshal([]byte(line), &e) != nil {
+			fmt.Fprintln(out, line)
+			continue
+		}
+		key := e.Package + "/" + e.Test
+		switch e.Action {
+		case "output":
+			if e.Test == "" {
+				// Package-level lines: "ok", "FAIL", "PASS", build output.
+				if !strings.HasPrefix(e.Output, "=== ") && e.Output != "PASS\n" {
+					fmt.Fprint(out, e.Output)
+				}
+				continue
+			}
+			buf[key] = append(buf[key], e.Output)
+		case "pass":
+			if e.Test != "" {
+				sum.Passed++
+			}
+			delete(buf, key)
+		case "fail":
+			if e.Test == "" {
+				sum.FailedPkgs = append(sum.FailedPkgs, e.Package)
+				continue
+			}
+			sum.Failed++
+			for _, o := range buf[key] {
+				if !strings.HasPrefix(o, "=== ") {
+					fmt.Fprint(out, o)
+				}
+			}
+			delete(buf, key)
+		case "skip":
+			if e.Test == "" {
+				continue // a package without tests
+			}
+			reason := "(no reason given)"
+			for _, o := range buf[key] {
+				if m := logLine.FindStringSubmatch(strings.TrimRight(o, "\n")); m != nil {
+					reason = m[1]
+				}
+			}
+			sum.Skips = append(sum.Skips, skip{Test: e.Package + "." + e.Test, Reason: reason,
+				Deliberate: strings.HasPrefix(reason, deliberatePrefix)})
+			delete(buf, key)
+		}
+	}
+	return sum, sc.Err()
+}
+
+// Print writes the summary block; it returns the number of prerequisite skips.
+func (s *Summary) Print(w io.Writer) int {
+	prereq := 0
+	for _, k := range s.Skips {
+		if !k.Deliberate {
+			prereq++
+		}
+	}
+	fmt.Fprintf(w, "\n== test summary: %d passed, %d failed, %d skipped (%d for a missing prerequisite, %d deliberate)\n",
+		s.Passed, s.Failed, len(s.Skips), prereq, len(s.Skips)-prereq)
+	sort.Slice(s.Skips, func(i, j int) bool {
+		if s.Skips[i].Deliberate != s.Skips[j].Deliberate {
+			return !s.Skips[i].Deliberate
+		}
+		return s.Skips[i].Test < s.Skips[j].Test
+	})
+	for _, k := range s.Skips {
+		kind := "PREREQUISITE"
+		if k.Deliberate {
+			kind = "deliberate"
+		}
+		fmt.Fprintf(w, "SKIP %s [%s]: %s\n", k.Test, kind, k.Reason)
+	}
+	for _, p := range s.FailedPkgs {
+		fmt.Fprintf(w, "FAILED PACKAGE %s\n", p)
+	}
+	return prereq
+}
+
+func main() {
+	ci := flag.Bool("ci", os.Getenv("CI") == "true", "exit 1 when a test skipped for a missing prerequisite")
+	flag.Parse()
+	sum, err := Run(os.Stdin, os.Stdout)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testsummary:", err)
+		os.Exit(2)
+	}
+	if n := sum.Print(os.Stdout); n > 0 && *ci {
+		fmt.Printf("FAIL: %d tests skipped for a missing prerequisite under CI\n", n)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A real `go test -json` run of a throwaway module with a passing, a
+// failing, a prerequisite-skipped and a deliberately skipped test.
+func TestSummaryOfRealRun(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("go.mod", "module example.com/s\n\ngo 1.22\n")
+	write("s_test.go", `package s
+import "testing"
+func TestOK(t *testing.T) { t.Log("noise") }
+func TestBad(t *testing.T) { t.Fatal("broken thing") }
+func TestNeedsRoot(t *testing.T) { t.Skip("prerequisite missing: needs root") }
+func TestBench(t *testing.T) { t.Skip("deliberate: benchmark, run by bench/x.sh") }
+`)
+	cmd := exec.Command("go", "test", "-json", "-count=1", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOTOOLCHAIN=local")
+	js, _ := cmd.Output() // exits 1: TestBad fails
+	var out strings.Builder
+	sum, err := Run(strings.NewReader(string(js)), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var printed strings.Builder
+	if n := sum.Print(&printed); n != 1 {
+		t.Errorf("prerequisite skips = %d, want 1", n)
+	}
+	text := out.String() + printed.String()
+	t.Log(text)
+	for _, want := range []string{
+		"broken thing",        // a failed test's output
+		"FAIL\texample.com/s", // go test's own closing line
+		"1 passed, 1 failed, 2 skipped (1 for a missing prerequisite, 1 deliberate)",
+		"SKIP example.com/s.TestNeedsRoot [PREREQUISITE]: prerequisite missing: needs root",
+		"SKIP example.com/s.TestBench [deliberate]: deliberate: benchmark, run by bench/x.sh",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "noise") || strings.Contains(text, "=== RUN") {
+		t.Errorf("a passing test's log or a RUN line leaked into the plain output")
+	}
+}
