@@ -158,8 +158,17 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 			return b.pack(ctx, out, lowers)
 		}},
 	}
+	// Each key also covers the code of its stage and of every stage before
+	// it (codekey.go), so a changed herd never reuses a stale output.
+	code := ""
 	for _, s := range ss {
 		s.b = b
+		c, err := stageCode(s.name)
+		if err != nil {
+			return nil, err
+		}
+		code = hashKey(code, s.name, c)
+		s.key = hashKey(s.key, code)
 	}
 	return ss, nil
 }
