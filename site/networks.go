@@ -56,36 +56,36 @@ type Route struct {
 type Interface struct {
 	// Name is the kernel name of a bond or VLAN (required there); for a NIC
 	// matched by MAC or Match it only labels the interface in reports.
-	Name string `yaml:"name"`
+	Name string `yaml:"name" json:"name,omitempty"`
 	// MAC matches one NIC by hardware address.
-	MAC string `yaml:"mac"`
+	MAC string `yaml:"mac" json:"mac,omitempty"`
 	// Match matches NICs by kernel name pattern (e.g. enx*, a USB NIC),
 	// for a class of nodes that share the layout.
-	Match string `yaml:"match"`
+	Match string `yaml:"match" json:"match,omitempty"`
 	// Network is a name under networks; empty only for a link that carries
 	// nothing but VLANs.
-	Network string `yaml:"network"`
+	Network string `yaml:"network" json:"network,omitempty"`
 	// Address is an IPv4 address inside the network's subnet, or "dhcp".
-	Address string `yaml:"address"`
+	Address string `yaml:"address" json:"address,omitempty"`
 	// MTU overrides the network's MTU for this interface.
-	MTU  int   `yaml:"mtu"`
-	Bond *Bond `yaml:"bond"`
-	VLAN *VLAN `yaml:"vlan"`
+	MTU  int   `yaml:"mtu" json:"mtu,omitempty"`
+	Bond *Bond `yaml:"bond" json:"bond,omitempty"`
+	VLAN *VLAN `yaml:"vlan" json:"vlan,omitempty"`
 }
 
 // Bond aggregates NICs (by MAC) into one link.
 type Bond struct {
 	// Mode is 802.3ad (LACP; "lacp" is accepted) or active-backup.
-	Mode string `yaml:"mode" herd:"required"`
+	Mode string `yaml:"mode" json:"mode" herd:"required"`
 	// Members are the MACs of the bonded NICs.
-	Members []string `yaml:"members" herd:"required"`
+	Members []string `yaml:"members" json:"members" herd:"required"`
 }
 
 // VLAN is a tagged link on another interface of the same node.
 type VLAN struct {
-	ID int `yaml:"id" herd:"required"`
+	ID int `yaml:"id" json:"id" herd:"required"`
 	// Parent is the name of another interface of the node.
-	Parent string `yaml:"parent" herd:"required"`
+	Parent string `yaml:"parent" json:"parent" herd:"required"`
 }
 
 var (

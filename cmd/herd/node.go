@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -22,6 +24,8 @@ type nodeView struct {
 	Image      string            `json:"image_pin,omitempty"`
 	KernelArgs string            `json:"kernel_args,omitempty"`
 	Configured bool              `json:"configured"`
+	// Interfaces are herd.yaml's nodes[].interfaces (what the node should have).
+	Interfaces []site.Interface  `json:"interfaces,omitempty"`
 	Seen       *inventory.Record `json:"seen,omitempty"`
 }
 
@@ -29,7 +33,7 @@ func nodeViews(cfg *site.Config, inv *inventory.Inventory) []nodeView {
 	var out []nodeView
 	seen := map[string]bool{}
 	for _, n := range cfg.Nodes {
-		v := nodeView{Name: n.Name, MAC: n.MAC, IP: n.IP, Image: n.Image, KernelArgs: n.KernelArgs, Configured: true}
+		v := nodeView{Name: n.Name, MAC: n.MAC, IP: n.IP, Image: n.Image, KernelArgs: n.KernelArgs, Configured: true, Interfaces: n.Interfaces}
 		if r, ok := inv.Get(n.MAC); ok {
 			v.Seen = &r
 		}
@@ -106,6 +110,9 @@ func init() {
 						ip = r.LastDHCPIP
 					}
 					dhcp, stage, when, img, boots = ago(r.LastDHCP), dash(r.Stage), ago(r.StageTime), short(r.Image), r.Boots
+					if len(r.Degraded) > 0 && r.Stage == "up" {
+						stage = "up (degraded)"
+					}
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", name, v.MAC, dash(ip), dhcp, stage, when, img, boots)
 			}
@@ -151,6 +158,7 @@ func init() {
 					} else {
 						fmt.Fprintln(w, "seen:        never")
 					}
+					writeNodeNetworks(w, cfg, v)
 					return nil
 				}
 			}
@@ -194,6 +202,58 @@ func init() {
 	}
 	nodeCmd.AddCommand(list, show, addCmd, rm)
 	root.AddCommand(nodeCmd)
+}
+
+// writeNodeNetworks prints the node's declared interfaces and the links it
+// reported in its last "up" event, with what it found degraded.
+func writeNodeNetworks(w io.Writer, cfg *site.Config, v nodeView) {
+	if len(v.Interfaces) > 0 {
+		fmt.Fprintln(w, "declared interfaces:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  LABEL\tKIND\tMATCH\tNETWORK\tADDRESS\tMTU")
+		for i := range v.Interfaces {
+			it := &v.Interfaces[i]
+			match := it.MAC
+			switch {
+			case it.Match != "":
+				match = it.Match
+			case it.Bond != nil:
+				match = it.Bond.Mode + " " + strings.Join(it.Bond.Members, ",")
+			case it.VLAN != nil:
+				match = fmt.Sprintf("vlan %d on %s", it.VLAN.ID, it.VLAN.Parent)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%d\n", it.Label(), it.Kind(), match, dash(it.Network), dash(cfg.AddressCIDR(it)), cfg.MTUFor(it))
+		}
+		tw.Flush()
+	}
+	r := v.Seen
+	if r == nil || len(r.Interfaces) == 0 {
+		if len(v.Interfaces) > 0 {
+			fmt.Fprintln(w, "reported interfaces: none yet (reported with the next \"up\")")
+		}
+		return
+	}
+	fmt.Fprintf(w, "reported interfaces (%s):\n", ago(r.UpTime))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tMAC\tSTATE\tCARRIER\tMTU\tADDRESSES\tROLE")
+	for _, l := range r.Interfaces {
+		role := l.Network
+		if l.Boot {
+			role = "boot"
+		}
+		if l.Label != "" && l.Label != l.Network {
+			role += " (" + l.Label + ")"
+		}
+		carrier := "no"
+		if l.Carrier {
+			carrier = "yes"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\n", l.Name, dash(l.MAC), dash(l.State), carrier, l.MTU, dash(strings.Join(l.Addresses, ",")), dash(role))
+	}
+	tw.Flush()
+	for _, d := range r.Degraded {
+		fmt.Fprintf(w, "%s\n", d)
+	}
 }
 
 func sameMAC(a, b string) bool {

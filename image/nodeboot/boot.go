@@ -30,6 +30,16 @@ type System struct {
 	// RoundWait is the pause between rounds of download attempts when no
 	// usable image exists; the agent never gives up (default 30 s).
 	RoundWait time.Duration
+	// Root is the booted system's root, where report-up finds
+	// etc/herd/networks.json ("" means /).
+	Root string
+}
+
+func (s *System) root() string {
+	if s.Root == "" {
+		return "/"
+	}
+	return s.Root
 }
 
 // DefaultSystem is the initramfs environment.

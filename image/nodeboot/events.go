@@ -22,6 +22,11 @@ type Event struct {
 	Kernel  string    `json:"kernel,omitempty"`
 	NVIDIA  string    `json:"nvidia,omitempty"`
 	Time    time.Time `json:"time"`
+	// Interfaces and Degraded come with "up": the node's links as it sees
+	// them and one "degraded: <network> network down (...)" per declared
+	// network that is not working.
+	Interfaces []Link   `json:"interfaces,omitempty"`
+	Degraded   []string `json:"degraded,omitempty"`
 }
 
 // Stages of the boot contract.

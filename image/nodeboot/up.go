@@ -21,12 +21,26 @@ func ReportUp(ctx context.Context, s *System) error {
 		return err
 	}
 	state := waitSystemStarted(ctx, 20*time.Minute)
-	mac, _ := PrimaryMAC()
+	// The boot NIC's MAC keys the node's inventory record: the NIC the
+	// server is reached through, not merely the first one with an address.
+	mac, _ := BootLink(p.Server)
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Timeout: 5 * time.Second}
 	ev := Event{Stage: StageUp, Kernel: KernelRelease(), NVIDIA: NVIDIAVersion(s.SysRoot),
 		Message: "system " + state}
+	links, degraded, err := NetworkReport(ctx, s.SysRoot, s.root(), mac, 60*time.Second)
+	if err != nil {
+		degraded = append(degraded, "degraded: cannot read the node's networks: "+err.Error())
+	}
+	ev.Interfaces, ev.Degraded = links, degraded
+	if len(degraded) > 0 {
+		ev.Message += "; " + strings.Join(degraded, "; ")
+	}
 	if s.Console != nil {
 		fmt.Fprintf(s.Console, "herd: node %s up: kernel %s, nvidia %q, image %s, system %s\n", p.Node, ev.Kernel, ev.NVIDIA, p.ID, state)
+		fmt.Fprint(s.Console, FormatLinks(links))
+		for _, d := range degraded {
+			fmt.Fprintf(s.Console, "herd: %s\n", d)
+		}
 	}
 	var last error
 	for i, wait := 0, time.Second; i < 6; i, wait = i+1, wait*2 {

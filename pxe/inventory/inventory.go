@@ -37,7 +37,30 @@ type Event struct {
 	Kernel  string    `json:"kernel"`
 	NVIDIA  string    `json:"nvidia"`
 	Time    time.Time `json:"time"`
+	// Interfaces and Degraded come with "up" (image/nodeboot.Link).
+	Interfaces []Link   `json:"interfaces,omitempty"`
+	Degraded   []string `json:"degraded,omitempty"`
 }
+
+// Link is one of a node's network interfaces as it reported it.
+type Link struct {
+	Name      string   `json:"name"`
+	MAC       string   `json:"mac,omitempty"`
+	State     string   `json:"state"`
+	Carrier   bool     `json:"carrier"`
+	MTU       int      `json:"mtu"`
+	Addresses []string `json:"addresses,omitempty"`
+	Boot      bool     `json:"boot,omitempty"`
+	Label     string   `json:"label,omitempty"`
+	Network   string   `json:"network,omitempty"`
+}
+
+// Bounds on what one event may carry about interfaces.
+const (
+	maxLinks     = 64
+	maxAddresses = 32
+	maxDegraded  = 32
+)
 
 // Validate checks an event's fields and normalises its MAC.
 func (e *Event) Validate() error {
@@ -64,6 +87,28 @@ func (e *Event) Validate() error {
 	if len(e.Message) > 4096 {
 		e.Message = e.Message[:4096]
 	}
+	if len(e.Interfaces) > maxLinks {
+		return fmt.Errorf("event field interfaces: %d entries, at most %d", len(e.Interfaces), maxLinks)
+	}
+	for i, l := range e.Interfaces {
+		if len(l.Addresses) > maxAddresses {
+			return fmt.Errorf("event field interfaces[%d].addresses: %d entries, at most %d", i, len(l.Addresses), maxAddresses)
+		}
+		fields := append([]string{l.Name, l.MAC, l.State, l.Label, l.Network}, l.Addresses...)
+		for _, v := range fields {
+			if len(v) > 64 || strings.ContainsAny(v, "\x00\n\r") {
+				return fmt.Errorf("event field interfaces[%d]: a value longer than 64 bytes or with control characters", i)
+			}
+		}
+	}
+	if len(e.Degraded) > maxDegraded {
+		return fmt.Errorf("event field degraded: %d entries, at most %d", len(e.Degraded), maxDegraded)
+	}
+	for i, d := range e.Degraded {
+		if len(d) > 256 || strings.ContainsAny(d, "\x00\n\r") {
+			return fmt.Errorf("event field degraded[%d]: longer than 256 bytes or has control characters", i)
+		}
+	}
 	return nil
 }
 
@@ -86,6 +131,10 @@ type Record struct {
 	Kernel string    `json:"kernel,omitempty"`
 	NVIDIA string    `json:"nvidia,omitempty"`
 	UpTime time.Time `json:"up_time,omitzero"`
+	// Interfaces and Degraded are from the last "up" event: the node's
+	// links and what it found not working (e.g. "degraded: storage network down (...)").
+	Interfaces []Link   `json:"interfaces,omitempty"`
+	Degraded   []string `json:"degraded,omitempty"`
 	// Boots counts "up" events; Errors counts "error" events.
 	Boots  int `json:"boots"`
 	Errors int `json:"errors"`
@@ -253,6 +302,7 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 		case "up":
 			r.Boots++
 			r.Image, r.Kernel, r.NVIDIA, r.UpTime = e.Image, e.Kernel, e.NVIDIA, t
+			r.Interfaces, r.Degraded = e.Interfaces, e.Degraded
 		case "error":
 			r.Errors++
 		}

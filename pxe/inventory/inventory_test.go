@@ -87,3 +87,48 @@ func TestCorruptFileNamed(t *testing.T) {
 		t.Fatalf("err = %v, want one naming %s", err, FileName)
 	}
 }
+
+// TestInterfacesKeptFromUp: the links and degraded lines of an "up" event
+// land in the record and survive a reload; a node cannot bloat the
+// inventory with endless interfaces, addresses or degraded lines, nor put
+// control characters in what `herd node show` prints.
+func TestInterfacesKeptFromUp(t *testing.T) {
+	dir := t.TempDir()
+	inv, _ := Load(dir)
+	up := Event{MAC: "52:54:00:77:00:11", Node: "gpu01", Stage: "up", Interfaces: []Link{
+		{Name: "ens3", MAC: "52:54:00:77:00:11", State: "up", Carrier: true, MTU: 1500, Addresses: []string{"10.77.0.11/24"}, Boot: true},
+		{Name: "ens4", MAC: "52:54:00:78:00:11", State: "down", MTU: 9000, Label: "st0", Network: "storage"},
+	}, Degraded: []string{"degraded: storage network down (st0 52:54:00:78:00:11: link down)"}}
+	if err := inv.RecordEvent(up, "10.77.0.11", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := Load(dir)
+	r, ok := again.Get("52:54:00:77:00:11")
+	if !ok || len(r.Interfaces) != 2 || r.Interfaces[1].Network != "storage" || len(r.Degraded) != 1 {
+		t.Fatalf("record after reload: %+v", r)
+	}
+	many := make([]Link, 65)
+	for i := range many {
+		many[i] = Link{Name: fmt.Sprintf("dummy%d", i), State: "up"}
+	}
+	addrs := make([]string, 33)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("10.0.0.%d/24", i)
+	}
+	for name, e := range map[string]Event{
+		"65 interfaces":    {Interfaces: many},
+		"33 addresses":     {Interfaces: []Link{{Name: "ens3", Addresses: addrs}}},
+		"newline in name":  {Interfaces: []Link{{Name: "ens3\nFAKE"}}},
+		"long label":       {Interfaces: []Link{{Name: "ens3", Label: strings.Repeat("x", 65)}}},
+		"33 degraded":      {Degraded: make([]string, 33)},
+		"newline degraded": {Degraded: []string{"ok\ndegraded: fake"}},
+	} {
+		e.MAC, e.Stage = "52:54:00:77:00:12", "up"
+		if err := inv.RecordEvent(e, "", time.Now()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, ok := inv.Get("52:54:00:77:00:12"); ok {
+		t.Error("a refused event left a record")
+	}
+}

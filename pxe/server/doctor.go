@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/pxe/httpboot"
+	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/pxe/tftp"
 	"github.com/herdlab/herd/site"
 )
@@ -131,6 +133,8 @@ func Doctor(ctx context.Context, cfg *site.Config, opt DoctorOptions) []Check {
 		}
 	}
 
+	out = append(out, nodeNetworkChecks(cfg, opt.StateDir)...)
+
 	// Rival DHCP server.
 	switch {
 	case cfg.DHCP.Mode == site.DHCPOff:
@@ -223,4 +227,51 @@ func checkArtifacts(dir string, m *manifest.Manifest, hash bool) error {
 		}
 	}
 	return nil
+}
+
+// nodeNetworkChecks is one check per node with interfaces in herd.yaml: its
+// links as it reported them in its last "up" event, failed when it reported
+// itself degraded (e.g. "degraded: storage network down (...)").
+func nodeNetworkChecks(cfg *site.Config, stateDir string) []Check {
+	var out []Check
+	var inv *inventory.Inventory
+	for _, n := range cfg.Nodes {
+		if len(n.Interfaces) == 0 {
+			continue
+		}
+		name := "networks of " + n.Name
+		if inv == nil {
+			var err error
+			if inv, err = inventory.Load(stateDir); err != nil {
+				return append(out, Check{Name: "node networks", Detail: err.Error()})
+			}
+		}
+		r, ok := inv.Get(n.MAC)
+		if !ok || r.UpTime.IsZero() {
+			out = append(out, Check{Name: name, OK: true, Skip: true, Detail: "not reported yet (the node reports its links when it is up)"})
+			continue
+		}
+		var links []string
+		for _, l := range r.Interfaces {
+			role := l.Network
+			if l.Boot {
+				role = "boot"
+			}
+			if role == "" {
+				continue
+			}
+			state := l.State
+			if !l.Carrier {
+				state += ", no carrier"
+			}
+			links = append(links, fmt.Sprintf("%s %s %s (%s, mtu %d)", role, l.Name, strings.Join(l.Addresses, ","), state, l.MTU))
+		}
+		detail := strings.Join(links, "; ")
+		if len(r.Degraded) > 0 {
+			out = append(out, Check{Name: name, Detail: strings.Join(r.Degraded, "; ") + " — reported " + r.UpTime.Format(time.RFC3339) + ": " + detail})
+			continue
+		}
+		out = append(out, Check{Name: name, OK: true, Detail: detail})
+	}
+	return out
 }

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/pxe/inventory"
+)
+
+// TestNodeShowAndDoctorShowNetworks: with a node's "up" report in the
+// inventory (as the server records it), `herd node show` prints its
+// declared and reported interfaces and the degraded line, `herd node list`
+// marks it degraded, and `herd doctor` fails the node's networks check
+// naming the storage network.
+func TestNodeShowAndDoctorShowNetworks(t *testing.T) {
+	herd := testenv.Bin(t, "HERD_BIN")
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	cfgPath := filepath.Join(dir, "herd.yaml")
+	os.WriteFile(cfgPath, []byte(`server: {address: 127.0.0.1, http_port: 1}
+dhcp: {mode: off}
+overlays: [autofs]
+networks:
+  storage: {subnet: 10.78.0.0/24, mtu: 9000}
+nas: {address: 10.78.0.2, homes: /export/homes}
+nodes:
+  - name: gpu01
+    mac: "52:54:00:77:00:11"
+    interfaces:
+      - {name: st0, mac: "52:54:00:78:00:11", network: storage, address: 10.78.0.11}
+  - name: gpu02
+    mac: "52:54:00:77:00:12"
+    interfaces:
+      - {name: st0, mac: "52:54:00:78:00:12", network: storage, address: 10.78.0.12}
+  - name: gpu03
+    mac: "52:54:00:77:00:13"
+    interfaces:
+      - {name: st0, mac: "52:54:00:78:00:13", network: storage, address: 10.78.0.13}
+`), 0o644)
+	os.MkdirAll(state, 0o755)
+	inv, err := inventory.Load(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := func(n int) inventory.Link {
+		return inventory.Link{Name: "ens3", MAC: fmt.Sprintf("52:54:00:77:00:1%d", n), State: "up", Carrier: true, MTU: 1500, Addresses: []string{fmt.Sprintf("10.77.0.1%d/24", n)}, Boot: true}
+	}
+	for _, e := range []inventory.Event{
+		{Node: "gpu01", MAC: "52:54:00:77:00:11", Stage: "up", Image: "abc", Interfaces: []inventory.Link{boot(1),
+			{Name: "ens4", MAC: "52:54:00:78:00:11", State: "down", MTU: 9000, Label: "st0", Network: "storage"}},
+			Degraded: []string{"degraded: storage network down (st0 52:54:00:78:00:11: link down)"}},
+		{Node: "gpu02", MAC: "52:54:00:77:00:12", Stage: "up", Image: "abc", Interfaces: []inventory.Link{boot(2),
+			{Name: "ens4", MAC: "52:54:00:78:00:12", State: "up", Carrier: true, MTU: 9000, Addresses: []string{"10.78.0.12/24"}, Label: "st0", Network: "storage"}}},
+	} {
+		if err := inv.RecordEvent(e, "10.77.0.1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("node", "show", "gpu01")
+	if err != nil {
+		t.Fatalf("node show: %v\n%s", err, out)
+	}
+	for _, want := range []string{"declared interfaces:", "st0", "10.78.0.11/24", "reported interfaces", "ens4", "52:54:00:78:00:11", "storage (st0)",
+		"degraded: storage network down (st0 52:54:00:78:00:11: link down)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node show gpu01 lacks %q:\n%s", want, out)
+		}
+	}
+	out, _ = run("node", "show", "gpu02")
+	if strings.Contains(out, "degraded") || !strings.Contains(out, "10.78.0.12/24") {
+		t.Errorf("node show gpu02:\n%s", out)
+	}
+	out, _ = run("node", "list")
+	if !strings.Contains(out, "up (degraded)") || strings.Count(out, "degraded") != 1 {
+		t.Errorf("node list should mark gpu01 (only) degraded:\n%s", out)
+	}
+	out, _ = run("node", "show", "gpu01", "--json")
+	var v struct {
+		Interfaces []struct{ Name, MAC, Network, Address string }
+		Seen       *inventory.Record
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil || len(v.Interfaces) != 1 || v.Interfaces[0].MAC != "52:54:00:78:00:11" || v.Seen == nil || len(v.Seen.Degraded) != 1 {
+		t.Errorf("node show --json: %v\n%s", err, out)
+	}
+
+	// doctor: its other checks fail here (no image, port 1); only the
+	// node network checks matter.
+	stdout, _ := exec.Command(herd, "--config", cfgPath, "--state", state, "doctor", "--json").Output()
+	out = string(stdout)
+	var checks []Check
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, out)
+	}
+	got := map[string]Check{}
+	for _, c := range checks {
+		got[c.Name] = c
+	}
+	if c := got["networks of gpu01"]; c.OK || !strings.Contains(c.Detail, "degraded: storage network down") {
+		t.Errorf("doctor gpu01: %+v", c)
+	}
+	if c := got["networks of gpu02"]; !c.OK || !strings.Contains(c.Detail, "storage ens4 10.78.0.12/24 (up, mtu 9000)") || !strings.Contains(c.Detail, "boot ens3") {
+		t.Errorf("doctor gpu02: %+v", c)
+	}
+	if c := got["networks of gpu03"]; !c.Skip {
+		t.Errorf("doctor gpu03 (never up): %+v", c)
+	}
+}
