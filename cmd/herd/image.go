@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/fleet"
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/image/inspect"
 	"github.com/herdlab/herd/image/manifest"
@@ -99,21 +100,6 @@ staging directories killed builds left behind.`,
 	imageCmd.AddCommand(list, show, insp, promote, rollback, df, rm, gc)
 }
 
-// imageRow is one image as `herd image list` prints it.
-type imageRow struct {
-	ID      string    `json:"id"`
-	Created time.Time `json:"created"`
-	Recipe  string    `json:"recipe"`
-	Kernel  string    `json:"kernel"`
-	NVIDIA  string    `json:"nvidia"`
-	Size    int64     `json:"size"`
-	Current bool      `json:"current"`
-	// Nodes counts nodes whose last boot reported this image.
-	Nodes int `json:"nodes"`
-	// Tested is "passed", "failed" or "" (never tested).
-	Tested string `json:"tested"`
-}
-
 // bootCounts reads how many nodes last booted each image; a missing or
 // unreadable inventory only loses the counts, not the listing.
 func bootCounts() map[string]int {
@@ -161,17 +147,9 @@ func humanBytes(n int64) string {
 
 func runImageList(cmd *cobra.Command, args []string) error {
 	st := store.ReadOnly(globals.state)
-	imgs, err := st.List()
+	rows, err := fleet.Images(st, bootCounts())
 	if err != nil {
 		return err
-	}
-	counts := bootCounts()
-	rows := []imageRow{}
-	for _, im := range imgs {
-		m := im.Manifest
-		tested, _ := testState(st, im.ID)
-		rows = append(rows, imageRow{ID: im.ID, Created: m.Created, Recipe: m.Recipe, Kernel: m.KernelABI,
-			NVIDIA: m.NVIDIA, Size: m.Size(), Current: im.Current, Nodes: counts[im.ID], Tested: tested})
 	}
 	out := cmd.OutOrStdout()
 	if imageFlags.json {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/fleet"
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/image/inspect"
 	"github.com/herdlab/herd/image/manifest"
@@ -173,7 +174,7 @@ func TestImageCommands(t *testing.T) {
 	if out := c.ok("image", "promote", a[:6]); !strings.Contains(out, a+" is now current") {
 		t.Errorf("promote: %q", out)
 	}
-	var rows []imageRow
+	var rows []fleet.Image
 	if err := json.Unmarshal([]byte(c.ok("image", "list", "--json")), &rows); err != nil {
 		t.Fatal(err)
 	}

@@ -4,51 +4,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/fleet"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
 )
-
-// nodeView is one node as `herd node list|show` prints it: herd.yaml's
-// entry joined with what the server saw.
-type nodeView struct {
-	Name       string            `json:"name"`
-	MAC        string            `json:"mac"`
-	IP         string            `json:"ip,omitempty"`
-	Image      string            `json:"image_pin,omitempty"`
-	KernelArgs string            `json:"kernel_args,omitempty"`
-	Configured bool              `json:"configured"`
-	// Interfaces are herd.yaml's nodes[].interfaces (what the node should have).
-	Interfaces []site.Interface  `json:"interfaces,omitempty"`
-	Seen       *inventory.Record `json:"seen,omitempty"`
-}
-
-func nodeViews(cfg *site.Config, inv *inventory.Inventory) []nodeView {
-	var out []nodeView
-	seen := map[string]bool{}
-	for _, n := range cfg.Nodes {
-		v := nodeView{Name: n.Name, MAC: n.MAC, IP: n.IP, Image: n.Image, KernelArgs: n.KernelArgs, Configured: true, Interfaces: n.Interfaces}
-		if r, ok := inv.Get(n.MAC); ok {
-			v.Seen = &r
-		}
-		seen[n.MAC] = true
-		out = append(out, v)
-	}
-	// MACs the server met that herd.yaml does not name (discovered).
-	for _, r := range inv.Records() {
-		if !seen[r.MAC] {
-			r := r
-			out = append(out, nodeView{Name: r.Name, MAC: r.MAC, Seen: &r})
-		}
-	}
-	return out
-}
 
 func ago(t time.Time) string {
 	if t.IsZero() {
@@ -88,17 +53,14 @@ func init() {
 			if err != nil {
 				return err
 			}
-			views := nodeViews(cfg, inv)
+			views := fleet.Nodes(cfg, inv)
 			if asJSON {
-				if views == nil {
-					views = []nodeView{}
-				}
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(views)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS")
+			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS")
 			for _, v := range views {
 				name := v.Name
 				if !v.Configured {
@@ -114,7 +76,7 @@ func init() {
 						stage = "up (degraded)"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", name, v.MAC, dash(ip), dhcp, stage, when, img, boots)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots)
 			}
 			return tw.Flush()
 		},
@@ -134,33 +96,31 @@ func init() {
 			if err != nil {
 				return err
 			}
-			for _, v := range nodeViews(cfg, inv) {
-				if v.Name == args[0] || sameMAC(v.MAC, args[0]) {
-					if asJSON {
-						enc := json.NewEncoder(cmd.OutOrStdout())
-						enc.SetIndent("", "  ")
-						return enc.Encode(v)
-					}
-					w := cmd.OutOrStdout()
-					fmt.Fprintf(w, "name:        %s\nmac:         %s\nip:          %s\nin config:   %v\n", dash(v.Name), v.MAC, dash(v.IP), v.Configured)
-					if v.Image != "" {
-						fmt.Fprintf(w, "image pin:   %s\n", v.Image)
-					}
-					if v.KernelArgs != "" {
-						fmt.Fprintf(w, "kernel args: %s\n", v.KernelArgs)
-					}
-					if r := v.Seen; r != nil {
-						fmt.Fprintf(w, "last DHCP:   %s (%s)\n", ago(r.LastDHCP), dash(r.LastDHCPIP))
-						fmt.Fprintf(w, "script:      %s (image %s)\n", ago(r.ScriptServed), short(r.ScriptImage))
-						fmt.Fprintf(w, "last stage:  %s %d%% %s (%s, from %s)\n", dash(r.Stage), r.Percent, r.Message, ago(r.StageTime), dash(r.Address))
-						fmt.Fprintf(w, "booted:      image %s, kernel %s, nvidia %s (%s)\n", dash(r.Image), dash(r.Kernel), dash(r.NVIDIA), ago(r.UpTime))
-						fmt.Fprintf(w, "boots:       %d (errors %d)\n", r.Boots, r.Errors)
-					} else {
-						fmt.Fprintln(w, "seen:        never")
-					}
-					writeNodeNetworks(w, cfg, v)
-					return nil
+			if v, ok := fleet.FindNode(fleet.Nodes(cfg, inv), args[0]); ok {
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(v)
 				}
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "name:        %s\nmac:         %s\nip:          %s\nin config:   %v\nstate:       %s\n", dash(v.Name), v.MAC, dash(v.IP), v.Configured, v.State)
+				if v.Image != "" {
+					fmt.Fprintf(w, "image pin:   %s\n", v.Image)
+				}
+				if v.KernelArgs != "" {
+					fmt.Fprintf(w, "kernel args: %s\n", v.KernelArgs)
+				}
+				if r := v.Seen; r != nil {
+					fmt.Fprintf(w, "last DHCP:   %s (%s)\n", ago(r.LastDHCP), dash(r.LastDHCPIP))
+					fmt.Fprintf(w, "script:      %s (image %s)\n", ago(r.ScriptServed), short(r.ScriptImage))
+					fmt.Fprintf(w, "last stage:  %s %d%% %s (%s, from %s)\n", dash(r.Stage), r.Percent, r.Message, ago(r.StageTime), dash(r.Address))
+					fmt.Fprintf(w, "booted:      image %s, kernel %s, nvidia %s (%s)\n", dash(r.Image), dash(r.Kernel), dash(r.NVIDIA), ago(r.UpTime))
+					fmt.Fprintf(w, "boots:       %d (errors %d)\n", r.Boots, r.Errors)
+				} else {
+					fmt.Fprintln(w, "seen:        never")
+				}
+				writeNodeNetworks(w, cfg, v)
+				return nil
 			}
 			return fmt.Errorf("no node %q in %s or the inventory", args[0], globals.config)
 		},
@@ -206,7 +166,7 @@ func init() {
 
 // writeNodeNetworks prints the node's declared interfaces and the links it
 // reported in its last "up" event, with what it found degraded.
-func writeNodeNetworks(w io.Writer, cfg *site.Config, v nodeView) {
+func writeNodeNetworks(w io.Writer, cfg *site.Config, v fleet.Node) {
 	if len(v.Interfaces) > 0 {
 		fmt.Fprintln(w, "declared interfaces:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -256,8 +216,3 @@ func writeNodeNetworks(w io.Writer, cfg *site.Config, v nodeView) {
 	}
 }
 
-func sameMAC(a, b string) bool {
-	x, err1 := net.ParseMAC(a)
-	y, err2 := net.ParseMAC(b)
-	return err1 == nil && err2 == nil && x.String() == y.String()
-}
