@@ -145,9 +145,28 @@ type Record struct {
 
 // Inventory is the set of records, loaded from and saved to <state>/nodes.json.
 type Inventory struct {
-	path string
-	mu   sync.Mutex
-	recs map[string]*Record
+	path   string
+	mu     sync.Mutex
+	recs   map[string]*Record
+	notify func(Change)
+}
+
+// Change is one saved update of a record, as passed to the Notify hook.
+type Change struct {
+	// Kind is "dhcp", "script" or "event".
+	Kind   string `json:"kind"`
+	Record Record `json:"record"`
+	// Event is the boot event that caused the change (Kind "event").
+	Event *Event `json:"event,omitempty"`
+}
+
+// Notify sets fn to be called after every saved change (the server's live
+// feed for the dashboard). fn runs with the inventory locked, in the order
+// changes were saved, and must not block.
+func (inv *Inventory) Notify(fn func(Change)) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.notify = fn
 }
 
 // file is the on-disk form.
@@ -226,7 +245,7 @@ func (inv *Inventory) CountByImage() map[string]int {
 }
 
 // update applies fn to the record of mac and saves the inventory.
-func (inv *Inventory) update(mac string, fn func(r *Record)) error {
+func (inv *Inventory) update(kind string, ev *Event, mac string, fn func(r *Record)) error {
 	hw, err := net.ParseMAC(mac)
 	if err != nil || len(hw) != 6 {
 		return fmt.Errorf("inventory: %q is not an Ethernet MAC address", mac)
@@ -250,6 +269,9 @@ func (inv *Inventory) update(mac string, fn func(r *Record)) error {
 		}
 		return err
 	}
+	if inv.notify != nil {
+		inv.notify(Change{Kind: kind, Record: *r, Event: ev})
+	}
 	return nil
 }
 
@@ -267,7 +289,7 @@ func (inv *Inventory) saveLocked() error {
 // RecordDHCP notes a DHCP exchange: the node (name may be "" for unknown
 // MACs) was offered or acknowledged ip at t.
 func (inv *Inventory) RecordDHCP(mac, name, ip string, t time.Time) error {
-	return inv.update(mac, func(r *Record) {
+	return inv.update("dhcp", nil, mac, func(r *Record) {
 		if name != "" {
 			r.Name = name
 		}
@@ -277,7 +299,7 @@ func (inv *Inventory) RecordDHCP(mac, name, ip string, t time.Time) error {
 
 // RecordScript notes that the node fetched its iPXE script naming image.
 func (inv *Inventory) RecordScript(mac, name, image, from string, t time.Time) error {
-	return inv.update(mac, func(r *Record) {
+	return inv.update("script", nil, mac, func(r *Record) {
 		if name != "" {
 			r.Name = name
 		}
@@ -292,7 +314,9 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 		return err
 	}
 	t := now.UTC()
-	return inv.update(e.MAC, func(r *Record) {
+	ev := e
+	ev.Time = t
+	return inv.update("event", &ev, e.MAC, func(r *Record) {
 		if e.Node != "" {
 			r.Name = e.Node
 		}
