@@ -19,7 +19,8 @@ APT_PACKAGES := \
 	iproute2 isc-dhcp-client udhcpc busybox-static atftp curl socat \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
 	openssh-client sshpass sudo \
-	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine
+	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
+	chromium
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go
 

@@ -38,7 +38,8 @@ type Config struct {
 	Tuning      Tuning      `yaml:"tuning"`
 	// Networks are node networks beside the boot network, by name (e.g.
 	// storage); nodes join them through nodes[].interfaces.
-	Networks map[string]Network `yaml:"networks"`
+	Networks  map[string]Network `yaml:"networks"`
+	Dashboard Dashboard          `yaml:"dashboard"`
 	// Overlays lists the system overlays baked into images, in order.
 	Overlays []string `yaml:"overlays"`
 
@@ -205,6 +206,19 @@ type NVIDIA struct {
 	ModuleOptions []string `yaml:"module_options"`
 }
 
+// Dashboard configures herd serve's read-only web dashboard and JSON API.
+type Dashboard struct {
+	// Listen is "" (serve on the boot HTTP port, the default), "off", or an
+	// address host:port of the dashboard's own listener.
+	Listen string `yaml:"listen"`
+	// ShowGPUUsers lets pages and the API show who runs each GPU process
+	// (default off: user names are personal data on a shared lab LAN).
+	ShowGPUUsers bool `yaml:"show_gpu_users"`
+}
+
+// DashboardOff is the Dashboard.Listen value that turns the dashboard off.
+const DashboardOff = "off"
+
 // Tuning holds kernel tunables.
 type Tuning struct {
 	RmemDefault int `yaml:"rmem_default"`
@@ -355,6 +369,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.HTTPPort < 1 || c.Server.HTTPPort > 65535 {
 		bad("server.http_port", "port %d is out of range 1-65535", c.Server.HTTPPort)
+	}
+	if l := c.Dashboard.Listen; l != "" && l != DashboardOff {
+		if ap, err := netip.ParseAddrPort(l); err != nil || ap.Port() == 0 {
+			bad("dashboard.listen", "%q is not \"\", \"off\" or an address:port such as 10.0.0.1:8081", l)
+		}
 	}
 	if c.Server.MaxTFTP < 1 {
 		bad("server.max_tftp", "must be at least 1")

@@ -33,6 +33,7 @@ func TestValidationErrorsNameLineAndField(t *testing.T) {
 		{"missing node name", "overlays: []\ndhcp: {mode: off}\nnodes:\n  - mac: '52:54:00:00:00:01'\n", `field nodes[0].name: required field "name" is missing`},
 		{"cull order", "overlays: []\ndhcp: {mode: off}\ncachefilesd: {brun: 10, bcull: 20, bstop: 5}\n", "brun > bcull > bstop"},
 		{"unknown overlay", "overlays: [gpu]\ndhcp: {mode: off}\n", `overlays[0]: unknown overlay "gpu"`},
+		{"dashboard listen", "overlays: []\ndhcp: {mode: off}\ndashboard:\n  listen: 8081\n", `herd.yaml:4:11: field dashboard.listen: "8081" is not "", "off" or an address:port`},
 		{"unknown field", "dhcpd: {}\n", `herd.yaml:1:1: field dhcpd: unknown field "dhcpd"`},
 	}
 	for _, c := range cases {

@@ -25,6 +25,7 @@ import (
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/pxe/tftp"
 	"github.com/herdlab/herd/site"
+	"github.com/herdlab/herd/web"
 )
 
 // DHCP is what the server needs from a running DHCP service (pxe/dhcp).
@@ -106,11 +107,12 @@ func (s *Server) Reload() error {
 	defer s.mu.Unlock()
 	old := s.cfg
 	if cfg.DHCP.Mode != old.DHCP.Mode || cfg.Server.Interface != old.Server.Interface ||
-		cfg.Server.Address != old.Server.Address || cfg.Server.HTTPPort != old.Server.HTTPPort {
+		cfg.Server.Address != old.Server.Address || cfg.Server.HTTPPort != old.Server.HTTPPort ||
+		cfg.Dashboard.Listen != old.Dashboard.Listen {
 		// Sockets are bound once; these take a restart. Say so, apply the rest.
-		s.log.Warn("reload: server.interface/address/http_port and dhcp.mode changes need a restart; the old values stay in effect until then")
-		cfg.DHCP.Mode, cfg.Server.Interface, cfg.Server.Address, cfg.Server.HTTPPort =
-			old.DHCP.Mode, old.Server.Interface, old.Server.Address, old.Server.HTTPPort
+		s.log.Warn("reload: server.interface/address/http_port, dashboard.listen and dhcp.mode changes need a restart; the old values stay in effect until then")
+		cfg.DHCP.Mode, cfg.Server.Interface, cfg.Server.Address, cfg.Server.HTTPPort, cfg.Dashboard.Listen =
+			old.DHCP.Mode, old.Server.Interface, old.Server.Address, old.Server.HTTPPort, old.Dashboard.Listen
 	}
 	if cfg.Server.TFTPRoot != old.Server.TFTPRoot {
 		if err := s.tftp.SetRoot(cfg.Server.TFTPRoot); err != nil {
@@ -239,10 +241,53 @@ func Run(ctx context.Context, opt Options) error {
 		s.stopDHCP()
 		return fmt.Errorf("http: listen on %s port %d: %w", bindIP, httpPort, err)
 	}
+	// The dashboard and API (package web): on the boot HTTP port unless
+	// dashboard.listen names its own address, or not at all ("off").
+	var dash *web.Dashboard
+	var dln net.Listener
+	var handler http.Handler = s.http
+	if cfg.Dashboard.Listen != site.DashboardOff {
+		dash, err = web.New(web.Options{Config: s.http.Config, StateDir: opt.StateDir, Inventory: inv,
+			Log: opt.Log, Registry: reg})
+		if err == nil && cfg.Dashboard.Listen != "" {
+			dln, err = net.Listen("tcp", cfg.Dashboard.Listen)
+			if err != nil {
+				err = fmt.Errorf("dashboard: listen on %s (dashboard.listen): %w", cfg.Dashboard.Listen, err)
+			}
+		}
+		if err != nil {
+			hln.Close()
+			tconn.Close()
+			s.stopDHCP()
+			return err
+		}
+		if dln == nil {
+			boot := s.http
+			handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if web.Owns(r.URL.Path) {
+					dash.ServeHTTP(w, r)
+					return
+				}
+				boot.ServeHTTP(w, r)
+			})
+		}
+	}
 	// No write timeout: a 1 GB image on a slow link may take minutes.
-	hs := &http.Server{Handler: s.http, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	servers := []*http.Server{hs}
+	var ds *http.Server
+	if dln != nil {
+		ds = &http.Server{Handler: dash, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+		servers = append(servers, ds)
+	}
+	if dash != nil {
+		// Event streams end when the server drains instead of holding it.
+		for _, x := range servers {
+			x.RegisterOnShutdown(dash.Close)
+		}
+	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() {
 		if err := s.tftp.Serve(tconn); err != nil {
 			errc <- fmt.Errorf("tftp: %w", err)
@@ -253,8 +298,20 @@ func Run(ctx context.Context, opt Options) error {
 			errc <- fmt.Errorf("http: %w", err)
 		}
 	}()
+	dashAddr := "off"
+	switch {
+	case ds != nil:
+		dashAddr = dln.Addr().String()
+		go func() {
+			if err := ds.Serve(dln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("dashboard: %w", err)
+			}
+		}()
+	case dash != nil:
+		dashAddr = hln.Addr().String()
+	}
 	opt.Log.Warn("herd serving", "http", hln.Addr().String(), "tftp", tconn.LocalAddr().String(),
-		"dhcp", cfg.DHCP.Mode, "nodes", len(cfg.Nodes), "config", opt.ConfigPath)
+		"dhcp", cfg.DHCP.Mode, "nodes", len(cfg.Nodes), "dashboard", dashAddr, "config", opt.ConfigPath)
 	// Signals are caught before anyone is told we are ready, so a SIGHUP
 	// right after start reloads instead of killing the process.
 	sigs := make(chan os.Signal, 4)
@@ -291,14 +348,16 @@ loop:
 	defer cancel()
 	s.stopDHCPctx(dctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := hs.Shutdown(dctx); err != nil {
-			opt.Log.Warn("http drain cut short", "err", err)
-			hs.Close()
-		}
-	}()
+	wg.Add(1 + len(servers))
+	for _, x := range servers {
+		go func() {
+			defer wg.Done()
+			if err := x.Shutdown(dctx); err != nil {
+				opt.Log.Warn("http drain cut short", "err", err)
+				x.Close()
+			}
+		}()
+	}
 	go func() { defer wg.Done(); s.tftp.Shutdown() }()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
