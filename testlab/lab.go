@@ -40,6 +40,10 @@ type LabNode struct {
 	Name string
 	MAC  string
 	IP   string
+	// StorageMAC and StorageIP are the node's second NIC in a storage lab
+	// (LabConfig.Storage): on the storage bridge, named by MAC in herd.yaml.
+	StorageMAC string
+	StorageIP  string
 }
 
 // LabConfig describes a whole lab: namespace, bridge, NAS (nfs-ganesha +
@@ -62,6 +66,10 @@ type LabConfig struct {
 	// Site is where the NAS and directory appear to nodes (zero fields: the
 	// reference lab's); it must match what the booted image was built for.
 	Site LabSite
+	// Storage makes a two-network lab (storage.go): a second bridge with
+	// MTU 9000 where the NAS and LDAP stand alone (StorageNAS by default),
+	// and a second NIC per node with a StorageMAC.
+	Storage bool
 }
 
 // Lab is a running lab.
@@ -98,7 +106,7 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if c.Cache == "" {
 		c.Cache = "auto"
 	}
-	c.Site = c.Site.withDefaults()
+	c.Site = storageSite(c).withDefaults()
 	if err := c.Site.Validate(); err != nil {
 		return nil, err
 	}
@@ -128,8 +136,12 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	// The NAS and LDAP addresses live on the bridge too. One outside the
 	// lab subnet gets a /32: nodes send it to their router, 10.77.0.1,
 	// which is this namespace, so it is delivered here and goes no further.
+	nasBridge, err := l.startStorageBridge()
+	if err != nil {
+		return l, err
+	}
 	for _, a := range uniq(c.Site.NASAddr, c.Site.LDAPAddr) {
-		if err = l.Netns.AddAddress(LabBridge, a+labPrefix(a)); err != nil {
+		if err = l.Netns.AddAddress(nasBridge, a+labPrefix(a)); err != nil {
 			return l, err
 		}
 	}
@@ -185,7 +197,7 @@ func SiteYAML(c LabConfig, adminDN, secret string) string {
 	if c.Cache == "" {
 		c.Cache = "auto"
 	}
-	site := c.Site.withDefaults()
+	site := storageSite(c).withDefaults()
 	var b strings.Builder
 	fmt.Fprintf(&b, `server:
   interface: %s
@@ -224,7 +236,9 @@ ldap:
 	fmt.Fprintf(&b, "sudo:\n  group: %s\ncache:\n  disk: %s\nnodes:\n", site.SudoGroup, c.Cache)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
+		b.WriteString(storageInterfaceYAML(c, n))
 	}
+	b.WriteString(storageYAML(c))
 	if len(c.AdminKeys) > 0 {
 		b.WriteString("admin:\n  user: herdadmin\n  ssh_keys:\n")
 		for _, k := range c.AdminKeys {
@@ -397,8 +411,12 @@ func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error
 	if err != nil {
 		return nil, err
 	}
+	nics, err := l.addStorageNIC(n)
+	if err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(l.Config.Dir, "vms", name)
-	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi,
+	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
 		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
 		Accel: os.Getenv("HERD_QEMU_ACCEL")})
 }
@@ -472,7 +490,7 @@ func uniq(v ...string) []string {
 
 // labPrefix is the prefix length an address gets on the lab bridge.
 func labPrefix(addr string) string {
-	if ip, err := netip.ParseAddr(addr); err == nil && netip.MustParsePrefix(LabSubnet).Contains(ip) {
+	if ip, err := netip.ParseAddr(addr); err == nil && (netip.MustParsePrefix(LabSubnet).Contains(ip) || netip.MustParsePrefix(StorageSubnet).Contains(ip)) {
 		return "/24"
 	}
 	return "/32"

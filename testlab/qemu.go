@@ -52,8 +52,16 @@ type VMConfig struct {
 	Dir string
 	// NoReboot makes a guest reboot end QEMU instead of resetting.
 	NoReboot bool
+	// NICs are more NICs after the boot NIC (never booted from).
+	NICs []NIC
 	// Extra arguments appended to the command line.
 	Extra []string
+}
+
+// NIC is an extra network card: a tap, its MAC and the netdev id (for QMP
+// set_link; default net<N>).
+type NIC struct {
+	Tap, MAC, ID string
 }
 
 // VM is a running QEMU process started by this process.
@@ -96,6 +104,15 @@ func (c VMConfig) Args() []string {
 		a = append(a, "-fw_cfg", "name=etc/sercon-port,file="+filepath.Join(c.Dir, "sercon-port"))
 	}
 	a = append(a, "-device", nic)
+	for i, x := range c.NICs {
+		id := x.ID
+		if id == "" {
+			id = fmt.Sprintf("net%d", i+1)
+		}
+		// No option ROM: only the first NIC boots.
+		a = append(a, "-netdev", "tap,id="+id+",ifname="+x.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev="+id+",mac="+x.MAC+",romfile=")
+	}
 	if c.Disk != "" {
 		// A serial number gives the disk a stable /dev/disk/by-id name.
 		a = append(a,
