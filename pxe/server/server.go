@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -81,6 +82,26 @@ type Options struct {
 	Ready func(httpAddr, tftpAddr string)
 }
 
+// Validate refuses options `herd serve` cannot honour, naming the flag,
+// before anything is bound or looked up.
+func (o Options) Validate() error {
+	if o.Listen != "" {
+		if _, err := netip.ParseAddr(o.Listen); err != nil {
+			return fmt.Errorf("--listen %q: not an IP address", o.Listen)
+		}
+	}
+	if o.HTTPPort < 0 || o.HTTPPort > 65535 {
+		return fmt.Errorf("--http-port %d: not a port (1-65535)", o.HTTPPort)
+	}
+	if o.TFTPPort < 0 || o.TFTPPort > 65535 {
+		return fmt.Errorf("--tftp-port %d: not a port (1-65535)", o.TFTPPort)
+	}
+	if o.DrainTimeout < 0 {
+		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
+	}
+	return nil
+}
+
 // Server is a running `herd serve`.
 type Server struct {
 	opt  Options
@@ -147,6 +168,9 @@ func (s *Server) Config() *site.Config {
 // returns nil; SIGHUP reloads the config. It fails early, naming the
 // service, when a port cannot be bound.
 func Run(ctx context.Context, opt Options) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
 	if opt.Log == nil {
 		opt.Log = slog.Default()
 	}
