@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/fleet"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
@@ -86,11 +87,11 @@ func TestNodeCommands(t *testing.T) {
 	if err := inv.RecordDHCP("52:54:00:00:00:99", "", "10.0.0.99", now); err != nil {
 		t.Fatal(err)
 	}
-	var views []nodeView
+	var views []fleet.Node
 	if err := json.Unmarshal([]byte(c.ok("node", "list", "--json")), &views); err != nil {
 		t.Fatal(err)
 	}
-	byMAC := map[string]nodeView{}
+	byMAC := map[string]fleet.Node{}
 	for _, v := range views {
 		byMAC[v.MAC] = v
 	}
@@ -110,7 +111,7 @@ func TestNodeCommands(t *testing.T) {
 	if out := c.ok("node", "show", "52-54-00-00-00-01"); !strings.Contains(out, "name:        gpu01") || !strings.Contains(out, "last stage:  up") {
 		t.Errorf("show by dashed MAC:\n%s", out)
 	}
-	var one nodeView
+	var one fleet.Node
 	if err := json.Unmarshal([]byte(c.ok("node", "show", "--json", "gpu02")), &one); err != nil || one.MAC != "52:54:00:00:00:02" {
 		t.Errorf("show --json: %+v %v", one, err)
 	}
