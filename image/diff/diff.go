@@ -49,6 +49,17 @@ type Result struct {
 	OverlaysAdded   []manifest.OverlayFile `json:"overlays_added"`
 	OverlaysRemoved []manifest.OverlayFile `json:"overlays_removed"`
 	OverlaysChanged []OverlayChange        `json:"overlays_changed"`
+
+	// Size is what a node downloads: the artifacts' total bytes, old and
+	// new, so a recipe change's growth is seen before nodes take it.
+	Size SizeChange `json:"size"`
+}
+
+// SizeChange is the images' artifact bytes (kernel, initrd, root image).
+type SizeChange struct {
+	Old   int64 `json:"old"`
+	New   int64 `json:"new"`
+	Delta int64 `json:"delta"`
 }
 
 // Empty reports whether the two images differ in nothing Diff compares.
@@ -72,6 +83,7 @@ func Diff(a, b *manifest.Manifest) *Result {
 	r.NVIDIA = change("nvidia", a.NVIDIA, b.NVIDIA)
 	r.Recipe = change("recipe", a.Recipe, b.Recipe)
 	r.Suite = change("suite", a.Distribution+" "+a.Suite, b.Distribution+" "+b.Suite)
+	r.Size = SizeChange{Old: a.Size(), New: b.Size(), Delta: b.Size() - a.Size()}
 
 	for _, n := range sortedKeys(a.Packages, b.Packages) {
 		va, ina := a.Packages[n]
@@ -166,6 +178,13 @@ func (r *Result) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "%-8s %s -> %s\n", c.Name+":", dash(c.Old), dash(c.New))
 		}
 	}
+	if s := r.Size; s.Delta != 0 {
+		pct := ""
+		if s.Old > 0 {
+			pct = fmt.Sprintf(", %+.1f%%", 100*float64(s.Delta)/float64(s.Old))
+		}
+		fmt.Fprintf(&b, "size:    %s -> %s (%s%s)\n", mib(s.Old), mib(s.New), signedMiB(s.Delta), pct)
+	}
 	if n := len(r.Added) + len(r.Removed) + len(r.Changed); n > 0 {
 		fmt.Fprintf(&b, "packages: %d added, %d removed, %d changed\n", len(r.Added), len(r.Removed), len(r.Changed))
 	}
@@ -193,6 +212,10 @@ func (r *Result) WriteText(w io.Writer) error {
 	_, err := io.WriteString(w, b.String())
 	return err
 }
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func signedMiB(n int64) string { return fmt.Sprintf("%+.1f MiB", float64(n)/(1<<20)) }
 
 func dash(s string) string {
 	if strings.TrimSpace(s) == "" {

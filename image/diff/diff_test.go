@@ -27,7 +27,12 @@ func TestDiffDriverBump(t *testing.T) {
 			{Overlay: "base", Path: "/etc/new", Mode: "0644", SHA256: "44"},
 			{Overlay: "base", Path: "/etc/link", Mode: "0777", Link: "b"},
 		}}
+	a.Artifacts = map[string]manifest.Artifact{"rootfs.squashfs": {Size: 700 << 20}, "vmlinuz": {Size: 15 << 20}}
+	b.Artifacts = map[string]manifest.Artifact{"rootfs.squashfs": {Size: 770 << 20}, "vmlinuz": {Size: 15 << 20}}
 	r := Diff(a, b)
+	if r.Size != (SizeChange{Old: 715 << 20, New: 785 << 20, Delta: 70 << 20}) {
+		t.Errorf("size %+v", r.Size)
+	}
 	if r.Kernel != nil || r.Recipe != nil || r.Suite != nil {
 		t.Errorf("unexpected changes: kernel %v recipe %v suite %v", r.Kernel, r.Recipe, r.Suite)
 	}
@@ -53,7 +58,8 @@ func TestDiffDriverBump(t *testing.T) {
 	}
 	for _, want := range []string{"image aaaa -> bbbb", "nvidia:  580.95.05-0ubuntu0.24.04.1 -> 580.178.04-0ubuntu0.24.04.1",
 		"  + new-tool 2.0", "  - old-tool 1.0", "  ~ nvidia-utils-580-server 580.95.05-0ubuntu0.24.04.1 -> 580.178.04-0ubuntu0.24.04.1",
-		"  ~ /etc/sssd/sssd.conf: content, mode, owner", "  + /etc/new (base)", "  - /etc/gone (base)"} {
+		"  ~ /etc/sssd/sssd.conf: content, mode, owner", "  + /etc/new (base)", "  - /etc/gone (base)",
+		"size:    715.0 MiB -> 785.0 MiB (+70.0 MiB, +9.8%)"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, buf.String())
 		}
