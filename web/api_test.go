@@ -352,3 +352,39 @@ func TestEventStreamFloodIsBounded(t *testing.T) {
 	}
 	io.Discard.Write(nil)
 }
+
+// TestDashboardListenSetting: dashboard.listen moves the dashboard to its
+// own address (the boot port then serves only the boot routes, and events
+// posted there still reach it); "off" serves no dashboard at all.
+func TestDashboardListenSetting(t *testing.T) {
+	port := freePort(t, "tcp")
+	l := startLab(t, fmt.Sprintf("dashboard:\n  listen: 127.0.0.1:%d\n", port))
+	dash := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if c := l.status("/api/v1/nodes"); c != 404 {
+		t.Errorf("boot port /api/v1/nodes: %d, want 404 with dashboard.listen set", c)
+	}
+	if c := l.status("/boot/" + macs["gpu01"] + ".ipxe"); c != 200 {
+		t.Errorf("boot port /boot/: %d", c)
+	}
+	l.postEvent(t, "gpu02", "verify", 80, "hashing")
+	r, err := http.Get(dash + "/api/v1/nodes/gpu02")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n fleet.Node
+	json.NewDecoder(r.Body).Decode(&n)
+	r.Body.Close()
+	if r.StatusCode != 200 || n.State != fleet.StateBooting || n.Seen == nil || n.Seen.Stage != "verify" {
+		t.Errorf("dashboard port: %s %+v", r.Status, n)
+	}
+
+	off := startLab(t, "dashboard:\n  listen: \"off\"\n")
+	for _, p := range []string{"/", "/api/v1/nodes", "/ui/images"} {
+		if c := off.status(p); c != 404 {
+			t.Errorf("dashboard off: %s answered %d, want 404", p, c)
+		}
+	}
+	if c := off.status("/healthz"); c != 200 {
+		t.Errorf("dashboard off: /healthz %d", c)
+	}
+}

@@ -43,7 +43,9 @@
     }
     if (r.image) {
       var c = el("code", "", r.image.slice(0, 12));
-      setField(row, "image", [c]);
+      var tbl = document.getElementById("nodes");
+      var cur = tbl ? tbl.dataset.current : "";
+      setField(row, "image", cur && cur === r.image ? [c, " ", el("small", "", "current")] : [c]);
     }
     if (r.up_time) {
       var t = el("time", "", ago(r.up_time) + " ago");
@@ -66,7 +68,7 @@
     var empty = tl.querySelector(".empty");
     if (empty) empty.remove();
     var li = el("li");
-    var when = m.event ? m.event.time : new Date().toISOString();
+    var when = (m.event ? m.event.time : new Date().toISOString()).replace(/\.\d+Z$/, "Z");
     var t = el("time", "", when); t.setAttribute("datetime", when);
     var what = m.event ? m.event.stage : m.kind;
     li.appendChild(t); li.appendChild(document.createTextNode(" "));
