@@ -170,7 +170,9 @@ func TestRefusals(t *testing.T) {
 }
 
 // TestQueueUnderStorm: with one transfer slot, eight parallel clients all
-// get the file (they wait instead of failing).
+// get the file (they wait instead of failing), and never more than one
+// transfer held a socket at a time (counted where the socket is made, apart
+// from the admission bookkeeping).
 func TestQueueUnderStorm(t *testing.T) {
 	testenv.RequireCommands(t, "curl")
 	root := t.TempDir()
@@ -199,6 +201,9 @@ func TestQueueUnderStorm(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(s.transfers.WithLabelValues("busy")); n != 0 {
 		t.Errorf("busy = %v, want 0", n)
+	}
+	if p := s.PeakTransfers(); p != 1 {
+		t.Errorf("peak concurrent transfers = %d, want exactly the limit 1", p)
 	}
 }
 
