@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -71,6 +72,12 @@ func TestCurlFetchesIPXEWithBlksize(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("%s: got %d bytes, want %d identical bytes", name, len(got), len(want))
 		}
+	}
+	// curl exits once it has sent its last ACK; the server counts the
+	// transfer when that ACK arrives, a moment later.
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(s.transfers.WithLabelValues("ok")) < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 	if n := testutil.ToFloat64(s.transfers.WithLabelValues("ok")); n != 3 {
 		t.Errorf("ok transfers metric = %v, want 3", n)
