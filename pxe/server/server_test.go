@@ -19,37 +19,52 @@ import (
 	"time"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
-// publish writes a published image with random artifacts into state and
-// makes it current.
+// publish publishes an image with random artifacts of the given sizes into
+// state's store (image/store's API, as a build does) and promotes it.
 func publish(t testing.TB, state string, sizes map[string]int) string {
 	t.Helper()
-	tmp := filepath.Join(state, "tmp", "pub")
-	os.MkdirAll(tmp, 0o755)
-	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: "test", Artifacts: map[string]manifest.Artifact{}}
-	for name, n := range sizes {
-		b := make([]byte, n)
+	return publishWith(t, state, "test", func(name, dst string) error {
+		b := make([]byte, sizes[name])
 		rand.Read(b)
-		p := filepath.Join(tmp, name)
-		os.WriteFile(p, b, 0o644)
-		a, err := manifest.HashFile(p)
-		if err != nil {
-			t.Fatal(err)
+		return os.WriteFile(dst, b, 0o644)
+	})
+}
+
+// publishWith stages each artifact with fill, publishes and promotes.
+func publishWith(t testing.TB, state, recipe string, fill func(name, dst string) error) string {
+	t.Helper()
+	st, err := store.Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := st.Lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := st.StagingDir()
+	if err == nil {
+		for _, name := range store.Artifacts {
+			if err = fill(name, filepath.Join(dir, name)); err != nil {
+				break
+			}
 		}
-		m.Artifacts[name] = a
 	}
-	m.ID = m.ComputeID()
-	if err := m.Write(tmp); err != nil {
+	var id string
+	if err == nil {
+		id, err = st.Publish(dir, &manifest.Manifest{Created: time.Now().UTC(), Recipe: recipe})
+	}
+	unlock()
+	if err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(state, "images"), 0o755)
-	if err := os.Rename(tmp, filepath.Join(state, "images", m.ID)); err != nil {
+	if _, err := st.Promote(context.Background(), id, false); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(state, "current"), []byte(m.ID+"\n"), 0o644)
-	return m.ID
+	return id
 }
 
 func freePort(t *testing.T, network string) int {
@@ -210,7 +225,11 @@ func TestServeReloadAndDrain(t *testing.T) {
 		t.Fatalf("the download in flight was cut: %v", err)
 	}
 	got, _ := os.ReadFile(dl)
-	wantRoot, _ := os.ReadFile(filepath.Join(state, "images", id, manifest.Rootfs))
+	img, err := store.ReadOnly(state).Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRoot, _ := os.ReadFile(filepath.Join(img.Dir, manifest.Rootfs))
 	if !bytes.Equal(got, wantRoot) {
 		t.Fatalf("download differs after drain: %d of %d bytes", len(got), len(wantRoot))
 	}
