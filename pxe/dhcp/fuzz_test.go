@@ -22,9 +22,11 @@ var knownReasons = map[string]bool{
 }
 
 // FuzzReply feeds arbitrary packets to the reply logic in both modes and on
-// both ports; seeds in testdata/fuzz/FuzzReply are firmware packets
-// (SeaBIOS iPXE, OVMF PXE, BIOS PXE, UEFI HTTP) and udhcpc packets captured
-// by TestFullModeUdhcpc.
+// both ports. Seeds in testdata/fuzz/FuzzReply (see testdata/README.md):
+// udhcpc-* are udhcpc's real packets captured by TestFullModeUdhcpc, and
+// generated-* are built in Go from the firmware descriptions in util_test.go
+// (TestFuzzSeedsCurrent), for shapes no local run produces (relayed BIOS
+// PXE, UEFI HTTP boot, INFORM, DECLINE).
 func FuzzReply(f *testing.F) {
 	full := testPlan(f, site.DHCPFull, site.UnknownDiscover)
 	proxy := testPlan(f, site.DHCPProxy, site.UnknownDiscover)
@@ -97,8 +99,9 @@ func checkReply(t *testing.T, p *Plan, req *dhcpv4.DHCPv4, r Result) {
 	}
 }
 
-// TestFuzzSeedsCurrent checks that the firmware seeds in testdata/fuzz/FuzzReply
-// match the firmware descriptions above; HERD_WRITE_FUZZ_SEEDS=1 rewrites them.
+// TestFuzzSeedsCurrent checks that the generated seeds in testdata/fuzz/FuzzReply
+// match the firmware descriptions in util_test.go; HERD_WRITE_FUZZ_SEEDS=1
+// rewrites them.
 func TestFuzzSeedsCurrent(t *testing.T) {
 	write := os.Getenv("HERD_WRITE_FUZZ_SEEDS") == "1"
 	http := pkt(macKnown, dhcpv4.MessageTypeDiscover,
@@ -118,7 +121,7 @@ func TestFuzzSeedsCurrent(t *testing.T) {
 		"decline":               with(plain(macUnknown, dhcpv4.MessageTypeDecline), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 100))),
 	} {
 		for _, flags := range []byte{0, 1, 3} {
-			seed := fmt.Sprintf("%s-%d", name, flags)
+			seed := fmt.Sprintf("generated-%s-%d", name, flags)
 			if write {
 				writeSeed(t, seed, d.ToBytes(), flags)
 				continue
@@ -144,3 +147,4 @@ func writeSeed(t testing.TB, name string, pkt []byte, flags byte) {
 func seedBody(pkt []byte, flags byte) string {
 	return fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nbyte(%d)\n", pkt, flags)
 }
+
