@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 80m
 APT_PACKAGES := \
 	mmdebstrap squashfs-tools gpg gpgv ca-certificates e2fsprogs cpio zstd fdisk gcc \
 	qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf \
-	iproute2 isc-dhcp-client udhcpc busybox-static atftp curl socat \
+	iproute2 isc-dhcp-client udhcpc busybox-static atftp curl socat python3 python3-scapy \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \

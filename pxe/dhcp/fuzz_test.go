@@ -18,7 +18,7 @@ var knownReasons = map[string]bool{
 	ReasonNotRequest: true, ReasonNotEthernet: true, ReasonModeOff: true, ReasonUnknownMAC: true,
 	ReasonNotBootable: true, ReasonArch: true, ReasonOtherServer: true, ReasonNoAddress: true,
 	ReasonReleased: true, ReasonDeclined: true, ReasonMessageType: true,
-	ReasonWrongPort: true, ReasonMissingCIAdr: true,
+	ReasonWrongPort: true, ReasonMissingCIAdr: true, ReasonNotHolder: true, ReasonUnknownShare: true,
 }
 
 // FuzzReply feeds arbitrary packets to the reply logic in both modes and on

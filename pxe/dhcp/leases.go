@@ -27,13 +27,15 @@ type Lease struct {
 // safe for concurrent use; the server serialises access.
 type Leases struct {
 	byMAC    map[string]*Lease
-	declined map[netip.Addr]time.Time // address → until when it is avoided
+	byIP     map[netip.Addr]string    // address → MAC of its lease or offer (index: no scan per candidate)
+	declined map[netip.Addr]time.Time // address → end of its probation
+	cursor   netip.Addr               // where the next search for a free address starts
 	dirty    bool
 }
 
 // NewLeases returns an empty lease table.
 func NewLeases() *Leases {
-	return &Leases{byMAC: map[string]*Lease{}, declined: map[netip.Addr]time.Time{}}
+	return &Leases{byMAC: map[string]*Lease{}, byIP: map[netip.Addr]string{}, declined: map[netip.Addr]time.Time{}}
 }
 
 type leaseFile struct {
@@ -61,6 +63,7 @@ func LoadLeases(path string) (*Leases, error) {
 			return nil, fmt.Errorf("%s: lease %d has no MAC or no IPv4 address", path, i)
 		}
 		l.byMAC[le.MAC] = &le
+		l.byIP[le.IP] = le.MAC
 	}
 	for s, t := range f.Declined {
 		a, err := netip.ParseAddr(s)
@@ -122,7 +125,16 @@ func (l *Leases) set(le Lease) {
 	if !le.Offered || (had && !old.Offered) {
 		l.dirty = true
 	}
+	if had && l.byIP[old.IP] == le.MAC {
+		delete(l.byIP, old.IP)
+	}
+	if other, ok := l.byIP[le.IP]; ok && other != le.MAC {
+		// The address moves to le.MAC (the other lease expired or was
+		// taken over): the other MAC's record goes.
+		l.drop(other)
+	}
 	l.byMAC[le.MAC] = &le
+	l.byIP[le.IP] = le.MAC
 }
 
 func (l *Leases) drop(mac string) {
@@ -131,7 +143,37 @@ func (l *Leases) drop(mac string) {
 			l.dirty = true
 		}
 		delete(l.byMAC, mac)
+		if l.byIP[le.IP] == mac {
+			delete(l.byIP, le.IP)
+		}
 	}
+}
+
+// Prune forgets expired leases and offers and declined addresses whose
+// probation is over, so the table stays as large as what is in use.
+func (l *Leases) Prune(now time.Time) {
+	for mac, le := range l.byMAC {
+		if now.After(le.Expires) {
+			l.drop(mac)
+		}
+	}
+	for a, t := range l.declined {
+		if !now.Before(t) {
+			delete(l.declined, a)
+			l.dirty = true
+		}
+	}
+}
+
+// Declined returns how many addresses are in probation after a DECLINE.
+func (l *Leases) Declined(now time.Time) int {
+	n := 0
+	for _, t := range l.declined {
+		if now.Before(t) {
+			n++
+		}
+	}
+	return n
 }
 
 func (l *Leases) decline(a netip.Addr, until time.Time) {
@@ -141,10 +183,12 @@ func (l *Leases) decline(a netip.Addr, until time.Time) {
 
 // holder returns the MAC holding a, if its lease (or offer) is unexpired.
 func (l *Leases) holder(a netip.Addr, now time.Time) (string, bool) {
-	for mac, le := range l.byMAC {
-		if le.IP == a && !now.After(le.Expires) {
-			return mac, true
-		}
+	mac, ok := l.byIP[a]
+	if !ok {
+		return "", false
+	}
+	if le := l.byMAC[mac]; le != nil && le.IP == a && !now.After(le.Expires) {
+		return mac, true
 	}
 	return "", false
 }

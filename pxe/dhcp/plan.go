@@ -27,6 +27,19 @@ const HTTPBootPath = "/ipxe/"
 // it before the client REQUESTs it.
 const offerHold = 2 * time.Minute
 
+// The pool's defences against one host or a flood of random MACs (see
+// HACKING.md, "DHCP policy"):
+//   - DeclineProbation: a DECLINEd address (in use on the wire) is avoided
+//     this long, then offered again;
+//   - at most a quarter of the pool is in probation at once (MaxDeclinedShare);
+//   - in dhcp.unknown: discover mode, MACs not in nodes may hold (offered or
+//     bound) at most half of the pool (UnknownShare); nodes always get theirs.
+const (
+	DeclineProbation = 10 * time.Minute
+	MaxDeclinedShare = 4 // 1/4 of the pool
+	UnknownShare     = 2 // 1/2 of the pool
+)
+
 // Plan is a site config prepared for answering: addresses parsed once, nodes
 // indexed by MAC. It is immutable; Reload swaps the whole Plan.
 type Plan struct {
@@ -133,6 +146,16 @@ func NewPlan(cfg *site.Config, uefiBinary string) (*Plan, error) {
 func (p *Plan) Node(mac net.HardwareAddr) (site.Node, bool) {
 	n, ok := p.nodes[strings.ToLower(mac.String())]
 	return n, ok
+}
+
+// PoolSize returns how many addresses the dynamic range holds (0: none).
+func (p *Plan) PoolSize() int {
+	if !p.RangeStart.IsValid() || !p.RangeEnd.IsValid() || p.RangeEnd.Less(p.RangeStart) {
+		return 0
+	}
+	a, b := p.RangeStart.As4(), p.RangeEnd.As4()
+	u := func(x [4]byte) int { return int(x[0])<<24 | int(x[1])<<16 | int(x[2])<<8 | int(x[3]) }
+	return u(b) - u(a) + 1
 }
 
 func (p *Plan) inRange(a netip.Addr) bool {

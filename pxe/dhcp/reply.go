@@ -37,6 +37,8 @@ const (
 	ReasonMessageType  = "unhandled-message-type"
 	ReasonWrongPort    = "wrong-port"
 	ReasonMissingCIAdr = "no-client-address"
+	ReasonNotHolder    = "not-the-lease-holder"
+	ReasonUnknownShare = "unknown-share-used"
 )
 
 // Result is what Reply decided for one request.
@@ -273,6 +275,9 @@ func replyFull(p *Plan, l *Leases, req *dhcpv4.DHCPv4, src *net.UDPAddr, now tim
 	}
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
+		if !known && overShare(p, l, mac, now) {
+			return drop(ReasonUnknownShare, "%s: unknown MACs already hold %d of the %d pool addresses (the share dhcp.unknown: discover may take)", mac, (p.PoolSize()+UnknownShare-1)/UnknownShare, p.PoolSize())
+		}
 		ip, ok := assign(p, l, mac, reserved, req.RequestedIPAddress(), now)
 		if !ok {
 			return drop(ReasonNoAddress, "%s: no free address in %s-%s", mac, p.RangeStart, p.RangeEnd)
@@ -307,7 +312,7 @@ func replyFull(p *Plan, l *Leases, req *dhcpv4.DHCPv4, src *net.UDPAddr, now tim
 			// Still valid under the current config: a reload may have
 			// shrunk the range or reserved the address for a node.
 			have = cur.IP
-		} else if want.IsValid() && !want.IsUnspecified() && free(p, l, mac, want, now) && p.inRange(want) {
+		} else if want.IsValid() && !want.IsUnspecified() && free(p, l, mac, want, now) && p.inRange(want) && (known || !overShare(p, l, mac, now)) {
 			have = want // we forgot it (offer expired): still free, take it
 		}
 		if !have.IsValid() || have != want {
@@ -331,21 +336,28 @@ func replyFull(p *Plan, l *Leases, req *dhcpv4.DHCPv4, src *net.UDPAddr, now tim
 		return Result{Reply: r, Dest: destination(req, r, ServerPort, src), Bound: true, IP: have, Hostname: node.Name}
 
 	case dhcpv4.MessageTypeDecline:
+		// Only the holder of a pool address may decline it (anyone else
+		// could empty the pool); a reserved address is never put aside.
 		bad, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
-		if cur, ok := l.byMAC[mac]; ok && cur.IP == bad {
-			l.drop(mac)
+		cur, ok := l.byMAC[mac]
+		if !ok || cur.IP != bad || now.After(cur.Expires) || !p.inRange(bad) || reserved.IsValid() {
+			return drop(ReasonNotHolder, "%s declined %s, which it does not hold from the pool: ignored", mac, bad)
 		}
-		if bad.IsValid() && !reserved.IsValid() {
-			// Another host uses it: avoid it for one lease time.
-			l.decline(bad, now.Add(p.LeaseTime))
+		l.drop(mac)
+		if l.Declined(now) >= max(1, p.PoolSize()/MaxDeclinedShare) {
+			return drop(ReasonDeclined, "%s declined %s; a quarter of the pool is already in probation, so it returns to the pool now", mac, bad)
 		}
-		return drop(ReasonDeclined, "%s declined %s (address in use on the network)", mac, bad)
+		l.decline(bad, now.Add(DeclineProbation))
+		return drop(ReasonDeclined, "%s declined %s (in use on the network): avoided for %s", mac, bad, DeclineProbation)
 
 	case dhcpv4.MessageTypeRelease:
+		// Only from the holder, sent from the address it releases.
 		ci, _ := netip.AddrFromSlice(req.ClientIPAddr.To4())
-		if cur, ok := l.byMAC[mac]; ok && cur.IP == ci {
-			l.drop(mac)
+		cur, ok := l.byMAC[mac]
+		if !ok || cur.IP != ci || cur.Offered || (src != nil && !src.IP.Equal(ci.AsSlice())) {
+			return drop(ReasonNotHolder, "%s released %s from %v, which is not its lease or not its address: ignored", mac, ci, src)
 		}
+		l.drop(mac)
 		return drop(ReasonReleased, "%s released %s", mac, ci)
 
 	case dhcpv4.MessageTypeInform:
@@ -415,6 +427,38 @@ func assign(p *Plan, l *Leases, mac string, reserved netip.Addr, requested net.I
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// overShare reports whether an unknown mac asking for a new address would
+// take more than the pool share unknown MACs may hold (UnknownShare).
+func overShare(p *Plan, l *Leases, mac string, now time.Time) bool {
+	if cur, ok := l.Get(mac, now); ok && p.inRange(cur.IP) {
+		return false // it keeps what it has
+	}
+	limit := (p.PoolSize() + UnknownShare - 1) / UnknownShare // rounded up
+	n := 0
+	for m, le := range l.byMAC {
+		if now.After(le.Expires) || !p.inRange(le.IP) {
+			continue
+		}
+		if _, known := p.nodes[m]; !known {
+			if n++; n >= limit {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// PoolFree counts the pool addresses a new client could get now.
+func PoolFree(p *Plan, l *Leases, now time.Time) int {
+	n := 0
+	for a := p.RangeStart; a.IsValid() && p.inRange(a); a = a.Next() {
+		if free(p, l, "", a, now) {
+			n++
+		}
+	}
+	return n
 }
 
 func free(p *Plan, l *Leases, mac string, a netip.Addr, now time.Time) bool {

@@ -324,7 +324,7 @@ func TestFullUnknownPolicies(t *testing.T) {
 	p := testPlan(t, site.DHCPFull, site.UnknownDiscover)
 	l := NewLeases()
 	macs := []net.HardwareAddr{macUnknown, {0x52, 0x54, 0, 0x99, 0, 2}, {0x52, 0x54, 0, 0x99, 0, 3}, {0x52, 0x54, 0, 0x99, 0, 4}}
-	for i, mac := range macs[:3] {
+	for i, mac := range macs[:2] {
 		rep := mustReply(t, Reply(p, l, plain(mac, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), dhcpv4.MessageTypeOffer)
 		if want := netip.AddrFrom4([4]byte{10, 77, 0, byte(100 + i)}); rep.YourIPAddr.String() != want.String() {
 			t.Errorf("unknown %d got %s, want %s", i, rep.YourIPAddr, want)
@@ -333,8 +333,9 @@ func TestFullUnknownPolicies(t *testing.T) {
 			t.Error("unknown MAC got a host name")
 		}
 	}
-	// The range (3 addresses) is exhausted by the three offers.
-	mustDrop(t, Reply(p, l, plain(macs[3], dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), ReasonNoAddress)
+	// Unknown MACs may hold half the range (3 addresses, rounded up: 2).
+	mustDrop(t, Reply(p, l, plain(macs[2], dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), ReasonUnknownShare)
+	mustDrop(t, Reply(p, l, plain(macs[3], dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), ReasonUnknownShare)
 	// Offers lapse; the fourth client then gets one.
 	later := t0.Add(offerHold + time.Second)
 	rep := mustReply(t, Reply(p, l, plain(macs[3], dhcpv4.MessageTypeDiscover), ServerPort, nil, later), dhcpv4.MessageTypeOffer)
@@ -524,5 +525,105 @@ func TestReloadInvalidatesDynamicLease(t *testing.T) {
 	rep := mustReply(t, Reply(p2, l, plain(macUnknown, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0.Add(time.Minute)), dhcpv4.MessageTypeOffer)
 	if rep.YourIPAddr.String() != "10.77.0.101" {
 		t.Errorf("re-offer %s, want 10.77.0.101", rep.YourIPAddr)
+	}
+}
+
+// TestDeclineReleaseOnlyFromHolder: the attacker is any host on the boot
+// LAN sending DECLINE/RELEASE with a victim's address (issue #15). Only the
+// lease holder may decline or release, only pool addresses go into
+// probation, probation ends, and expired leases are pruned.
+func TestDeclineReleaseOnlyFromHolder(t *testing.T) {
+	p := testPlan(t, site.DHCPFull, site.UnknownDiscover)
+	l := NewLeases()
+	victim, attacker := macUnknown, net.HardwareAddr{0x52, 0x54, 0, 0x66, 0, 6}
+	rep := mustReply(t, Reply(p, l, plain(victim, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), dhcpv4.MessageTypeOffer)
+	mustReply(t, Reply(p, l, with(plain(victim, dhcpv4.MessageTypeRequest), dhcpv4.OptRequestedIPAddress(rep.YourIPAddr), dhcpv4.OptServerIdentifier(net.IPv4(10, 77, 0, 1))), ServerPort, nil, t0), dhcpv4.MessageTypeAck)
+	ip := rep.YourIPAddr.String() // 10.77.0.100
+	size := p.PoolSize()
+	if size != 3 || PoolFree(p, l, t0) != 2 {
+		t.Fatalf("pool size %d free %d, want 3 and 2", size, PoolFree(p, l, t0))
+	}
+
+	// DECLINE of the victim's address, of a reserved one and of one
+	// outside the pool, from the attacker's MAC: nothing changes.
+	for _, a := range []net.IP{net.ParseIP(ip), net.IPv4(10, 77, 0, 11), net.IPv4(10, 77, 0, 50)} {
+		mustDrop(t, Reply(p, l, with(plain(attacker, dhcpv4.MessageTypeDecline), dhcpv4.OptRequestedIPAddress(a)), ServerPort, nil, t0), ReasonNotHolder)
+	}
+	// The reserved node declining its own reserved address: not the pool.
+	mustDrop(t, Reply(p, l, with(plain(macKnown, dhcpv4.MessageTypeDecline), dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 11))), ServerPort, nil, t0), ReasonNotHolder)
+	if l.Declined(t0) != 0 {
+		t.Fatalf("%d addresses in probation after forged DECLINEs", l.Declined(t0))
+	}
+	if le, ok := l.Get(victim.String(), t0); !ok || le.IP.String() != ip {
+		t.Fatalf("victim's lease gone after a forged DECLINE: %v %v", le, ok)
+	}
+
+	// RELEASE with the victim's address from another MAC, and with the
+	// victim's MAC from another address: ignored.
+	rel := plain(attacker, dhcpv4.MessageTypeRelease)
+	rel.ClientIPAddr = net.ParseIP(ip)
+	mustDrop(t, Reply(p, l, rel, ServerPort, &net.UDPAddr{IP: net.ParseIP(ip), Port: 68}, t0), ReasonNotHolder)
+	rel = plain(victim, dhcpv4.MessageTypeRelease)
+	rel.ClientIPAddr = net.ParseIP(ip)
+	mustDrop(t, Reply(p, l, rel, ServerPort, &net.UDPAddr{IP: net.IPv4(10, 77, 0, 66), Port: 68}, t0), ReasonNotHolder)
+	if _, ok := l.Get(victim.String(), t0); !ok {
+		t.Fatal("victim's lease gone after a forged RELEASE")
+	}
+
+	// The holder declines: probation, then the address comes back.
+	mustDrop(t, Reply(p, l, with(plain(victim, dhcpv4.MessageTypeDecline), dhcpv4.OptRequestedIPAddress(net.ParseIP(ip))), ServerPort, nil, t0), ReasonDeclined)
+	if l.Declined(t0) != 1 || PoolFree(p, l, t0) != 2 {
+		t.Fatalf("after the holder's DECLINE: declined %d free %d, want 1 and 2", l.Declined(t0), PoolFree(p, l, t0))
+	}
+	after := t0.Add(DeclineProbation + time.Second)
+	l.Prune(after)
+	if l.Declined(after) != 0 || PoolFree(p, l, after) != 3 {
+		t.Fatalf("after probation: declined %d free %d, want 0 and 3", l.Declined(after), PoolFree(p, l, after))
+	}
+
+	// Expired leases are pruned from the table (and from leases.json).
+	bound := mustReply(t, Reply(p, l, plain(attacker, dhcpv4.MessageTypeDiscover), ServerPort, nil, after), dhcpv4.MessageTypeOffer)
+	mustReply(t, Reply(p, l, with(plain(attacker, dhcpv4.MessageTypeRequest), dhcpv4.OptRequestedIPAddress(bound.YourIPAddr), dhcpv4.OptServerIdentifier(net.IPv4(10, 77, 0, 1))), ServerPort, nil, after), dhcpv4.MessageTypeAck)
+	gone := after.Add(p.LeaseTime + time.Second)
+	l.Prune(gone)
+	if n := len(l.All()); n != 0 {
+		t.Fatalf("%d leases left after they all expired: %v", n, l.All())
+	}
+	if !l.Dirty() {
+		t.Error("pruning a bound lease did not mark leases.json for rewriting")
+	}
+}
+
+// TestUnknownShareKeepsRoomForNodes: a flood of random MACs in discover
+// mode takes at most UnknownShare of the pool; a node in nodes (no
+// reserved ip) still gets an address, a reserved node its own.
+func TestUnknownShareKeepsRoomForNodes(t *testing.T) {
+	cfg := testConfig(t, site.DHCPFull, site.UnknownDiscover)
+	cfg.DHCP.RangeStart, cfg.DHCP.RangeEnd = "10.77.0.100", "10.77.0.199"
+	cfg.Nodes = append(cfg.Nodes, site.Node{Name: "gpu77", MAC: "52:54:00:77:00:77"})
+	p, err := NewPlan(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLeases()
+	offered := 0
+	for i := 0; i < 1000; i++ {
+		mac := net.HardwareAddr{0x02, 0, byte(i >> 16), byte(i >> 8), byte(i), 1}
+		if r := Reply(p, l, plain(mac, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0); r.Reply != nil {
+			offered++
+		} else if r.Reason != ReasonUnknownShare {
+			t.Fatalf("random MAC %d: %s", i, r.Reason)
+		}
+	}
+	if offered != 50 {
+		t.Errorf("random MACs got %d of 100 addresses, want the share 50", offered)
+	}
+	rep := mustReply(t, Reply(p, l, plain(net.HardwareAddr{0x52, 0x54, 0, 0x77, 0, 0x77}, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), dhcpv4.MessageTypeOffer)
+	if rep.YourIPAddr.IsUnspecified() {
+		t.Error("named node got no address")
+	}
+	rep = mustReply(t, Reply(p, l, plain(macKnown, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), dhcpv4.MessageTypeOffer)
+	if rep.YourIPAddr.String() != "10.77.0.11" {
+		t.Errorf("reserved node got %s", rep.YourIPAddr)
 	}
 }

@@ -55,6 +55,10 @@ type Server struct {
 	closed  atomic.Bool
 	tap     func(port int, pkt []byte) // tests: sees every received packet
 	hook    *leaseHook
+	// storeFailing and storeLogged track a failing leases.json (disk full):
+	// guarded by mu.
+	storeFailing bool
+	storeLogged  time.Time
 }
 
 // New prepares a server for cfg and loads its leases; it opens no socket.
@@ -131,6 +135,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	hookStop, hookDone := make(chan struct{}), make(chan struct{})
 	go func() { s.hook.run(hookStop); close(hookDone) }()
 	defer func() { close(hookStop); <-hookDone }()
+	tickStop, tickDone := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(tickDone)
+		t := time.NewTicker(TickInterval)
+		defer t.Stop()
+		s.tick()
+		for {
+			select {
+			case <-tickStop:
+				return
+			case <-t.C:
+				s.tick()
+			}
+		}
+	}()
+	defer func() { close(tickStop); <-tickDone }()
 	errc := make(chan error, len(s.conns))
 	for i, c := range s.conns {
 		s.wg.Add(1)
@@ -225,24 +245,64 @@ func (s *Server) handle(c *net.UDPConn, port int, batch []packet) {
 		s.metrics.requests.WithLabelValues(req.MessageType().String(), p.Mode).Inc()
 		answers = append(answers, answer{req, Reply(p, s.leases, req, port, pk.src, s.opt.Now())})
 	}
-	saveErr := error(nil)
-	if s.leases.Dirty() && s.path != "" {
-		saveErr = s.leases.Save(s.path)
-	}
+	s.persistLocked()
 	s.mu.Unlock()
-	if saveErr != nil {
-		// Promising leases that a restart would forget is worse than
-		// silence: clients retry, and the next batch tries the disk again.
-		s.log.Error("persist leases; replies of this batch withheld", "err", saveErr)
-		for range answers {
-			s.metrics.ignored.WithLabelValues("lease-store-failed").Inc()
-		}
-		return
-	}
 	for _, a := range answers {
 		s.send(c, port, p, a.req, a.res)
 	}
 }
+
+// persistLocked saves leases.json when it changed. When the disk fails
+// (full, gone) the leases stay in memory and replies still go out: a node
+// that cannot get its lease cannot boot, reserved nodes least of all, while
+// a lease a restart forgets is re-learnt from the client's next REQUEST
+// (INIT-REBOOT keeps its address). The failure is logged as an error at
+// once and every minute while it lasts, shows in herd_dhcp_lease_store_ok,
+// and the save is retried with every batch and every tick.
+func (s *Server) persistLocked() {
+	if !s.leases.Dirty() || s.path == "" {
+		return
+	}
+	now := time.Now()
+	if err := s.leases.Save(s.path); err != nil {
+		s.metrics.leaseStore.WithLabelValues().Set(0)
+		if !s.storeFailing || now.Sub(s.storeLogged) > time.Minute {
+			s.log.Error("LEASES NOT SAVED: answering from memory until leases.json can be written again", "file", s.path, "err", err)
+			s.storeLogged = now
+		}
+		s.storeFailing = true
+		return
+	}
+	s.metrics.leaseStore.WithLabelValues().Set(1)
+	if s.storeFailing {
+		s.log.Warn("leases saved again", "file", s.path)
+		s.storeFailing = false
+	}
+}
+
+// tick prunes expired leases and probations, retries a failed save and
+// updates the pool gauges.
+func (s *Server) tick() {
+	p := s.plan.Load()
+	now := s.opt.Now()
+	s.mu.Lock()
+	s.leases.Prune(now)
+	s.persistLocked()
+	size, free, declined := p.PoolSize(), 0, s.leases.Declined(now)
+	if size > 0 {
+		free = PoolFree(p, s.leases, now)
+	}
+	s.mu.Unlock()
+	s.metrics.pool.WithLabelValues("size").Set(float64(size))
+	s.metrics.pool.WithLabelValues("free").Set(float64(free))
+	s.metrics.pool.WithLabelValues("declined").Set(float64(declined))
+	if size > 0 && free == 0 {
+		s.log.Warn("dhcp pool exhausted", "range", fmt.Sprintf("%s-%s", p.RangeStart, p.RangeEnd), "declined", declined)
+	}
+}
+
+// TickInterval is how often leases are pruned and a failed save retried.
+var TickInterval = 5 * time.Second
 
 func (s *Server) send(c *net.UDPConn, port int, p *Plan, req *dhcpv4.DHCPv4, res Result) {
 	if res.Reply == nil {
