@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -22,6 +23,8 @@ var imageBuildFlags struct {
 	noCache    bool
 	updateLock bool
 	agent      string
+	refresh    bool
+	indexAge   time.Duration
 }
 
 var imageBuildCmd = &cobra.Command{
@@ -30,7 +33,9 @@ var imageBuildCmd = &cobra.Command{
 	Long: `Build an image from a recipe: bootstrap (mmdebstrap) → packages (pinned NVIDIA
 driver) → overlays → initramfs → pack (mksquashfs). Each stage is cached under
 <state>/stages, so a driver bump rebuilds only what changed and an unchanged
-recipe returns the same image ID. The first build writes RECIPE's lock file
+recipe returns the same image ID. The archive's package indices are fetched
+again only when older than --index-max-age (or with --refresh or --update-lock),
+so a no-change rebuild does not ask the archive at all. The first build writes RECIPE's lock file
 (<name>.lock next to it); later builds fail if the archive would install other
 versions. Progress goes to stderr, the image ID and a summary to stdout.`,
 	Args: cobra.MaximumNArgs(1),
@@ -62,6 +67,8 @@ versions. Progress goes to stderr, the image ID and a summary to stdout.`,
 			HerdVersion: version,
 			NoCache:     imageBuildFlags.noCache,
 			UpdateLock:  imageBuildFlags.updateLock,
+			Refresh:     imageBuildFlags.refresh,
+			IndexMaxAge: max(imageBuildFlags.indexAge, -1), // the flag's 0 means "always fetch", the API's "default"
 			Progress:    os.Stderr,
 			Terminal:    term.IsTerminal(int(os.Stderr.Fd())),
 		})
@@ -95,6 +102,8 @@ func init() {
 	f.StringArrayVar(&imageBuildFlags.set, "set", nil, "override a recipe field, e.g. --set nvidia.version=580.178.04-0ubuntu0.24.04.1 (repeatable)")
 	f.BoolVar(&imageBuildFlags.noCache, "no-cache", false, "rebuild every stage, ignoring cached stage outputs")
 	f.BoolVar(&imageBuildFlags.updateLock, "update-lock", false, "ignore the recipe's lock file and write a new one from what the archive has now")
+	f.BoolVar(&imageBuildFlags.refresh, "refresh", false, "fetch the archive's package indices now, even when the cached ones are fresh")
+	f.DurationVar(&imageBuildFlags.indexAge, "index-max-age", build.DefaultIndexMaxAge, "reuse package indices fetched less than this long ago (0 or less: always fetch)")
 	f.StringVar(&imageBuildFlags.agent, "agent", "", "herd-boot agent for the initramfs (default: $HERD_BOOT_BIN, next to herd, /usr/lib/herd/herd-boot)")
 	imageCmd.AddCommand(imageBuildCmd)
 }

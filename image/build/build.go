@@ -54,6 +54,11 @@ type Options struct {
 	NoCache bool
 	// UpdateLock ignores the recipe's lock file and rewrites it.
 	UpdateLock bool
+	// Refresh fetches the archive's package indices even when the cached
+	// ones are younger than IndexMaxAge (0: DefaultIndexMaxAge; <0: always
+	// fetch); UpdateLock implies it.
+	Refresh     bool
+	IndexMaxAge time.Duration
 	// Progress receives stage lines; Terminal redraws elapsed time in place.
 	Progress io.Writer
 	Terminal bool

@@ -22,8 +22,14 @@ import (
 
 // TestStateDir is the state directory the real-build tests share across
 // runs (stage cache, .deb cache, images), so a second run and the e2e suite
-// reuse what the first one built. Documented in HACKING.md.
-const TestStateDir = "/var/tmp/herd-test-store"
+// reuse what the first one built. Documented in HACKING.md. HERD_TEST_STORE
+// points a run at another store (a private one that no other run locks).
+var TestStateDir = func() string {
+	if d := os.Getenv("HERD_TEST_STORE"); d != "" {
+		return d
+	}
+	return "/var/tmp/herd-test-store"
+}()
 
 var agentOnce struct {
 	sync.Once
@@ -77,6 +83,13 @@ func testRecipe(t *testing.T, name string, sets ...string) *recipe.Recipe {
 
 func realBuild(t *testing.T, r *recipe.Recipe, opts Options) (*Result, error) {
 	t.Helper()
+	res, _, err := realBuildProgress(t, r, opts)
+	return res, err
+}
+
+// realBuildProgress is realBuild that also returns the progress output.
+func realBuildProgress(t *testing.T, r *recipe.Recipe, opts Options) (*Result, string, error) {
+	t.Helper()
 	st, err := store.Open(TestStateDir)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +101,7 @@ func realBuild(t *testing.T, r *recipe.Recipe, opts Options) (*Result, error) {
 	opts.Progress = &prog
 	res, err := Build(context.Background(), r, opts)
 	t.Logf("progress:\n%s", prog.String())
-	return res, err
+	return res, prog.String(), err
 }
 
 func needBuild(t *testing.T) {
@@ -219,6 +232,44 @@ func TestNoChangeRebuildReturnsSameID(t *testing.T) {
 		if !s.Cached {
 			t.Errorf("stage %s was rebuilt", s.Name)
 		}
+	}
+}
+
+// A no-change rebuild within the freshness window neither fetches the
+// archive's package indices nor runs apt again; --refresh (Options.Refresh)
+// fetches them; indices of other sources (components) are never reused.
+func TestNoChangeRebuildReusesIndices(t *testing.T) {
+	first := minimalImage(t)
+	res, prog, err := realBuildProgress(t, testRecipe(t, "test-noble-minimal"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ID != first.ID {
+		t.Fatalf("no-change rebuild gave %s, first build %s", res.ID, first.ID)
+	}
+	if !strings.Contains(prog, "package indices: fetched ") || !strings.Contains(prog, " ago, reused") {
+		t.Errorf("a no-change rebuild fetched the package indices again:\n%s", prog)
+	}
+	if !strings.Contains(prog, "package set: resolved before against these indices, reused") {
+		t.Errorf("a no-change rebuild ran apt again:\n%s", prog)
+	}
+	res, prog, err = realBuildProgress(t, testRecipe(t, "test-noble-minimal"), Options{Refresh: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(prog, "package indices: fetched\n") || strings.Contains(prog, "reused") {
+		t.Errorf("--refresh did not fetch the indices and resolve again:\n%s", prog)
+	}
+	if res.ID != first.ID {
+		t.Errorf("a refreshed no-change rebuild gave %s, first build %s", res.ID, first.ID)
+	}
+	// Other components: the cached indices (main only) must not be used.
+	_, prog, err = realBuildProgress(t, testRecipe(t, "test-noble-minimal", "components=[main,restricted]"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(prog, "package indices: fetched\n") {
+		t.Errorf("indices of other components were reused:\n%s", prog)
 	}
 }
 

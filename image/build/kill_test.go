@@ -48,7 +48,7 @@ func herdBin(t *testing.T) string {
 // killState is a state directory of the kill tests' own: the shared test
 // store may gain images from other suites while these tests watch theirs.
 // Kept across runs so its stage cache makes later runs quick.
-const killState = TestStateDir + "-kill"
+var killState = TestStateDir + "-kill"
 
 // storeSnapshot records every image: manifest bytes and artifact hashes.
 func storeSnapshot(t *testing.T) map[string]string {

@@ -62,28 +62,18 @@ func digest(m map[string]string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// resolve downloads the archive's package indices (verified with keyring)
-// into a throwaway tree and asks apt, without installing anything, which
+// resolve makes sure the archive's package indices (verified with keyring)
+// are fresh (indices.go) and asks apt, without installing anything, which
 // exact versions the recipe's packages and their dependencies resolve to.
 // It fails with a PinDriftError when a pinned version is not what apt would
 // install.
 func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, error) {
 	r := b.recipe
-	dir, err := os.MkdirTemp(b.tmp, "resolve-")
+	idx, err := b.indices(ctx, keyring)
 	if err != nil {
-		return nil, fmt.Errorf("resolve: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	tree := filepath.Join(dir, "tree")
-	args := []string{"--variant=extract", "--keyring=" + keyring, "--skip=cleanup/apt/lists",
-		"--components=" + strings.Join(r.Components, ","), b.listsHook(), r.Suite, tree}
-	args = append(args, b.mirrorArgs()...)
-	if err := inMountNS(func() error { return run(command(ctx, b.log, "mmdebstrap", args...)) }); err != nil {
-		return nil, fmt.Errorf("download package indices: %w", err)
-	}
-	if err := b.keepLists(filepath.Join(tree, "var/lib/apt/lists")); err != nil {
 		return nil, err
 	}
+	tree := b.treeDir()
 	lock, err := recipe.ReadLock(r.LockPath())
 	if err != nil {
 		return nil, err
@@ -116,7 +106,7 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 	apt := func(extra ...string) *exec.Cmd {
 		a := []string{"-o", "Dir=" + tree, "-o", "Dir::State::status=" + filepath.Join(tree, "var/lib/dpkg/status"),
 			"-o", "Dir::Etc::Trusted=" + keyring, "-o", "Debug::NoLocking=true",
-			"-o", "Dir::State::Lists=" + b.listsDir()}
+			"-o", "Dir::State::Lists=" + filepath.Join(tree, "var/lib/apt/lists")}
 		return exec.CommandContext(ctx, extra[0], append(a, extra[1:]...)...)
 	}
 	simulate := func(specs []string) (map[string]string, error) {
@@ -142,11 +132,20 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 	}
 	baseSpecs := spec(r.BasePackages())
 	stageSpecs := spec(append(r.ExtraPackages(), r.DriverPackages()...))
-	if res.base, err = simulate(baseSpecs); err != nil {
-		return nil, err
-	}
-	if res.all, err = simulate(append(baseSpecs, stageSpecs...)); err != nil {
-		return nil, err
+	// apt's answer depends only on the indices and the specs: within one
+	// fetch of the indices it is kept (<state>/apt-resolved/), so a
+	// no-change rebuild does not run apt at all.
+	cacheKey := hashKey(idx.stamp, strings.Join(baseSpecs, " "), strings.Join(stageSpecs, " "))
+	if !b.loadResolved(cacheKey, res) {
+		if res.base, err = simulate(baseSpecs); err != nil {
+			return nil, err
+		}
+		if res.all, err = simulate(append(baseSpecs, stageSpecs...)); err != nil {
+			return nil, err
+		}
+		b.saveResolved(cacheKey, res)
+	} else {
+		fmt.Fprintf(b.opts.Progress, "package set: resolved before against these indices, reused\n")
 	}
 	for _, p := range r.AllPinned() {
 		got, ok := res.all[p.Name]
@@ -221,14 +220,16 @@ func (b *builder) listsHook() string {
 		shq(b.listsDir()) + "/. \"$1/var/lib/apt/lists/\"; fi"
 }
 
-// keepLists replaces the cached indices with the fresh ones in lists.
+// keepLists makes the fresh indices in lists the shared cache (hard links:
+// apt replaces index files, never rewrites them), leaving lists in place for
+// the apt tree they belong to.
 func (b *builder) keepLists(lists string) error {
 	os.RemoveAll(filepath.Join(lists, "lock"))
 	if err := fsutil.RemoveTree(b.listsDir()); err != nil {
 		return err
 	}
-	if err := os.Rename(lists, b.listsDir()); err != nil {
-		return fmt.Errorf("keep package indices: %w", err)
+	if out, err := exec.Command("cp", "-al", lists, b.listsDir()).CombinedOutput(); err != nil {
+		return fmt.Errorf("keep package indices: %v: %s", err, out)
 	}
 	return nil
 }
