@@ -33,6 +33,15 @@ type Downloader struct {
 	Retry func(attempt int, wait time.Duration, err error)
 }
 
+// busyError is a 503 with Retry-After: the next try waits at least after.
+type busyError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *busyError) Error() string { return e.err.Error() + " (retry after " + e.after.String() + ")" }
+func (e *busyError) Unwrap() error { return e.err }
+
 // ErrChecksum means the complete download did not hash to the expected
 // sha256; the partial file is deleted.
 var ErrChecksum = errors.New("sha256 mismatch")
@@ -64,13 +73,18 @@ func (d *Downloader) Fetch(ctx context.Context, url, sha string, dir ImageDir) e
 		if a == attempts {
 			break
 		}
+		this := wait
+		var be *busyError
+		if errors.As(err, &be) && be.after > this {
+			this = be.after
+		}
 		if d.Retry != nil {
-			d.Retry(a, wait, err)
+			d.Retry(a, this, err)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(wait):
+		case <-time.After(this):
 		}
 		wait = min(wait*2, maxWait)
 	}
@@ -133,6 +147,14 @@ func (d *Downloader) try(ctx context.Context, url, sha string, dir ImageDir) err
 			return d.finish(f, h, part, sha, dir)
 		}
 		return restart(f, part, fmt.Errorf("GET %s: partial download longer than the file, starting over", url))
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		// The server is busy (its download queue is full): wait at least
+		// as long as it asks (Retry-After in seconds), then try again.
+		err := fmt.Errorf("GET %s: %s", url, resp.Status)
+		if secs, perr := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); perr == nil && secs > 0 {
+			return &busyError{after: time.Duration(min(secs, 300)) * time.Second, err: err}
+		}
+		return err
 	default:
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}

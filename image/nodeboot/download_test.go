@@ -20,14 +20,15 @@ import (
 // imageServer serves one blob with Range support (http.ServeContent) and
 // can break a transfer after a number of bytes or flip a byte.
 type imageServer struct {
-	mu        sync.Mutex
-	blob      []byte
-	breakAt   []int64 // per request: close the connection after this many body bytes (0 = no)
-	corrupt   bool
-	ranges    []string
-	noRange   bool
-	requests  int
-	failFirst int // answer 503 to the first n requests
+	mu         sync.Mutex
+	blob       []byte
+	breakAt    []int64 // per request: close the connection after this many body bytes (0 = no)
+	corrupt    bool
+	ranges     []string
+	noRange    bool
+	requests   int
+	failFirst  int    // answer 503 to the first n requests
+	retryAfter string // the Retry-After of those 503s
 }
 
 func (s *imageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -46,6 +47,9 @@ func (s *imageServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	noRange, fail := s.noRange, n <= s.failFirst
 	s.mu.Unlock()
+	if fail && s.retryAfter != "" {
+		w.Header().Set("Retry-After", s.retryAfter)
+	}
 	if fail {
 		http.Error(w, "warming up", http.StatusServiceUnavailable)
 		return
@@ -272,5 +276,24 @@ func TestPruneKeepsNewestAndCurrent(t *testing.T) {
 	left, _ = dir.Cached()
 	if fmt.Sprint(left) != fmt.Sprint([]string{shas[0]}) {
 		t.Errorf("keep 1: left %v, removed %v", left, removed)
+	}
+}
+
+// TestFetchHonoursRetryAfter: a busy herd serve (download queue full)
+// answers 503 with Retry-After; the downloader waits at least that long
+// before the next try instead of its short backoff, and then succeeds.
+func TestFetchHonoursRetryAfter(t *testing.T) {
+	blob, sum := newBlob(t, 64*1024)
+	srv := &imageServer{blob: blob, failFirst: 2, retryAfter: "1"}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	d := fastDownloader()
+	var waits []time.Duration
+	d.Retry = func(_ int, wait time.Duration, _ error) { waits = append(waits, wait) }
+	if err := d.Fetch(context.Background(), hs.URL+"/rootfs.squashfs", sum, ImageDir{Dir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	if len(waits) != 2 || waits[0] < time.Second || waits[1] < time.Second {
+		t.Errorf("waits before retries %v, want two of at least the 1 s Retry-After", waits)
 	}
 }

@@ -84,6 +84,11 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Now is the clock (tests may fix it).
 	Now func() time.Time
+	// WriteIdle is how long a response may make no progress before the
+	// connection is closed (default DefaultWriteIdle); a download's deadline
+	// moves with every chunk written, so a slow link finishes and a reader
+	// that stops frees its slot.
+	WriteIdle time.Duration
 }
 
 // Server serves the HTTP boot routes; safe for concurrent use.
@@ -91,6 +96,7 @@ type Server struct {
 	opt     Options
 	cfg     atomic.Pointer[site.Config]
 	slots   atomic.Pointer[chan struct{}]
+	dl      downloads
 	log     *slog.Logger
 	metrics http.Handler
 
@@ -114,6 +120,9 @@ func New(cfg *site.Config, opt Options) (*Server, error) {
 	}
 	if opt.Now == nil {
 		opt.Now = time.Now
+	}
+	if opt.WriteIdle <= 0 {
+		opt.WriteIdle = DefaultWriteIdle
 	}
 	s := &Server{
 		opt: opt,
@@ -171,6 +180,9 @@ type recorder struct {
 }
 
 func (r *recorder) WriteHeader(c int) { r.code = c; r.ResponseWriter.WriteHeader(c) }
+
+// Unwrap lets http.ResponseController reach the connection (deadlines).
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 func (r *recorder) Write(p []byte) (int, error) {
 	if r.code == 0 {
 		r.code = 200
@@ -193,6 +205,9 @@ func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 // ServeHTTP routes a request and writes one access-log line for it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.opt.Now()
+	// Every boot response makes progress or ends (a reader that stops
+	// reading cannot hold the connection); downloads move it per chunk.
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opt.WriteIdle))
 	rec := &recorder{ResponseWriter: w}
 	route := s.route(rec, r)
 	if rec.code == 0 {
@@ -441,6 +456,13 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no published image "+id, http.StatusNotFound)
 		return
 	}
+	// A slot first (bounded wait, bounded queue), then the file: a storm
+	// queues without holding descriptors, and a full queue answers 503.
+	release, ok := s.acquire(w, r)
+	if !ok {
+		return
+	}
+	defer release()
 	f, err := os.Open(path.Join(dir, artifact))
 	if err != nil {
 		s.log.Error("open artifact", "image", id, "artifact", artifact, "err", err)
@@ -458,21 +480,10 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"`+a.SHA256+`"`)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-
-	slots := *s.slots.Load()
-	s.queued.Inc()
-	select {
-	case slots <- struct{}{}:
-		s.queued.Dec()
-	case <-r.Context().Done():
-		s.queued.Dec()
-		return
-	}
-	s.active.Inc()
-	defer func() { <-slots; s.active.Dec() }()
 	// ServeContent with an *os.File: Range, Content-Length, and sendfile(2)
-	// through the connection's ReadFrom.
-	http.ServeContent(w, r, "", st.ModTime(), f)
+	// through the connection's ReadFrom, in chunks that each move the
+	// write deadline.
+	http.ServeContent(&progressWriter{ResponseWriter: w, rc: http.NewResponseController(w), idle: s.opt.WriteIdle}, r, "", st.ModTime(), f)
 }
 
 // IPXEFiles are the binaries served under /ipxe/ (the names DHCP hands out).
