@@ -2,7 +2,10 @@
 # so a fresh Debian/Ubuntu machine needs nothing but this file and root.
 
 SHELL := /bin/bash
-GO ?= go
+# The Go that go.mod asks for: `go` on PATH when it is new enough, else the same
+# version fetched once through the Go module proxy into Go's module cache (see
+# scripts/go; with no go at all it apt-installs golang-go to do that fetch).
+GO ?= $(CURDIR)/scripts/go
 export GOTOOLCHAIN ?= auto
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
@@ -34,9 +37,10 @@ deps:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
-	@command -v $(GO) >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q golang-go; }
 
-build: deps
+# Building needs only Go (scripts/go brings it); the targets that run tools or
+# tests install the Debian packages first.
+build:
 	mkdir -p $(BIN)
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/herd ./cmd/herd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/herd-boot ./cmd/herd-boot
@@ -45,29 +49,29 @@ build: deps
 # scripts/testsummary prints go test's usual lines, then the counts and every
 # skipped test with its reason; under CI=true a skip for a missing
 # prerequisite fails the run (deliberate skips say "deliberate:").
-test: build
+test: deps build
 	$(GO) vet ./...
 	$(GO) build -o $(BIN)/testsummary ./scripts/testsummary
 	set -o pipefail; HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
 		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./... 2>&1 | $(BIN)/testsummary | tee test.log
 
-unit: build
+unit: deps build
 	$(GO) test -count=1 -short ./...
 
-e2e: build
+e2e: deps build
 	HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./qemu-tests/...
 
 # Short fuzzing runs of every fuzz target (CI runs these through `make test`'s seeds).
-fuzz: build
-	./scripts/fuzz.sh 20s
+fuzz: deps build
+	PATH="$$($(GO) env GOROOT)/bin:$$PATH" ./scripts/fuzz.sh 20s
 
 # Benchmarks against reference tools run side by side; prints ratios.
-bench: build
-	./scripts/bench.sh
+bench: deps build
+	PATH="$$($(GO) env GOROOT)/bin:$$PATH" ./scripts/bench.sh
 
 # The README's first command: build the default image, serve it, netboot a QEMU node.
-demo: build
+demo: deps build
 	./scripts/demo.sh
 
 clean:

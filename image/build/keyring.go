@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/internal/atomicfile"
 )
 
@@ -117,4 +118,16 @@ func (b *builder) mirrorArgs() []string {
 		out = append(out, fmt.Sprintf("deb %s %s %s", r.Mirror, s, comps))
 	}
 	return out
+}
+
+// ArchiveKeyring returns a keyring file holding only r's pinned archive key,
+// fetched and checked as a build does and cached under state/keyrings/, for
+// callers (tests) that run mmdebstrap for r's distribution themselves.
+func ArchiveKeyring(ctx context.Context, r *recipe.Recipe, state string, log io.Writer) (string, error) {
+	tmp := filepath.Join(state, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", fmt.Errorf("keyring: %w", err)
+	}
+	b := &builder{recipe: r, state: state, tmp: tmp, log: log}
+	return b.ensureKeyring(ctx)
 }
