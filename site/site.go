@@ -274,6 +274,22 @@ func LoadOrDefault(path string, missingOK bool) (*Config, error) {
 	return Load(path, nil)
 }
 
+// LoadParts reads a site file and validates only the named top-level parts
+// (see ValidateParts); the file's syntax and field types are checked whole.
+func LoadParts(path string, parts ...string) (*Config, error) {
+	var c Config
+	doc, err := strictyaml.LoadFile(path, &c, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.Doc, c.Path = doc, path
+	c.ApplyDefaults()
+	if err := c.ValidateParts(parts...); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
 // ApplyDefaults fills every unset field with the reference lab's value.
 func (c *Config) ApplyDefaults() {
 	def := func(s *string, v string) {
@@ -357,9 +373,27 @@ func (c *Config) Enabled(overlay string) bool {
 
 // Validate checks every field and returns all problems at once, each naming
 // the file, line and field.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(nil) }
+
+// ValidateParts checks only the fields under the named top-level keys (such
+// as "ldap", "nas"), with the same errors as Validate: for commands that use
+// only those parts of the site file, so a file holding only them works.
+func (c *Config) ValidateParts(parts ...string) error {
+	want := map[string]bool{}
+	for _, p := range parts {
+		want[p] = true
+	}
+	return c.validate(want)
+}
+
+// validate checks every field, keeping only the problems under the top-level
+// keys in parts (all of them when parts is nil).
+func (c *Config) validate(parts map[string]bool) error {
 	var errs strictyaml.Errors
 	bad := func(field, format string, args ...any) {
+		if parts != nil && !parts[topKey(field)] {
+			return
+		}
 		errs = append(errs, c.Doc.Errorf(field, format, args...))
 	}
 	if c.Server.Address != "" {
@@ -512,7 +546,9 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("overlays[%d]", i), "unknown overlay %q (known: %s)", o, strings.Join(AllOverlays, ", "))
 		}
 	}
-	if c.Enabled("autofs") {
+	// Required only because an overlay needs them: checked for the commands
+	// that render overlays, not for those that merely read the nas part.
+	if c.Enabled("autofs") && (parts == nil || parts["overlays"]) {
 		if c.NAS.Address == "" {
 			bad("nas.address", "required when the autofs overlay is enabled (the NAS that exports homes)")
 		}
@@ -574,6 +610,14 @@ func (c *Config) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+// topKey is the top-level key of a field path: "nodes" for "nodes[2].mac".
+func topKey(field string) string {
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		return field[:i]
+	}
+	return field
 }
 
 var (

@@ -9,9 +9,10 @@ import (
 	"github.com/herdlab/herd/directory"
 )
 
-// connectDirectory loads herd.yaml and binds to LDAP as ldap.admin_dn.
+// connectDirectory loads herd.yaml (only its ldap and nas parts need to be
+// there and valid) and binds to LDAP as ldap.admin_dn.
 func connectDirectory() (*directory.Dir, error) {
-	cfg, err := loadSite(false)
+	cfg, err := loadSiteParts("ldap", "nas")
 	if err != nil {
 		return nil, err
 	}

@@ -58,6 +58,12 @@ func loadSite(missingOK bool) (*site.Config, error) {
 	return site.LoadOrDefault(globals.config, missingOK)
 }
 
+// loadSiteParts reads the site config and validates only the named top-level
+// parts, for commands that use only those (a file holding just them works).
+func loadSiteParts(parts ...string) (*site.Config, error) {
+	return site.LoadParts(globals.config, parts...)
+}
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
