@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -62,6 +63,12 @@ type Server struct {
 	// MaxTFTP and MaxHTTP bound concurrent transfers so a boot storm queues.
 	MaxTFTP int `yaml:"max_tftp"`
 	MaxHTTP int `yaml:"max_http"`
+	// ImageMirror is the base URL of a mirror or caching proxy (e.g. nginx
+	// proxy_cache in front of this server) that serves the same
+	// /images/<id>/ paths; nodes then fetch rootfs.squashfs from it. Only the
+	// image goes there: its sha256 comes from this server's boot script, so a
+	// mirror cannot change what a node boots. "" fetches from this server.
+	ImageMirror string `yaml:"image_mirror"`
 }
 
 // DHCP modes.
@@ -415,6 +422,15 @@ func (c *Config) validate(parts map[string]bool) error {
 	if c.Server.MaxHTTP < 1 {
 		bad("server.max_http", "must be at least 1")
 	}
+	if m := c.Server.ImageMirror; m != "" {
+		u, err := url.Parse(m)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil:
+			bad("server.image_mirror", "%q is not an http:// or https:// base URL such as http://cache1.lab:8080", m)
+		case u.RawQuery != "" || u.Fragment != "" || strings.ContainsAny(m, " \t\r\n${}"):
+			bad("server.image_mirror", "%q must be a plain base URL (no query, spaces or ${...}): it goes on the kernel command line", m)
+		}
+	}
 	switch c.DHCP.Mode {
 	case DHCPFull, DHCPProxy, DHCPOff:
 	default:
@@ -738,6 +754,15 @@ func (c *Config) NodeByName(name string) (*Node, bool) {
 // ServerURL is the base URL nodes use to reach the HTTP server.
 func (c *Config) ServerURL() string {
 	return fmt.Sprintf("http://%s:%d", c.Server.Address, c.Server.HTTPPort)
+}
+
+// ImageURL is the base URL nodes fetch image roots from: server.image_mirror
+// when set, else ServerURL; the paths below it are the same /images/<id>/...
+func (c *Config) ImageURL() string {
+	if c.Server.ImageMirror != "" {
+		return strings.TrimRight(c.Server.ImageMirror, "/")
+	}
+	return c.ServerURL()
 }
 
 // CacheDiskFor is the cache disk policy for a node (its override or the site's).

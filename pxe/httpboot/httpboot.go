@@ -342,7 +342,7 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 		img + "/" + manifest.Kernel,
 		"initrd=" + manifest.Initrd, "initrd=overlay.cpio",
 		"boot=herd", "ip=dhcp",
-		"herd.image=" + img + "/" + manifest.Rootfs,
+		"herd.image=" + cfg.ImageURL() + "/images/" + id + "/" + manifest.Rootfs,
 		"herd.sha256=" + root.SHA256,
 		"herd.id=" + id,
 		"herd.node=" + node.Name,
@@ -478,6 +478,9 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 	if a, ok := m.Artifacts[artifact]; ok && a.SHA256 != "" {
 		// The content hash is the perfect validator: If-Range and If-None-Match work.
 		w.Header().Set("ETag", `"`+a.SHA256+`"`)
+		// Content-addressed, so never stale: caches (an nginx proxy_cache per
+		// rack, server.image_mirror) may keep it without asking again.
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	// ServeContent with an *os.File: Range, Content-Length, and sendfile(2)
