@@ -23,9 +23,9 @@ APT_PACKAGES := \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
-	chromium
+	chromium lintian
 
-.PHONY: all deps build test e2e unit bench demo fuzz clean go
+.PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 
 all: build
 
@@ -73,6 +73,25 @@ bench: deps build
 # The README's first command: build the default image, serve it, netboot a QEMU node.
 demo: deps build
 	./scripts/demo.sh
+
+# A Debian/Ubuntu package in bin/ (nfpm, pinned, run through the Go module
+# proxy): binaries, the hardened herd.service, cobra's man pages and shell
+# completions, /etc/herd/herd.yaml as a conffile. Staged in $(BIN)/deb.
+NFPM := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+DEB_VERSION ?= $(shell git log -1 --format='0.1.0~git%cd.%h' --date=format:%Y%m%d 2>/dev/null || echo 0.1.0)
+DEB_DATE := $(shell git log -1 --format=%cD 2>/dev/null || date -R)
+DEB_MAINTAINER ?= herd maintainers <maintainers@herdlab.org>
+deb: deps build
+	rm -rf $(BIN)/deb $(BIN)/herd_*.deb && mkdir -p $(BIN)/deb
+	$(GO) build -buildmode=pie -ldflags '$(LDFLAGS) -linkmode=external -extldflags=-Wl,-z,relro,-z,now' -o $(BIN)/deb/herd ./cmd/herd
+	cp $(BIN)/herd-boot packaging/herd.service packaging/copyright packaging/lintian-overrides $(BIN)/deb/
+	cp examples/herd.yaml $(BIN)/deb/herd.yaml
+	$(BIN)/deb/herd gendocs $(BIN)/deb
+	gzip -9n $(BIN)/deb/man1/*.1
+	printf 'herd (%s) unstable; urgency=medium\n\n  * Built from git %s.\n\n -- %s  %s\n' \
+		'$(DEB_VERSION)' '$(VERSION)' '$(DEB_MAINTAINER)' '$(DEB_DATE)' | gzip -9n > $(BIN)/deb/changelog.gz
+	cd $(BIN)/deb && HERD_DEB_VERSION='$(DEB_VERSION)' HERD_DEB_MAINTAINER='$(DEB_MAINTAINER)' \
+		$(GO) run $(NFPM) package --packager deb --config $(CURDIR)/packaging/nfpm.yaml --target ..
 
 clean:
 	rm -rf $(BIN) test.log

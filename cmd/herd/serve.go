@@ -1,8 +1,15 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/internal/sdnotify"
 	"github.com/herdlab/herd/pxe/server"
 )
 
@@ -19,7 +26,12 @@ func init() {
 			opt.StateDir = globals.state
 			opt.ConfigPath = globals.config
 			opt.DHCP = serveDHCP
-			return server.Run(cmd.Context(), opt)
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			opt.Ready = func(httpAddr, tftpAddr string) { notifyReady(ctx, httpAddr, tftpAddr) }
+			err := server.Run(ctx, opt)
+			sdnotify.Notify("STOPPING=1")
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -30,3 +42,47 @@ func init() {
 	f.DurationVar(&opt.DrainTimeout, "drain-timeout", 0, "how long SIGTERM waits for transfers in flight (default 30s)")
 	root.AddCommand(cmd)
 }
+
+// notifyReady tells systemd (Type=notify) that herd serves, and pets its
+// watchdog for as long as the HTTP service answers /healthz.
+func notifyReady(ctx context.Context, httpAddr, tftpAddr string) {
+	log := slog.Default()
+	if _, err := sdnotify.Notify(fmt.Sprintf("READY=1\nSTATUS=serving: http %s, tftp %s", httpAddr, tftpAddr)); err != nil {
+		log.Warn("systemd notify", "err", err)
+	}
+	iv := sdnotify.WatchdogInterval()
+	if iv == 0 {
+		return
+	}
+	url := "http://" + net.JoinHostPort(loopbackFor(httpAddr)) + "/healthz"
+	go sdnotify.Watchdog(ctx, iv, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := healthClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return nil
+	}, log)
+}
+
+// loopbackFor turns a wildcard listen address into one a local client can dial.
+func loopbackFor(addr string) (string, string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, ""
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return host, port
+}
+
+// healthClient ignores proxy settings: the health check is local.
+var healthClient = &http.Client{Transport: &http.Transport{Proxy: nil}}
