@@ -207,7 +207,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.opt.Now()
 	// Every boot response makes progress or ends (a reader that stops
 	// reading cannot hold the connection); downloads move it per chunk.
-	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opt.WriteIdle))
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Now().Add(s.opt.WriteIdle))
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// Bodies (events, reports) are small: a sender that trickles one
+		// cannot hold the handler (not for GET: a read deadline passing
+		// during a long download would cancel its context).
+		rc.SetReadDeadline(time.Now().Add(s.opt.WriteIdle))
+	}
 	rec := &recorder{ResponseWriter: w}
 	route := s.route(rec, r)
 	if rec.code == 0 {

@@ -296,12 +296,27 @@ func Run(ctx context.Context, opt Options) error {
 			})
 		}
 	}
-	// No write timeout: a 1 GB image on a slow link may take minutes.
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	// No server-wide write or read timeout: a 1 GB image on a slow link may
+	// take minutes and dashboard event streams stay open. Boot responses
+	// get a write deadline that downloads move with progress (httpboot);
+	// headers must arrive within 10 s, idle keep-alives end after 60 s, and
+	// one address holds at most MaxConnsPerIP connections.
+	refused := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herd_http_refused_connections_total", Help: "HTTP connections closed at accept: their address already held MaxConnsPerIP.",
+	})
+	if err := reg.Register(refused); err != nil {
+		hln.Close()
+		tconn.Close()
+		s.stopDHCP()
+		return fmt.Errorf("register http metrics: %w", err)
+	}
+	hln = newPerIPListener(hln, MaxConnsPerIP, refused)
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	servers := []*http.Server{hs}
 	var ds *http.Server
 	if dln != nil {
-		ds = &http.Server{Handler: dash, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+		dln = newPerIPListener(dln, MaxConnsPerIP, refused)
+		ds = &http.Server{Handler: dash, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 		servers = append(servers, ds)
 	}
 	if dash != nil {
