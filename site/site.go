@@ -170,10 +170,24 @@ type Cache struct {
 	Disk string `yaml:"disk"`
 	// KeepImages is how many images a node keeps on its SSD (default 2).
 	KeepImages int `yaml:"keep_images"`
-	// ScratchDir, if set, is created on the SSD and bind-mounted here.
+	// ScratchDir is where the SSD's scratch/ directory is bind-mounted; each
+	// user gets ScratchDir/<user> (0700) at first login (default /scratch;
+	// "none": no scratch). Nodes without an SSD have none.
 	ScratchDir string `yaml:"scratch_dir"`
+	// ScratchAge removes files in scratch not read or written for this long
+	// (a systemd time span, default 30d), checked daily.
+	ScratchAge string `yaml:"scratch_age"`
 	// SwapSize, if set (e.g. "16G"), creates a swap file on the SSD.
 	SwapSize string `yaml:"swap_size"`
+}
+
+// Scratch is the per-user scratch root on nodes with an SSD, "" when the
+// site turned it off (scratch_dir: none).
+func (c Cache) Scratch() string {
+	if c.ScratchDir == "none" {
+		return ""
+	}
+	return c.ScratchDir
 }
 
 // Cachefilesd holds FS-Cache culling limits in percent.
@@ -331,6 +345,8 @@ func (c *Config) ApplyDefaults() {
 	def(&c.LDAP.DefaultGroup, "members")
 	def(&c.Cache.Disk, "auto")
 	defInt(&c.Cache.KeepImages, 2)
+	def(&c.Cache.ScratchDir, "/scratch")
+	def(&c.Cache.ScratchAge, "30d")
 	defInt(&c.Cachefilesd.Brun, 30)
 	defInt(&c.Cachefilesd.Bcull, 25)
 	defInt(&c.Cachefilesd.Bstop, 20)
@@ -531,8 +547,11 @@ func (c *Config) validate(parts map[string]bool) error {
 	if c.Cache.KeepImages < 1 {
 		bad("cache.keep_images", "must be at least 1")
 	}
-	if c.Cache.ScratchDir != "" && !filepath.IsAbs(c.Cache.ScratchDir) {
-		bad("cache.scratch_dir", "%q must be an absolute path", c.Cache.ScratchDir)
+	if sd := c.Cache.Scratch(); sd != "" && (!filepath.IsAbs(sd) || filepath.Clean(sd) == "/" || filepath.Clean(sd) != sd) {
+		bad("cache.scratch_dir", "%q must be a clean absolute path other than / (or none)", c.Cache.ScratchDir)
+	}
+	if !timeSpanRe.MatchString(c.Cache.ScratchAge) {
+		bad("cache.scratch_age", "%q is not a systemd time span such as 30d, 12h or 2w", c.Cache.ScratchAge)
 	}
 	if c.Cache.SwapSize != "" && !sizeRe.MatchString(c.Cache.SwapSize) {
 		bad("cache.swap_size", "%q is not a size such as 16G or 512M", c.Cache.SwapSize)

@@ -69,6 +69,9 @@ func TestOverlayFieldValidation(t *testing.T) {
 		{"rmem order", "overlays: []\ndhcp: {mode: off}\ntuning: {rmem_default: 33554432}\n", "field tuning.rmem_default: 33554432 is larger than rmem_max 16777216"},
 		{"mount options with vers", "overlays: []\ndhcp: {mode: off}\nnas: {mount_options: 'rw,vers=3'}\n", "field nas.mount_options"},
 		{"scratch with blank", "overlays: []\ndhcp: {mode: off}\ncache: {scratch_dir: '/my scratch'}\n", "field cache.scratch_dir: \"/my scratch\" must not contain blanks"},
+		{"scratch relative", "overlays: []\ndhcp: {mode: off}\ncache: {scratch_dir: scratch}\n", `field cache.scratch_dir: "scratch" must be a clean absolute path other than /`},
+		{"scratch root", "overlays: []\ndhcp: {mode: off}\ncache: {scratch_dir: /}\n", `field cache.scratch_dir: "/" must be a clean absolute path`},
+		{"scratch age", "overlays: []\ndhcp: {mode: off}\ncache: {scratch_age: 1 month}\n", `field cache.scratch_age: "1 month" is not a systemd time span`},
 		{"relative shell", "overlays: []\ndhcp: {mode: off}\nldap: {override_shell: bash}\n", "field ldap.override_shell: \"bash\" must be an absolute path"},
 	}
 	for _, c := range cases {
@@ -82,5 +85,23 @@ func TestOverlayFieldValidation(t *testing.T) {
 	ok := "overlays: []\ndhcp: {mode: off}\nroot: {password_hash: '$y$j9T$abc/def$ghi.jkl'}\nadmin:\n  ssh_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA== admin@lab']\nnvidia: {module_options: ['NVreg_X=1', 'nvidia_drm modeset=1']}\ntuning: {tmp_age: 2w}\n"
 	if _, err := Parse("herd.yaml", []byte(ok)); err != nil {
 		t.Fatalf("valid site rejected: %v", err)
+	}
+}
+
+// Scratch defaults to /scratch, kept 30 days; "none" turns it off.
+func TestScratchDefaultsAndNone(t *testing.T) {
+	c, err := Parse("herd.yaml", []byte("overlays: []\ndhcp: {mode: off}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cache.Scratch() != "/scratch" || c.Cache.ScratchAge != "30d" {
+		t.Fatalf("defaults: scratch %q age %q", c.Cache.Scratch(), c.Cache.ScratchAge)
+	}
+	c, err = Parse("herd.yaml", []byte("overlays: []\ndhcp: {mode: off}\ncache: {scratch_dir: none}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cache.Scratch() != "" {
+		t.Fatalf("scratch_dir none gave %q", c.Cache.Scratch())
 	}
 }
