@@ -35,10 +35,11 @@ echo "herd cold build: ${cold}s"; grep '^  stages:' "$work/cold.log"
 
 # The reference: the same packages at the same versions (the lock file plus
 # the driver), one mmdebstrap run and one mksquashfs, with herd's verified key.
+components=$(awk -F'[][]' '/^components:/ { gsub(/ /, "", $2); print $2 }' recipes/ubuntu-noble-gpu.yaml)
 pkgs=$(grep -v '^#' recipes/ubuntu-noble-gpu.lock | awk 'NF == 2 { printf "%s%s=%s", sep, $1, $2; sep="," }')
 t0=$(now)
 mmdebstrap --variant=minbase --keyring="$(ls "$state"/keyrings/*.gpg | head -1)" \
-	--components=main,restricted,universe --include="$pkgs" noble "$work/ref-root" >"$work/ref.log" 2>&1 \
+	--components="$components" --include="$pkgs" noble "$work/ref-root" >"$work/ref.log" 2>&1 \
 	|| { tail -20 "$work/ref.log" >&2; exit 1; }
 mksquashfs "$work/ref-root" "$work/ref.squashfs" -comp zstd -Xcompression-level 3 -noappend -no-progress >>"$work/ref.log" 2>&1
 t1=$(now)
