@@ -135,6 +135,7 @@ func TestLab(t *testing.T) {
 		results[1].VM.Stop()
 	}
 
+	rebooted := false
 	t.Run("reboot-uses-ssd-cache", func(t *testing.T) {
 		first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, gpu01.Node.IP)
 		if first == 0 {
@@ -144,6 +145,7 @@ func TestLab(t *testing.T) {
 		if err := gpu01.Reboot(ctx); err != nil {
 			t.Fatal(err)
 		}
+		rebooted = true
 		since := lab.ServerLogText()[before:]
 		if n := testlab.RootfsDownloads(since, lab.ImageID, gpu01.Node.IP); n != 0 {
 			t.Fatalf("the rebooted node downloaded the root image again (%d requests)", n)
@@ -161,6 +163,12 @@ func TestLab(t *testing.T) {
 			}
 		}
 	})
+	if !rebooted {
+		return // gpu01 is not up again: the reboot subtest said why
+	}
+	for _, x := range labAfterReboot {
+		t.Run(x.name, func(t *testing.T) { x.run(t, ctx, lab, map[string]*testlab.Booted{"gpu01": gpu01}) })
+	}
 }
 
 // labExtra is a group of checks another file of this suite runs on TestLab's
@@ -174,6 +182,11 @@ type labExtra struct {
 
 // labExtras are run by TestLab in the order they were registered.
 var labExtras []labExtra
+
+// labAfterReboot are run by TestLab after gpu01 rebooted from its SSD cache
+// (only gpu01 is up then), in the order they were registered: what must
+// survive a reboot.
+var labAfterReboot []labExtra
 
 // labDir is where the lab keeps its files: under /var/tmp (not a tmpfs, the
 // image is linked there from the test store on the same file system).
