@@ -60,6 +60,8 @@ func Run(in io.Reader, out io.Writer) (*Summary, error) {
 		}
 		key := e.Package + "/" + e.Test
 		switch e.Action {
+		case "build-output": // compiler errors (go 1.24+ reports them as JSON)
+			fmt.Fprint(out, e.Output)
 		case "output":
 			if e.Test == "" {
 				// Package-level lines: "ok", "FAIL", "PASS", build output.

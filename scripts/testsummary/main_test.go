@@ -18,6 +18,11 @@ func TestSummaryOfRealRun(t *testing.T) {
 		}
 	}
 	write("go.mod", "module example.com/s\n\ngo 1.22\n")
+	if err := os.Mkdir(filepath.Join(dir, "broken"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write("broken/b.go", "package broken\nfunc F() { notDefined() }\n")
+	write("broken/b_test.go", "package broken\nimport \"testing\"\nfunc TestB(t *testing.T) {}\n")
 	write("s_test.go", `package s
 import "testing"
 func TestOK(t *testing.T) { t.Log("noise") }
@@ -25,7 +30,7 @@ func TestBad(t *testing.T) { t.Fatal("broken thing") }
 func TestNeedsRoot(t *testing.T) { t.Skip("prerequisite missing: needs root") }
 func TestBench(t *testing.T) { t.Skip("deliberate: benchmark, run by bench/x.sh") }
 `)
-	cmd := exec.Command("go", "test", "-json", "-count=1", ".")
+	cmd := exec.Command("go", "test", "-json", "-count=1", "./...")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOTOOLCHAIN=local")
 	js, _ := cmd.Output() // exits 1: TestBad fails
