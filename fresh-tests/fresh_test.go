@@ -42,8 +42,9 @@ type distro struct {
 //
 // Kept between runs in $HERD_FRESH_CACHE (/var/tmp/herd-fresh): the pristine
 // trees (tarballs, remade after a week) and apt's downloaded .debs. Nothing
-// of Go is reused: each tree starts with no Go, no module cache and no build
-// cache, so the old Go really fetches the toolchain module from the proxy.
+// of Go is kept: each tree starts with no Go and no module cache, so its old
+// Go really fetches the toolchain module from the proxy; the second tree
+// reuses the first one's build cache (see below).
 func TestMakeBuildInFreshTree(t *testing.T) {
 	testenv.Long(t)
 	testenv.RequireRoot(t)
@@ -56,17 +57,27 @@ func TestMakeBuildInFreshTree(t *testing.T) {
 	if cache == "" {
 		cache = "/var/tmp/herd-fresh"
 	}
+	// One build cache for both trees of this run (never kept): the first
+	// tree compiles everything with the toolchain it fetched; the second
+	// proves its own old Go fetches and runs the toolchain, which then
+	// finds the compiled packages and links. The module cache, where the
+	// toolchain lands, is never shared: that fetch is what is tested.
+	gocache, err := os.MkdirTemp(cache, "gocache-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(gocache)
 	for _, d := range []distro{
 		// minbase from a Debian host leaves apt out of an Ubuntu tree: every
 		// real Ubuntu machine has it.
 		{name: "debian12", suite: "bookworm", include: "make"},
 		{name: "ubuntu2404", suite: "noble", include: "make,apt,ubuntu-keyring", recipe: "test-noble-minimal.yaml"},
 	} {
-		t.Run(d.name, func(t *testing.T) { freshBuild(t, repo, cache, d) })
+		t.Run(d.name, func(t *testing.T) { freshBuild(t, repo, cache, gocache, d) })
 	}
 }
 
-func freshBuild(t *testing.T, repo, cache string, d distro) {
+func freshBuild(t *testing.T, repo, cache, gocache string, d distro) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -129,13 +140,15 @@ echo "== distribution go: $(cd / && GOTOOLCHAIN=local go version)"
 echo "== herd --version: $(bin/herd --version)"
 `
 	outer := `set -e
-t=$1; debs=$2; shift 2
+t=$1; debs=$2; gocache=$3; shift 3
 mount -t proc proc "$t/proc"
 mount --bind /dev "$t/dev"
 mount --bind "$debs" "$t/var/cache/apt/archives"
+mkdir -p "$t/root/.cache/go-build"
+mount --bind "$gocache" "$t/root/.cache/go-build"
 exec chroot "$t" env -i "$@"
 `
-	args := append([]string{"--mount", "--pid", "--fork", "--kill-child=SIGKILL", "bash", "-c", outer, "outer", tree, debs},
+	args := append([]string{"--mount", "--pid", "--fork", "--kill-child=SIGKILL", "bash", "-c", outer, "outer", tree, debs, gocache},
 		append(env, "bash", "-c", inner)...)
 	cmd := exec.CommandContext(ctx, "unshare", args...)
 	var out bytes.Buffer
