@@ -149,9 +149,30 @@ type Inventory struct {
 	mu     sync.Mutex
 	recs   map[string]*Record
 	notify func(Change)
+	// Write coalescing: a change is written at once when the last write is
+	// FlushInterval old, else by a timer at that point; so a flood of
+	// events costs one rewrite per FlushInterval, not one each.
+	dirty     bool
+	lastWrite time.Time
+	timer     *time.Timer
+	writes    int
+	log       func(err error)
 }
 
-// Change is one saved update of a record, as passed to the Notify hook.
+// Bounds on what unauthenticated traffic can make the inventory hold.
+const (
+	// FlushInterval is the shortest time between two rewrites of nodes.json.
+	FlushInterval = 2 * time.Second
+	// MaxUnconfirmed bounds the records the server has not itself seen
+	// under a configured name (DHCP or script for a node in herd.yaml):
+	// undiscovered MACs and event-only records. Over it, the least
+	// recently active go first.
+	MaxUnconfirmed = 1024
+	// UnconfirmedTTL is how long such a record is kept without activity.
+	UnconfirmedTTL = 7 * 24 * time.Hour
+)
+
+// Change is one update of a record, as passed to the Notify hook.
 type Change struct {
 	// Kind is "dhcp", "script" or "event".
 	Kind   string `json:"kind"`
@@ -160,9 +181,9 @@ type Change struct {
 	Event *Event `json:"event,omitempty"`
 }
 
-// Notify sets fn to be called after every saved change (the server's live
-// feed for the dashboard). fn runs with the inventory locked, in the order
-// changes were saved, and must not block.
+// Notify sets fn to be called after every change (the server's live feed
+// for the dashboard; nodes.json follows within FlushInterval). fn runs with
+// the inventory locked, in the order of the changes, and must not block.
 func (inv *Inventory) Notify(fn func(Change)) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
@@ -257,22 +278,118 @@ func (inv *Inventory) update(kind string, ev *Event, mac string, fn func(r *Reco
 	if !ok {
 		r = &Record{MAC: key}
 	}
-	before := *r
 	fn(r)
 	inv.recs[key] = r
-	if err := inv.saveLocked(); err != nil {
-		// Keep memory and disk in step: undo the change that was not saved.
-		if ok {
-			*r = before
-		} else {
-			delete(inv.recs, key)
-		}
-		return err
+	if !ok && len(inv.recs) > MaxUnconfirmed {
+		inv.boundLocked(time.Now())
 	}
+	err = inv.markDirtyLocked()
 	if inv.notify != nil {
 		inv.notify(Change{Kind: kind, Record: *r, Event: ev})
 	}
+	return err
+}
+
+// confirmed reports whether the server itself saw r under a configured
+// name (DHCP or script): such records are never evicted.
+func confirmed(r *Record) bool {
+	return r.Name != "" && (!r.LastDHCP.IsZero() || !r.ScriptServed.IsZero())
+}
+
+// active is r's most recent activity.
+func active(r *Record) time.Time {
+	t := r.LastDHCP
+	for _, u := range []time.Time{r.StageTime, r.ScriptServed, r.UpTime} {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
+}
+
+// boundLocked drops unconfirmed records idle for UnconfirmedTTL, then the
+// least recently active ones over MaxUnconfirmed.
+func (inv *Inventory) boundLocked(now time.Time) {
+	var unconf []*Record
+	for k, r := range inv.recs {
+		if confirmed(r) {
+			continue
+		}
+		if now.Sub(active(r)) > UnconfirmedTTL {
+			delete(inv.recs, k)
+			continue
+		}
+		unconf = append(unconf, r)
+	}
+	if len(unconf) <= MaxUnconfirmed {
+		return
+	}
+	// Down to three quarters, so a flood sorts once per MaxUnconfirmed/4
+	// new records rather than once per record.
+	sort.Slice(unconf, func(i, j int) bool { return active(unconf[i]).Before(active(unconf[j])) })
+	for _, r := range unconf[:len(unconf)-MaxUnconfirmed*3/4] {
+		delete(inv.recs, r.MAC)
+	}
+}
+
+// markDirtyLocked writes now if the last write is FlushInterval old, else
+// makes sure a timer writes then.
+func (inv *Inventory) markDirtyLocked() error {
+	inv.dirty = true
+	if inv.timer != nil {
+		return nil
+	}
+	if wait := FlushInterval - time.Since(inv.lastWrite); wait > 0 {
+		inv.timer = time.AfterFunc(wait, inv.flushLater)
+		return nil
+	}
+	return inv.flushLocked()
+}
+
+func (inv *Inventory) flushLater() {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.timer = nil
+	if err := inv.flushLocked(); err != nil {
+		if inv.log != nil {
+			inv.log(err)
+		}
+		// Try again later; memory keeps the changes meanwhile.
+		inv.timer = time.AfterFunc(FlushInterval, inv.flushLater)
+	}
+}
+
+func (inv *Inventory) flushLocked() error {
+	if !inv.dirty {
+		return nil
+	}
+	inv.lastWrite = time.Now()
+	inv.boundLocked(inv.lastWrite)
+	if err := inv.saveLocked(); err != nil {
+		return err
+	}
+	inv.dirty = false
+	inv.writes++
 	return nil
+}
+
+// Flush writes pending changes to nodes.json now (on shutdown, in tests).
+func (inv *Inventory) Flush() error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if inv.timer != nil {
+		inv.timer.Stop()
+		inv.timer = nil
+	}
+	return inv.flushLocked()
+}
+
+// OnWriteError sets fn to be told when a delayed write of nodes.json fails
+// (it is retried every FlushInterval).
+func (inv *Inventory) OnWriteError(fn func(error)) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	inv.log = fn
 }
 
 func (inv *Inventory) saveLocked() error {
@@ -346,7 +463,8 @@ func (inv *Inventory) Forget(mac string) error {
 		return nil
 	}
 	delete(inv.recs, hw.String())
-	if err := inv.saveLocked(); err != nil {
+	inv.dirty = true
+	if err := inv.flushLocked(); err != nil {
 		inv.recs[hw.String()] = r
 		return err
 	}

@@ -32,6 +32,9 @@ func TestConcurrentEventsPersist(t *testing.T) {
 		}(n)
 	}
 	wg.Wait()
+	if err := inv.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	again, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -131,4 +134,73 @@ func TestInterfacesKeptFromUp(t *testing.T) {
 	if _, ok := inv.Get("52:54:00:77:00:12"); ok {
 		t.Error("a refused event left a record")
 	}
+}
+
+// TestAttackForgedEventFlood: 10,000 forged boot events for random MACs
+// (attacker: any host that can POST /events) cost a few rewrites of
+// nodes.json, not one each; the file stays bounded; the records of real
+// nodes (seen by DHCP and their script under their configured names)
+// survive intact. Fails if every event rewrites the file or the file grows
+// with the flood.
+func TestAttackForgedEventFlood(t *testing.T) {
+	dir := t.TempDir()
+	inv, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for n := 1; n <= 3; n++ {
+		mac := fmt.Sprintf("52:54:00:77:00:%02x", n)
+		name := fmt.Sprintf("gpu%02d", n)
+		if err := inv.RecordDHCP(mac, name, fmt.Sprintf("10.77.0.%d", 10+n), now); err != nil {
+			t.Fatal(err)
+		}
+		if err := inv.RecordScript(mac, name, "abcdef0123456789", "10.77.0.1", now); err != nil {
+			t.Fatal(err)
+		}
+		if err := inv.RecordEvent(Event{Node: name, MAC: mac, Stage: "up", Image: "abcdef0123456789", Kernel: "6.8.0-149-generic"}, "10.77.0.1", now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := inv.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	w0 := inv.writes
+	start := time.Now()
+	for i := 0; i < 10000; i++ {
+		e := Event{Node: fmt.Sprintf("forged%d", i), MAC: fmt.Sprintf("02:00:00:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff),
+			Stage: "up", Image: "ffffffffffffffff", Message: strings.Repeat("x", 200)}
+		if err := inv.RecordEvent(e, "10.77.0.66", now.Add(time.Duration(i)*time.Millisecond)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	if err := inv.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	writes := inv.writes - w0
+	if max := int(elapsed/FlushInterval) + 2; writes > max {
+		t.Errorf("10,000 events rewrote nodes.json %d times in %s, want at most %d (one per %s)", writes, elapsed, max, FlushInterval)
+	}
+	st, err := os.Stat(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > 2<<20 {
+		t.Errorf("nodes.json is %d bytes after the flood, want it bounded (at most 2 MiB)", st.Size())
+	}
+	again, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(again.Records()); n > MaxUnconfirmed+3 {
+		t.Errorf("%d records after the flood, want at most %d", n, MaxUnconfirmed+3)
+	}
+	for n := 1; n <= 3; n++ {
+		r, ok := again.Get(fmt.Sprintf("52:54:00:77:00:%02x", n))
+		if !ok || r.Name != fmt.Sprintf("gpu%02d", n) || r.Boots != 1 || r.LastDHCPIP != fmt.Sprintf("10.77.0.%d", 10+n) || r.ScriptImage != "abcdef0123456789" {
+			t.Errorf("real node %d after the flood: %+v %v", n, r, ok)
+		}
+	}
+	t.Logf("10,000 events: %d rewrites in %s, nodes.json %d bytes", writes, elapsed.Round(time.Millisecond), st.Size())
 }

@@ -204,6 +204,14 @@ func Run(ctx context.Context, opt Options) error {
 	if err != nil {
 		return err
 	}
+	// nodes.json is rewritten at most every inventory.FlushInterval; what is
+	// pending is written when herd stops.
+	inv.OnWriteError(func(err error) { opt.Log.Error("nodes.json not written; retrying", "err", err) })
+	defer func() {
+		if err := inv.Flush(); err != nil {
+			opt.Log.Error("nodes.json not written at exit", "err", err)
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
