@@ -295,6 +295,15 @@ func LoadOrDefault(path string, missingOK bool) (*Config, error) {
 	return Load(path, nil)
 }
 
+// LoadPartsOrDefault is LoadParts, or the built-in defaults when path does
+// not exist and missingOK is set (as LoadOrDefault).
+func LoadPartsOrDefault(path string, missingOK bool, parts ...string) (*Config, error) {
+	if _, err := os.Stat(path); err != nil && os.IsNotExist(err) && missingOK {
+		return LoadOrDefault(path, true)
+	}
+	return LoadParts(path, parts...)
+}
+
 // LoadParts reads a site file and validates only the named top-level parts
 // (see ValidateParts); the file's syntax and field types are checked whole.
 func LoadParts(path string, parts ...string) (*Config, error) {

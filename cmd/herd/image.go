@@ -193,7 +193,7 @@ func runImageShow(cmd *cobra.Command, args []string) error {
 	_, tr := testState(st, im.ID)
 	d := imageDetail{ID: im.ID, Dir: im.Dir, Current: im.Current, Nodes: bootCounts()[im.ID], Test: tr,
 		Manifest: im.Manifest, PinnedBy: []string{}}
-	if cfg, err := loadSite(true); err != nil {
+	if cfg, err := loadSiteParts(true, "nodes"); err != nil {
 		slog.Warn("node pins unknown", "err", err)
 	} else {
 		for _, n := range cfg.Nodes {
@@ -353,7 +353,7 @@ func runImageDiff(cmd *cobra.Command, args []string) error {
 // config that cannot be read is an error: removing an image without knowing
 // the pins could take a pinned node's image away.
 func pinnedImages() ([]string, error) {
-	cfg, err := loadSite(true)
+	cfg, err := loadSiteParts(true, "nodes")
 	if err != nil {
 		return nil, fmt.Errorf("read the site config for node image pins: %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 // connectDirectory loads herd.yaml (only its ldap and nas parts need to be
 // there and valid) and binds to LDAP as ldap.admin_dn.
 func connectDirectory() (*directory.Dir, error) {
-	cfg, err := loadSiteParts("ldap", "nas")
+	cfg, err := loadSiteParts(false, "ldap", "nas")
 	if err != nil {
 		return nil, err
 	}

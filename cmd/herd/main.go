@@ -59,9 +59,10 @@ func loadSite(missingOK bool) (*site.Config, error) {
 }
 
 // loadSiteParts reads the site config and validates only the named top-level
-// parts, for commands that use only those (a file holding just them works).
-func loadSiteParts(parts ...string) (*site.Config, error) {
-	return site.LoadParts(globals.config, parts...)
+// parts, for commands that use only those (a file holding just them works);
+// with missingOK a missing file yields the built-in defaults.
+func loadSiteParts(missingOK bool, parts ...string) (*site.Config, error) {
+	return site.LoadPartsOrDefault(globals.config, missingOK, parts...)
 }
 
 func main() {

@@ -45,7 +45,7 @@ func init() {
 		Short: "List nodes with their last DHCP, boot stage and image",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadSite(true)
+			cfg, err := loadSiteParts(true, "nodes") // only the nodes part is read
 			if err != nil {
 				return err
 			}
@@ -88,7 +88,7 @@ func init() {
 		Short: "Show one node in full",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := loadSite(true)
+			cfg, err := loadSiteParts(true, "nodes") // only the nodes part is read
 			if err != nil {
 				return err
 			}
