@@ -141,23 +141,31 @@ func TestAPISchemaSameAsCLIAndNoSecret(t *testing.T) {
 		nodes[0].Seen.Image != l.images[1] || nodes[0].Seen.Boots != 1 || nodes[1].State != fleet.StateBooting || nodes[1].GPUs != nil {
 		t.Errorf("/api/v1/nodes:\n%s", nodesJSON)
 	}
-	// One source of truth: the CLI prints the same data.
-	var cliNodes, cliImages, apiNodes, apiImages any
-	json.Unmarshal(l.herdJSON(t, "node", "list", "--json"), &cliNodes)
-	json.Unmarshal(nodesJSON, &apiNodes)
-	if !reflect.DeepEqual(cliNodes, apiNodes) {
-		t.Errorf("herd node list --json and /api/v1/nodes differ:\n%v\n%v", cliNodes, apiNodes)
+	// One source of truth: the CLI prints the same data. The CLI reads
+	// nodes.json, which the server writes at most every 2 s (pxe/inventory
+	// coalesces rewrites), so wait for it to catch up.
+	sameAsCLI := func(apiPath string, args ...string) {
+		t.Helper()
+		var cli, api any
+		for i := 0; i < 100; i++ { // liveness bound: 20 s
+			cli, api = nil, nil
+			json.Unmarshal(l.herdJSON(t, args...), &cli)
+			json.Unmarshal(get(apiPath), &api)
+			if reflect.DeepEqual(cli, api) {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Errorf("herd %s and %s differ:\n%v\n%v", strings.Join(args, " "), apiPath, cli, api)
 	}
+	sameAsCLI("/api/v1/nodes", "node", "list", "--json")
 
 	var one fleet.Node
 	strictDecode(t, "/api/v1/nodes/gpu01", get("/api/v1/nodes/gpu01"), &one)
-	var cliOne any
-	json.Unmarshal(l.herdJSON(t, "node", "show", "--json", "gpu01"), &cliOne)
-	var apiOne any
-	json.Unmarshal(get("/api/v1/nodes/"+macs["gpu01"]), &apiOne)
-	if !reflect.DeepEqual(cliOne, apiOne) || one.Name != "gpu01" {
-		t.Errorf("herd node show --json gpu01 and /api/v1/nodes/<mac> differ:\n%v\n%v", cliOne, apiOne)
+	if one.Name != "gpu01" {
+		t.Errorf("/api/v1/nodes/gpu01: %+v", one)
 	}
+	sameAsCLI("/api/v1/nodes/"+macs["gpu01"], "node", "show", "--json", "gpu01")
 	if c := l.status("/api/v1/nodes/nosuch"); c != 404 {
 		t.Errorf("unknown node: %d, want 404", c)
 	}
@@ -176,11 +184,7 @@ func TestAPISchemaSameAsCLIAndNoSecret(t *testing.T) {
 			t.Errorf("/api/v1/images: an image lacks a required key: %v", k)
 		}
 	}
-	json.Unmarshal(l.herdJSON(t, "image", "list", "--json"), &cliImages)
-	json.Unmarshal(imagesJSON, &apiImages)
-	if !reflect.DeepEqual(cliImages, apiImages) {
-		t.Errorf("herd image list --json and /api/v1/images differ:\n%v\n%v", cliImages, apiImages)
-	}
+	sameAsCLI("/api/v1/images", "image", "list", "--json")
 	byID := map[string]fleet.Image{}
 	for _, im := range imgs {
 		byID[im.ID] = im
