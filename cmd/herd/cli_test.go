@@ -87,6 +87,9 @@ func TestNodeCommands(t *testing.T) {
 	if err := inv.RecordDHCP("52:54:00:00:00:99", "", "10.0.0.99", now); err != nil {
 		t.Fatal(err)
 	}
+	if err := inv.Flush(); err != nil { // coalesced writes: the CLI reads nodes.json
+		t.Fatal(err)
+	}
 	var views []fleet.Node
 	if err := json.Unmarshal([]byte(c.ok("node", "list", "--json")), &views); err != nil {
 		t.Fatal(err)

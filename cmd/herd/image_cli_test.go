@@ -169,6 +169,9 @@ func TestImageCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := inv.Flush(); err != nil { // coalesced writes: the CLI reads nodes.json
+		t.Fatal(err)
+	}
 
 	// promote, list marks the current one and counts nodes.
 	if out := c.ok("image", "promote", a[:6]); !strings.Contains(out, a+" is now current") {

@@ -428,6 +428,7 @@ func TestEvents(t *testing.T) {
 	if resp.StatusCode != 400 {
 		t.Errorf("bad json: %d", resp.StatusCode)
 	}
+	f.inv.Flush() // writes are coalesced; what is on disk is what counts
 	inv, _ := inventory.Load(f.state)
 	r, ok := inv.Get("52:54:00:aa:bb:01")
 	if !ok || r.Stage != "up" || r.Image != f.id || r.Boots != 1 || r.Address != "127.0.0.1" {

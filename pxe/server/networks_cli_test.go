@@ -63,6 +63,9 @@ nodes:
 			t.Fatal(err)
 		}
 	}
+	if err := inv.Flush(); err != nil { // the CLI reads nodes.json
+		t.Fatal(err)
+	}
 	run := func(args ...string) (string, error) {
 		out, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
 		return string(out), err
