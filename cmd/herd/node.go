@@ -215,4 +215,3 @@ func writeNodeNetworks(w io.Writer, cfg *site.Config, v fleet.Node) {
 		fmt.Fprintf(w, "%s\n", d)
 	}
 }
-
