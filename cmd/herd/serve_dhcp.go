@@ -38,6 +38,9 @@ func init() {
 		go func() {
 			if err := s.Serve(ctx); err != nil {
 				env.Log.Error("dhcp stopped", "err", err)
+				if env.Failed != nil {
+					env.Failed(err)
+				}
 			}
 		}()
 		return dhcpService{s}, nil

@@ -47,6 +47,9 @@ type DHCPEnv struct {
 	Registry prometheus.Registerer
 	// Seen records a DHCP exchange in the inventory (name "" if unknown).
 	Seen func(mac, name, ip string)
+	// Failed is called if the DHCP service stops serving on its own: herd
+	// serve then stops and exits non-zero rather than serve without DHCP.
+	Failed func(err error)
 }
 
 // DHCPStarter starts the DHCP service for cfg (mode full or proxy).
@@ -135,20 +138,34 @@ func (s *Server) Reload() error {
 		cfg.DHCP.Mode, cfg.Server.Interface, cfg.Server.Address, cfg.Server.HTTPPort, cfg.Dashboard.Listen =
 			old.DHCP.Mode, old.Server.Interface, old.Server.Address, old.Server.HTTPPort, old.Dashboard.Listen
 	}
+	// All or nothing: check what can fail before changing anything; DHCP
+	// accepts the new config before the TFTP root and limits change, and
+	// goes back to the old one if the TFTP root then fails after all.
 	if cfg.Server.TFTPRoot != old.Server.TFTPRoot {
-		if err := s.tftp.SetRoot(cfg.Server.TFTPRoot); err != nil {
+		if err := tftp.CheckRoot(cfg.Server.TFTPRoot); err != nil {
 			s.log.Error("reload refused: keeping the running config", "err", err)
 			return err
 		}
-	}
-	if cfg.Server.MaxTFTP != old.Server.MaxTFTP {
-		s.tftp.SetMaxTransfers(cfg.Server.MaxTFTP)
 	}
 	if s.dhcp != nil {
 		if err := s.dhcp.SetConfig(cfg); err != nil {
 			s.log.Error("reload: DHCP refused the new config; keeping the running config", "err", err)
 			return err
 		}
+	}
+	if cfg.Server.TFTPRoot != old.Server.TFTPRoot {
+		if err := s.tftp.SetRoot(cfg.Server.TFTPRoot); err != nil {
+			if s.dhcp != nil {
+				if rerr := s.dhcp.SetConfig(old); rerr != nil {
+					s.log.Error("reload: DHCP did not take the old config back", "err", rerr)
+				}
+			}
+			s.log.Error("reload refused: keeping the running config", "err", err)
+			return err
+		}
+	}
+	if cfg.Server.MaxTFTP != old.Server.MaxTFTP {
+		s.tftp.SetMaxTransfers(cfg.Server.MaxTFTP)
 	}
 	s.http.SetConfig(cfg)
 	s.cfg = cfg
@@ -227,12 +244,19 @@ func Run(ctx context.Context, opt Options) error {
 	}
 
 	// DHCP first: in full mode it probes for a rival server before anything listens.
+	dhcpFailed := make(chan error, 1)
 	if cfg.DHCP.Mode != site.DHCPOff {
 		if opt.DHCP == nil {
 			return cfg.Doc.Errorf("dhcp.mode", "%s needs herd's DHCP service, which this build lacks; set dhcp.mode: off", cfg.DHCP.Mode)
 		}
 		s.dhcp, err = opt.DHCP(ctx, cfg, DHCPEnv{
 			StateDir: opt.StateDir, Force: opt.Force, Log: opt.Log.With("service", "dhcp"), Registry: reg,
+			Failed: func(err error) {
+				select {
+				case dhcpFailed <- err:
+				default:
+				}
+			},
 			Seen: func(mac, name, ip string) {
 				if err := inv.RecordDHCP(mac, name, ip, time.Now()); err != nil {
 					opt.Log.Error("record DHCP", "mac", mac, "err", err)
@@ -385,6 +409,10 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case runErr = <-errc:
+			break loop
+		case err := <-dhcpFailed:
+			opt.Log.Error("dhcp service stopped: stopping herd serve rather than serve without DHCP", "err", err)
+			runErr = fmt.Errorf("dhcp: stopped serving: %w", err)
 			break loop
 		}
 	}

@@ -216,6 +216,19 @@ func New(cfg Config) (*Server, error) {
 // name, and any link created later, stays confined to the root.
 var BootFiles = []string{"undionly.kpxe", "snponly.efi", "ipxe.efi"}
 
+// CheckRoot reports whether dir could be served (SetRoot would succeed),
+// changing nothing: a reload checks it before anything is applied.
+func CheckRoot(dir string) error {
+	if dir == "" {
+		return errors.New("tftp root: no directory given (server.tftp_root)")
+	}
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("tftp root (server.tftp_root): %w", err)
+	}
+	return r.Close()
+}
+
 // SetRoot switches the served directory (used on reload); transfers already
 // running keep the file they opened.
 func (s *Server) SetRoot(dir string) error {
