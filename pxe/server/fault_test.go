@@ -146,3 +146,33 @@ func TestReloadAllOrNothing(t *testing.T) {
 		t.Errorf("DHCP configs accepted: %v", fake.domains)
 	}
 }
+
+// TestRefusesReadableBindPassword: the LDAP bind password file (handed to
+// every node) readable by group or others makes herd serve refuse to
+// start, naming the field; mode 0600 starts.
+func TestRefusesReadableBindPassword(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "bind.secret")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o644)
+	cfgPath := filepath.Join(dir, "herd.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(serveYAML, freePort(t, "tcp"))+
+		"ldap:\n  uri: ldap://127.0.0.1\n  base: dc=lab\n  bind_dn: cn=nodes,dc=lab\n  bind_password_file: "+pw+"\n"), 0o644)
+	opt := Options{StateDir: t.TempDir(), ConfigPath: cfgPath, TFTPPort: freePort(t, "udp"), Log: slog.New(slog.NewJSONHandler(&logBuf{}, nil))}
+	err := Run(context.Background(), opt)
+	if err == nil || !strings.Contains(err.Error(), "ldap.bind_password_file") || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("Run with a 0644 bind password file: %v, want a refusal naming ldap.bind_password_file", err)
+	}
+	os.Chmod(pw, 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	opt.Ready = func(string, string) { close(ready) }
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, opt) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run with a 0600 bind password file: %v", err)
+	}
+	cancel()
+	<-done
+}

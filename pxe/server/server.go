@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/herdlab/herd/directory"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/pxe/tftp"
@@ -119,10 +120,26 @@ type Server struct {
 	stopped chan struct{}  // closed when Run starts draining
 }
 
+// checkSecrets refuses a secret file herd serve hands out (the LDAP bind
+// password, which goes into every node's runtime overlay) when group or
+// others can read it: on a shared admin host that is a leak already.
+func checkSecrets(cfg *site.Config) error {
+	if cfg.LDAP.BindDN == "" || cfg.LDAP.BindPasswordFile == "" {
+		return nil
+	}
+	if _, err := directory.ReadSecretFile(cfg.LDAP.BindPasswordFile); err != nil {
+		return cfg.Doc.Errorf("ldap.bind_password_file", "%v", err)
+	}
+	return nil
+}
+
 // Reload re-reads the config file; on any error the running config stays
 // and the error (with file:line of each problem) is returned and logged.
 func (s *Server) Reload() error {
 	cfg, err := site.Load(s.opt.ConfigPath, nil)
+	if err == nil {
+		err = checkSecrets(cfg)
+	}
 	if err != nil {
 		s.log.Error("reload refused: keeping the running config", "file", s.opt.ConfigPath, "err", err)
 		return fmt.Errorf("reload %s: %w", s.opt.ConfigPath, err)
@@ -208,6 +225,9 @@ func Run(ctx context.Context, opt Options) error {
 	}
 	cfg, err := site.Load(opt.ConfigPath, nil)
 	if err != nil {
+		return err
+	}
+	if err := checkSecrets(cfg); err != nil {
 		return err
 	}
 	if cfg.Server.Address == "" {
