@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,4 +125,65 @@ func TestAttackLeaseSpoofingAndStarvation(t *testing.T) {
 	if ev := udhcpc(t, victim); len(ev) != 1 || !strings.HasPrefix(ev[0], "bound "+victimIP+" ") {
 		t.Errorf("victim after the attacks: %q, want %s again", ev, victimIP)
 	}
+}
+
+// TestDiskFullUnderLoad: the state dir is a small tmpfs that fills up while
+// nodes ask for leases. The reserved node and a named node still get their
+// leases (answered from memory); when space returns the leases reach
+// leases.json without new traffic. Fails if a full disk withholds leases.
+func TestDiskFullUnderLoad(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommands(t, "udhcpc", "mount", "umount")
+	defer func(d time.Duration) { TickInterval = d }(TickInterval)
+	TickInterval = 200 * time.Millisecond
+	state := t.TempDir()
+	if b, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "herd-test-full", state).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, b)
+	}
+	defer exec.Command("umount", state).Run()
+	l := newLab(t)
+	cfg := labConfig(t, site.DHCPFull, site.UnknownDiscover)
+	cfg.Nodes = append(cfg.Nodes, site.Node{Name: "gpu77", MAC: "52:54:00:77:00:77"})
+	srv, err := l.start(cfg, state, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill the disk.
+	filler := filepath.Join(state, "filler")
+	f, _ := os.Create(filler)
+	f.Write(make([]byte, 1<<20)) // ENOSPC long before 1 MiB
+	f.Close()
+	// Load: 100 random MACs asking at once, then the real nodes.
+	attacker := l.client("02:66:66:66:66:67", "10.77.0.67/24")
+	script := filepath.Join(t.TempDir(), "forge.py")
+	os.WriteFile(script, []byte(forgePy), 0o644)
+	if b, err := attacker.Command(context.Background(), "/usr/bin/python3", script, "flood", "100", "10.77.0.100", "10.77.0.102").CombinedOutput(); err != nil {
+		t.Fatalf("flood: %v: %s", err, b)
+	}
+	reserved := l.client("52:54:00:77:00:11", "")
+	if ev := udhcpc(t, reserved); len(ev) != 1 || !strings.HasPrefix(ev[0], "bound 10.77.0.11 gpu01") {
+		t.Fatalf("reserved node with the disk full: %q", ev)
+	}
+	named := l.client("52:54:00:77:00:77", "")
+	ev := udhcpc(t, named)
+	if len(ev) != 1 || !strings.HasPrefix(ev[0], "bound 10.77.0.1") {
+		t.Fatalf("named node with the disk full: %q", ev)
+	}
+	namedIP := strings.Fields(ev[0])[1]
+	os.Remove(filler)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		data, err := os.ReadFile(filepath.Join(state, "leases.json"))
+		if err == nil && strings.Contains(string(data), "10.77.0.11") && strings.Contains(string(data), namedIP) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leases.json after space returned: %v %s", err, data)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := LoadLeases(filepath.Join(state, "leases.json")); err != nil {
+		t.Fatalf("leases.json after the disk was full: %v", err)
+	}
+	_ = srv
 }
