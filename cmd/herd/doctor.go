@@ -7,10 +7,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/herdlab/herd/pxe/server"
+	"github.com/herdlab/herd/site"
 )
 
 // doctorProbe is set by the DHCP wiring when pxe/dhcp is built in.
 var doctorProbe server.DHCPProbe
+
+// doctorPool is set by the DHCP wiring: the pool check of herd doctor.
+var doctorPool func(cfg *site.Config, stateDir string) (size, free, declined int, err error)
 
 type exitError struct {
 	msg  string
@@ -35,6 +39,7 @@ func init() {
 			}
 			opt.StateDir = globals.state
 			opt.Probe = doctorProbe
+			opt.Pool = doctorPool
 			checks := server.Doctor(cmd.Context(), cfg, opt)
 			failed := 0
 			for _, c := range checks {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net"
+	"time"
 
 	"github.com/herdlab/herd/pxe/dhcp"
 	"github.com/herdlab/herd/pxe/server"
@@ -44,6 +45,9 @@ func init() {
 			}
 		}()
 		return dhcpService{s}, nil
+	}
+	doctorPool = func(cfg *site.Config, stateDir string) (int, int, int, error) {
+		return dhcp.PoolUsage(cfg, stateDir, time.Now())
 	}
 	doctorProbe = func(ctx context.Context, iface string) (string, error) {
 		return dhcp.Probe(ctx, iface, dhcp.DefaultProbeWait)

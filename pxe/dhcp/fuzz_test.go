@@ -147,4 +147,3 @@ func writeSeed(t testing.TB, name string, pkt []byte, flags byte) {
 func seedBody(pkt []byte, flags byte) string {
 	return fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nbyte(%d)\n", pkt, flags)
 }
-

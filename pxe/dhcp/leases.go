@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/site"
 )
 
 // Lease is one address bound (or offered) to a MAC.
@@ -196,4 +198,23 @@ func (l *Leases) holder(a netip.Addr, now time.Time) (string, bool) {
 func (l *Leases) isDeclined(a netip.Addr, now time.Time) bool {
 	t, ok := l.declined[a]
 	return ok && now.Before(t)
+}
+
+// PoolUsage reads <stateDir>/leases.json and reports cfg's dynamic pool:
+// its size, the addresses a new client could get now, and those in
+// probation after a DECLINE (for herd doctor).
+func PoolUsage(cfg *site.Config, stateDir string, now time.Time) (size, free, declined int, err error) {
+	p, err := NewPlan(cfg, "")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	l, err := LoadLeases(filepath.Join(stateDir, "leases.json"))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	size = p.PoolSize()
+	if size == 0 {
+		return 0, 0, 0, nil
+	}
+	return size, PoolFree(p, l, now), l.Declined(now), nil
 }

@@ -41,6 +41,10 @@ type DoctorOptions struct {
 	Probe DHCPProbe
 	// TFTPPort is the TFTP port to check (default 69).
 	TFTPPort int
+	// Pool reports the dynamic pool from <state>/leases.json: its size, the
+	// addresses free now and those in probation after a DECLINE (nil: the
+	// check is skipped).
+	Pool func(cfg *site.Config, stateDir string) (size, free, declined int, err error)
 }
 
 // Doctor checks that `herd serve` can run with cfg here: the interface and
@@ -154,6 +158,27 @@ func Doctor(ctx context.Context, cfg *site.Config, opt DoctorOptions) []Check {
 			add("other dhcp server", nil, who+" answers (fine in proxy mode: it gives the addresses)")
 		default:
 			add("other dhcp server", nil, "none answered on "+cfg.Server.Interface)
+		}
+	}
+
+	// Pool exhaustion (full mode): every address leased, offered or in probation.
+	switch {
+	case cfg.DHCP.Mode != site.DHCPFull:
+		skip("dhcp pool", "dhcp.mode is "+cfg.DHCP.Mode)
+	case opt.Pool == nil:
+		skip("dhcp pool", "this herd has no DHCP service")
+	default:
+		size, free, declined, err := opt.Pool(cfg, opt.StateDir)
+		switch {
+		case err != nil:
+			add("dhcp pool", err, "")
+		case size == 0:
+			skip("dhcp pool", "no dynamic range (dhcp.range_start/range_end): reserved nodes only")
+		case free == 0:
+			add("dhcp pool", fmt.Errorf("exhausted: none of the %d addresses %s-%s is free (%d in probation after a DECLINE); unknown MACs and nodes without a reserved ip get no lease: widen the range or give nodes an ip",
+				size, cfg.DHCP.RangeStart, cfg.DHCP.RangeEnd, declined), "")
+		default:
+			add("dhcp pool", nil, fmt.Sprintf("%d of %d addresses free (%d in probation)", free, size, declined))
 		}
 	}
 	return out

@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/pxe/dhcp"
 	"github.com/herdlab/herd/site"
 	"github.com/herdlab/herd/testlab"
 )
@@ -94,5 +96,45 @@ overlays: [base]
 	os.Remove(filepath.Join(state, "current"))
 	if f := failed(run(cfg, false)); len(f) != 1 || !strings.Contains(f[0], "no image is current") {
 		t.Errorf("no current: %v", fmt.Sprint(f))
+	}
+}
+
+// TestDoctorPoolExhausted: with every pool address leased in leases.json,
+// herd doctor's pool check fails and says so; with one free it passes.
+func TestDoctorPoolExhausted(t *testing.T) {
+	cfg, err := site.Parse("herd.yaml", []byte(`server: {interface: lo, address: 10.77.0.1}
+dhcp: {mode: full, subnet: 10.77.0.0/24, range_start: 10.77.0.100, range_end: 10.77.0.102, lease_time: 1h}
+overlays: [base]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	write := func(n int) {
+		var ls []string
+		for i := 0; i < n; i++ {
+			ls = append(ls, fmt.Sprintf(`{"mac":"52:54:00:00:00:%02x","ip":"10.77.0.%d","expires":%q}`, i, 100+i, exp))
+		}
+		os.WriteFile(filepath.Join(state, "leases.json"), []byte(`{"leases":[`+strings.Join(ls, ",")+`]}`), 0o644)
+	}
+	pool := func(want int) Check {
+		for _, c := range Doctor(context.Background(), cfg, DoctorOptions{StateDir: state, Pool: func(cfg *site.Config, dir string) (int, int, int, error) {
+			return dhcp.PoolUsage(cfg, dir, time.Now())
+		}}) {
+			if c.Name == "dhcp pool" {
+				return c
+			}
+		}
+		t.Fatal("no dhcp pool check")
+		return Check{}
+	}
+	write(3)
+	if c := pool(0); c.OK || !strings.Contains(c.Detail, "exhausted") {
+		t.Errorf("all 3 leased: %+v, want a failed check saying exhausted", c)
+	}
+	write(2)
+	if c := pool(1); !c.OK || !strings.Contains(c.Detail, "1 of 3") {
+		t.Errorf("2 of 3 leased: %+v", c)
 	}
 }
