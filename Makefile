@@ -23,7 +23,7 @@ APT_PACKAGES := \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
-	chromium lintian systemd
+	chromium lintian systemd cryptsetup-bin
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 

@@ -21,6 +21,7 @@ var version = "dev"
 const usage = `usage:
   herd-boot mountroot ROOTMNT   mount the node's root image at ROOTMNT (initramfs)
   herd-boot report-up           post stage "up" once the system has started
+  herd-boot verity-watch        report and drop the cached image when dm-verity finds a bad block
   herd-boot version
 `
 
@@ -41,6 +42,8 @@ func main() {
 		err = nodeboot.Mountroot(ctx, nodeboot.DefaultSystem(), os.Args[2])
 	case "report-up":
 		err = nodeboot.ReportUp(ctx, nodeboot.DefaultSystem())
+	case "verity-watch":
+		err = nodeboot.DefaultVerityWatch(ctx)
 	case "version":
 		fmt.Println(version)
 	default:

@@ -16,6 +16,7 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -120,7 +121,7 @@ func Build(ctx context.Context, r *recipe.Recipe, opts Options) (*Result, error)
 	if opts.HerdVersion == "" {
 		opts.HerdVersion = "dev"
 	}
-	for _, tool := range []string{"mmdebstrap", "mksquashfs", "unshare", "chroot", "gpg", "apt-get", "dpkg-query", "rm"} {
+	for _, tool := range []string{"mmdebstrap", "mksquashfs", "unshare", "chroot", "gpg", "apt-get", "dpkg-query", "rm", "veritysetup"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("%s is not installed (make deps installs it): %w", tool, err)
 		}
@@ -220,6 +221,9 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 	if m.Packages, err = readPackages(filepath.Join(packed, "packages.tsv")); err != nil {
 		return nil, err
 	}
+	if m.Verity, err = readVerity(filepath.Join(packed, verityFile)); err != nil {
+		return nil, err
+	}
 	if got := m.Packages["linux-image-"+r.KernelRelease()]; got == "" {
 		return nil, fmt.Errorf("the image has no linux-image-%s installed", r.KernelRelease())
 	}
@@ -316,6 +320,19 @@ func tailLines(path string, n int) []string {
 		lines = lines[len(lines)-n:]
 	}
 	return lines
+}
+
+// readVerity reads the pack stage's hash tree record.
+func readVerity(path string) (*manifest.Verity, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("verity record: %w", err)
+	}
+	var v manifest.Verity
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("verity record %s: %w", path, err)
+	}
+	return &v, nil
 }
 
 // readPackages reads "name\tversion" lines written by the pack stage.

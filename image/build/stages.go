@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/atomicfile"
 	"github.com/herdlab/herd/internal/fsutil"
 )
@@ -133,7 +135,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, "pack/3", "zstd-3", mkfsTime)
+	packKey := hashKey(initKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt")
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
@@ -388,6 +390,9 @@ func (b *builder) initramfs(ctx context.Context, root, agent string) error {
 	return inChroot(ctx, b.log, root, "rm -f /boot/initrd.img-"+rel+" && update-initramfs -c -k "+rel)
 }
 
+// verityFile is the pack stage's record of the hash tree (manifest.Verity).
+const verityFile = "verity.json"
+
 // pack turns the merged layers into rootfs.squashfs (zstd level 3: nearly
 // as small as the default level at a tenth of the time, because most of the
 // tree is already-compressed modules and firmware) and copies out the
@@ -407,6 +412,19 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 		sq := filepath.Join(out, manifest.Rootfs)
 		if err := run(command(ctx, b.log, "mksquashfs", merged, sq, "-comp", "zstd", "-Xcompression-level", "3",
 			"-noappend", "-no-progress", "-mkfs-time", mkfsTime)); err != nil {
+			return err
+		}
+		// The dm-verity hash tree goes after the squashfs in the same file
+		// (image/verity): one artifact, one download, one sha256.
+		v, err := verity.Format(ctx, sq, b.log)
+		if err != nil {
+			return err
+		}
+		vj, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(out, verityFile), vj, 0o644); err != nil {
 			return err
 		}
 		for src, dst := range map[string]string{"boot/vmlinuz-" + rel: manifest.Kernel, "boot/initrd.img-" + rel: manifest.Initrd} {

@@ -14,7 +14,7 @@ import (
 	"github.com/herdlab/herd/internal/atomicfile"
 )
 
-//go:embed files/hook files/script files/herd-up.service
+//go:embed files/hook files/script files/herd-up.service files/herd-verity.service
 var files embed.FS
 
 // Paths inside the image tree, relative to its root.
@@ -24,10 +24,13 @@ const (
 	ScriptPath  = "etc/initramfs-tools/scripts/herd"
 	UnitPath    = "etc/systemd/system/herd-up.service"
 	WantsLink   = "etc/systemd/system/multi-user.target.wants/herd-up.service"
+	VerityUnit  = "etc/systemd/system/herd-verity.service"
+	VerityWants = "etc/systemd/system/multi-user.target.wants/herd-verity.service"
 	unitTarget  = "/etc/systemd/system/herd-up.service"
 	embedHook   = "files/hook"
 	embedScript = "files/script"
 	embedUnit   = "files/herd-up.service"
+	embedVerity = "files/herd-verity.service"
 )
 
 // Install writes the hook, boot script, agent and unit into chroot so that
@@ -64,6 +67,7 @@ func Install(chroot, agentPath string) error {
 		{embedHook, HookPath, 0o755},
 		{embedScript, ScriptPath, 0o644},
 		{embedUnit, UnitPath, 0o644},
+		{embedVerity, VerityUnit, 0o644},
 	} {
 		data, err := files.ReadFile(f.src)
 		if err != nil {
@@ -76,15 +80,17 @@ func Install(chroot, agentPath string) error {
 			return err
 		}
 	}
-	link := filepath.Join(chroot, WantsLink)
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
-		return fmt.Errorf("initramfs: %w", err)
-	}
-	if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("initramfs: replace %s: %w", link, err)
-	}
-	if err := os.Symlink(unitTarget, link); err != nil {
-		return fmt.Errorf("initramfs: enable herd-up.service: %w", err)
+	for link, target := range map[string]string{WantsLink: unitTarget, VerityWants: "/" + VerityUnit} {
+		link = filepath.Join(chroot, link)
+		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		if err := os.Remove(link); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("initramfs: replace %s: %w", link, err)
+		}
+		if err := os.Symlink(target, link); err != nil {
+			return fmt.Errorf("initramfs: enable %s: %w", filepath.Base(target), err)
+		}
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func TestInstallWritesHookScriptAgentAndUnit(t *testing.T) {
 	if err := Install(root, agent); err != nil {
 		t.Fatalf("second Install: %v", err)
 	}
-	for rel, mode := range map[string]os.FileMode{AgentPath: 0o755, HookPath: 0o755, ScriptPath: 0o644, UnitPath: 0o644} {
+	for rel, mode := range map[string]os.FileMode{AgentPath: 0o755, HookPath: 0o755, ScriptPath: 0o644, UnitPath: 0o644, VerityUnit: 0o644} {
 		st, err := os.Stat(filepath.Join(root, rel))
 		if err != nil {
 			t.Fatalf("%s: %v", rel, err)
@@ -56,6 +56,9 @@ func TestInstallWritesHookScriptAgentAndUnit(t *testing.T) {
 		if st.Mode().Perm() != mode {
 			t.Errorf("%s: mode %v, want %v", rel, st.Mode().Perm(), mode)
 		}
+	}
+	if l, err := os.Readlink(filepath.Join(root, VerityWants)); err != nil || l != "/etc/systemd/system/herd-verity.service" {
+		t.Errorf("herd-verity.service not enabled: %q %v", l, err)
 	}
 	if l, err := os.Readlink(filepath.Join(root, WantsLink)); err != nil || l != "/etc/systemd/system/herd-up.service" {
 		t.Errorf("wants link = %q, %v", l, err)

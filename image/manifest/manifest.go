@@ -50,6 +50,19 @@ type Manifest struct {
 	Stages []Stage `json:"stages"`
 	// Overlays lists every file the system overlays put into the image.
 	Overlays []OverlayFile `json:"overlays,omitempty"`
+	// Verity describes the dm-verity hash tree appended to rootfs.squashfs
+	// (nil for images built without one: nodes hash those whole).
+	Verity *Verity `json:"verity,omitempty"`
+}
+
+// Verity is the record of rootfs.squashfs's dm-verity hash tree (image/verity).
+type Verity struct {
+	RootHash   string `json:"root_hash"`
+	DataBlocks int64  `json:"data_blocks"` // squashfs size / BlockSize
+	HashOffset int64  `json:"hash_offset"` // byte offset of the tree in rootfs.squashfs
+	Algorithm  string `json:"algorithm"`
+	BlockSize  int    `json:"block_size"` // data and hash blocks
+	Format     string `json:"format"`
 }
 
 // Artifact is one file of an image.

@@ -216,28 +216,79 @@ func (s *System) setupCache(ctx context.Context, p *Params, rep *Reporter, mnt s
 	return ImageDir{Dir: filepath.Join(mnt, "images")}, true
 }
 
-// obtain returns the path of a verified image: from the cache when its full
-// sha256 matches, otherwise downloaded. It loops until it has one.
+// obtain returns what to mount: the cached image mapped through dm-verity
+// (its block device) when the command line carries herd.verity, else a
+// file whose full sha256 matched (cached, or downloaded). It loops until it
+// has one. A cached file is never used unverified.
 func (s *System) obtain(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
 	if onSSD {
-		if _, err := os.Stat(dir.Path(p.SHA256)); err == nil {
-			rep.Report(ctx, StageVerify, 0, "checking the cached image %s.squashfs (full sha256)", p.SHA256)
-		}
-		start := time.Now()
-		ok, err := dir.Verify(p.SHA256, nil)
-		switch {
-		case ok:
-			dir.Touch(p.SHA256)
-			rep.Report(ctx, StageVerify, 100, "cached image verified in %.1fs: booting it without downloading", time.Since(start).Seconds())
-			return dir.Path(p.SHA256), nil
-		case errors.Is(err, ErrNotCached):
-			s.say("image %s is not in the cache: downloading", p.SHA256)
-		case err != nil:
-			rep.Report(ctx, StageError, 0, "cached image unreadable, downloading it again: %v", err)
-		default:
-			rep.Report(ctx, StageError, 0, "cached image %s.squashfs failed its sha256 check (corrupt or truncated): removed, downloading it again", p.SHA256)
+		if img, ok := s.cached(ctx, p, rep, dir); ok {
+			return img, nil
 		}
 	}
+	img, err := s.download(ctx, p, rep, dir, onSSD)
+	if err != nil || !onSSD || p.Verity == nil {
+		return img, err
+	}
+	// Fresh and checked by its sha256; reads from the SSD during the uptime
+	// go through dm-verity all the same.
+	dev, err := MapVerity(s.DevRoot, img, p.Verity)
+	if err != nil {
+		rep.Report(ctx, StageError, 0, "the downloaded image (sha256 verified) cannot be mapped through dm-verity with herd.verity=%s: %v; booting the verified file without per-read checks", p.Verity, err)
+		return img, nil
+	}
+	return dev, nil
+}
+
+// cached returns the cached image if it verifies: through dm-verity when
+// the image has a hash tree (reads checked as they happen, the metadata
+// read now), else by hashing the whole file. A file that fails is removed.
+func (s *System) cached(ctx context.Context, p *Params, rep *Reporter, dir ImageDir) (string, bool) {
+	if _, err := os.Stat(dir.Path(p.SHA256)); err != nil {
+		s.say("image %s is not in the cache: downloading", p.SHA256)
+		return "", false
+	}
+	if p.Verity != nil {
+		start := time.Now()
+		dev, err := MapVerity(s.DevRoot, dir.Path(p.SHA256), p.Verity)
+		switch {
+		case err == nil:
+			dir.Touch(p.SHA256)
+			rep.Report(ctx, StageVerify, 100, "cached image mapped through dm-verity (root hash %s) in %.1fs: booting it without downloading; every block is checked when read", p.Verity.RootHash, time.Since(start).Seconds())
+			return dev, true
+		case errors.Is(err, ErrCorrupt):
+			UnmapVerity()
+			if rerr := os.Remove(dir.Path(p.SHA256)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				rep.Report(ctx, StageError, 0, "%v; removing it failed: %v; downloading it again", err, rerr)
+			} else {
+				rep.Report(ctx, StageError, 0, "%v: removed, downloading it again", err)
+			}
+			return "", false
+		default:
+			rep.Report(ctx, StageVerify, 0, "dm-verity unavailable (%v): checking the cached image by its full sha256 instead", err)
+		}
+	}
+	rep.Report(ctx, StageVerify, 0, "checking the cached image %s.squashfs (full sha256)", p.SHA256)
+	start := time.Now()
+	ok, err := dir.Verify(p.SHA256, nil)
+	switch {
+	case ok:
+		dir.Touch(p.SHA256)
+		rep.Report(ctx, StageVerify, 100, "cached image verified in %.1fs: booting it without downloading", time.Since(start).Seconds())
+		return dir.Path(p.SHA256), true
+	case errors.Is(err, ErrNotCached):
+		s.say("image %s is not in the cache: downloading", p.SHA256)
+	case err != nil:
+		rep.Report(ctx, StageError, 0, "cached image unreadable, downloading it again: %v", err)
+	default:
+		rep.Report(ctx, StageError, 0, "cached image %s.squashfs failed its sha256 check (corrupt or truncated): removed, downloading it again", p.SHA256)
+	}
+	return "", false
+}
+
+// download fetches the image into dir, checked against its sha256, retrying
+// for ever.
+func (s *System) download(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
 	d := s.Download
 	d.Client = s.Client
 	d.Progress = func(pct int, done, total int64) {

@@ -12,6 +12,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/herdlab/herd/image/verity"
 )
 
 // Params are the herd.* arguments of the boot contract (HACKING.md).
@@ -23,6 +25,9 @@ type Params struct {
 	Server string // herd.server: base URL, events go to <server>/events
 	Cache  string // herd.cache: auto | none | /dev/...
 	Keep   int    // herd.keep: cached images to keep (>= 1)
+	// Verity (herd.verity) is the image's dm-verity root hash and data
+	// block count; nil for images built without a hash tree.
+	Verity *verity.Params
 }
 
 // DefaultKeep is used when herd.keep is absent.
@@ -68,6 +73,12 @@ func ParseCmdline(line string) (*Params, error) {
 			p.Server = strings.TrimRight(v, "/")
 		case "herd.cache":
 			p.Cache = v
+		case "herd.verity":
+			v, err := verity.Parse(v)
+			if err != nil {
+				return nil, fmt.Errorf("kernel argument herd.verity: %w", err)
+			}
+			p.Verity = v
 		case "herd.keep":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {

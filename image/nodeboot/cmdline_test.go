@@ -23,8 +23,15 @@ func TestParseCmdline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Cache != "auto" || p.Keep != DefaultKeep || p.Server != "" {
+	if p.Cache != "auto" || p.Keep != DefaultKeep || p.Server != "" || p.Verity != nil {
 		t.Errorf("defaults: %+v", *p)
+	}
+	p, err = ParseCmdline("herd.image=http://h/i herd.sha256=" + sha + " herd.verity=" + strings.ToUpper(sha) + ":733")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Verity == nil || p.Verity.RootHash != sha || p.Verity.DataBlocks != 733 {
+		t.Errorf("herd.verity: %+v", p.Verity)
 	}
 }
 
@@ -41,6 +48,9 @@ func TestParseCmdlineErrors(t *testing.T) {
 		{base + " herd.cache=sda", "herd.cache"},
 		{base + " herd.server=nowhere", "herd.server"},
 		{base + " herd.node", "herd.node has no value"},
+		{base + " herd.verity=" + sha, "herd.verity"},
+		{base + " herd.verity=" + sha + ":0", "herd.verity"},
+		{base + " herd.verity=abc:12", "herd.verity"},
 	} {
 		_, err := ParseCmdline(c.line)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -1,6 +1,7 @@
 package nodeboot_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/herdlab/herd/image/initramfs"
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -20,6 +23,7 @@ import (
 type bootImage struct {
 	Kernel, Initrd, Rootfs string
 	SHA256, ID             string
+	Verity                 string // herd.verity value ("" = no hash tree)
 }
 
 // ubuntuKeyFingerprint is the Ubuntu Archive Automatic Signing Key (2018);
@@ -56,17 +60,16 @@ func testImage(t *testing.T, recipe string) bootImage {
 	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "gpg", "chroot", "unshare")
 	h := sha256.New()
 	fmt.Fprintln(h, sumFile(t, agent), strings.Join(fixturePackages, ","))
-	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/initramfs.go"} {
+	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/files/herd-verity.service", "../initramfs/initramfs.go"} {
 		if b, err := os.ReadFile(f); err == nil {
 			h.Write(b)
 		}
 	}
+	fmt.Fprintln(h, "verity-v1")
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := filepath.Join("/var/tmp/herd-nodeboot-fixture", key)
-	img := bootImage{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Rootfs: filepath.Join(dir, "rootfs.squashfs"), ID: "fixture-" + key}
 	if _, err := os.Stat(filepath.Join(dir, "ok")); err == nil {
-		img.SHA256 = sumFile(t, img.Rootfs)
-		return img
+		return imageFromDir(t, dir)
 	}
 	work := dir + ".tmp"
 	os.RemoveAll(work)
@@ -111,17 +114,26 @@ func testImage(t *testing.T, recipe string) bootImage {
 	copyTo(t, kernels[0], filepath.Join(out2, "vmlinuz"))
 	copyTo(t, filepath.Join(tree, "boot/initrd.img-"+ver), filepath.Join(out2, "initrd.img"))
 	run("mksquashfs", tree, filepath.Join(out2, "rootfs.squashfs"), "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-quiet")
+	// The hash tree, as the build's pack stage appends it.
+	testenv.RequireCommands(t, "veritysetup")
+	v, err := verity.Format(context.Background(), filepath.Join(out2, "rootfs.squashfs"), nil)
+	must(t, err)
+	must(t, (&manifest.Manifest{Verity: v}).Write(out2))
 	must(t, os.WriteFile(filepath.Join(out2, "ok"), nil, 0o644))
 	os.RemoveAll(dir)
 	must(t, os.Rename(out2, dir))
-	img.SHA256 = sumFile(t, img.Rootfs)
-	return img
+	return imageFromDir(t, dir)
 }
 
 func imageFromDir(t *testing.T, d string) bootImage {
 	img := bootImage{Kernel: filepath.Join(d, "vmlinuz"), Initrd: filepath.Join(d, "initrd.img"), Rootfs: filepath.Join(d, "rootfs.squashfs")}
 	img.SHA256 = sumFile(t, img.Rootfs)
 	img.ID = filepath.Base(d)
+	if m, err := manifest.Read(d); err == nil {
+		if v := verity.FromManifest(m); v != nil {
+			img.Verity = v.String()
+		}
+	}
 	return img
 }
 

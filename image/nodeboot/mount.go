@@ -89,14 +89,22 @@ func legacyAttach(lf, backing *os.File, info unix.LoopInfo64) error {
 // MountRoot mounts the squashfs image read-only at lower and an overlay of
 // it with a tmpfs upper layer at root: the node sees a writable root whose
 // writes live in RAM and vanish at reboot.
+// image is a file (attached to a loop device) or a block device (the
+// dm-verity mapping of the cached image), mounted as it is.
 func MountRoot(image, lower, rw, root string) error {
-	loop, hold, err := LoopAttach(image)
-	if err != nil {
-		return err
+	loop := image
+	if st, err := os.Stat(image); err != nil {
+		return fmt.Errorf("root image: %w", err)
+	} else if st.Mode()&os.ModeDevice == 0 {
+		var hold *os.File
+		loop, hold, err = LoopAttach(image)
+		if err != nil {
+			return err
+		}
+		// Autoclear: once mounted, the mount holds the device; closing our
+		// handle before that would detach it (a 0-byte device, EIO on mount).
+		defer hold.Close()
 	}
-	// Autoclear: once mounted, the mount holds the device; closing our
-	// handle before that would detach it (a 0-byte device, EIO on mount).
-	defer hold.Close()
 	for _, d := range []string{lower, rw, root} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("mkdir %s: %w", d, err)

@@ -29,6 +29,7 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,6 +40,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -357,6 +359,11 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 		"herd.cache=" + cfg.CacheDiskFor(node),
 		"herd.keep=" + strconv.Itoa(cfg.Cache.KeepImages),
 		"console=tty0", "console=ttyS0,115200n8",
+	}
+	if v := verity.FromManifest(m); v != nil {
+		// Same for every node of the generation: the node maps its cached
+		// copy through dm-verity with it instead of hashing it whole.
+		args = slices.Insert(args, slices.Index(args, "herd.sha256="+root.SHA256)+1, "herd.verity="+v.String())
 	}
 	if ka := strings.TrimSpace(node.KernelArgs); ka != "" {
 		// A newline would start a new iPXE command; iPXE would also expand

@@ -211,6 +211,31 @@ func TestBootScript(t *testing.T) {
 	}
 }
 
+// TestBootScriptVerity: an image with a hash tree puts herd.verity (root
+// hash and data block count, from the manifest) next to herd.sha256; one
+// without keeps the script as before (its nodes hash the image whole).
+func TestBootScriptVerity(t *testing.T) {
+	cfg := &site.Config{}
+	node := &site.Node{Name: "gpu1"}
+	m := &manifest.Manifest{Artifacts: map[string]manifest.Artifact{manifest.Rootfs: {Size: 1, SHA256: strings.Repeat("a", 64)}}}
+	plain, err := Script(cfg, node, "0123456789abcdef", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(plain, "herd.verity") {
+		t.Errorf("image without verity data got herd.verity:\n%s", plain)
+	}
+	m.Verity = &manifest.Verity{RootHash: strings.Repeat("b", 64), DataBlocks: 733}
+	s, err := Script(cfg, node, "0123456789abcdef", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := " herd.sha256=" + strings.Repeat("a", 64) + " herd.verity=" + strings.Repeat("b", 64) + ":733 herd.id="
+	if !strings.Contains(s, want) {
+		t.Errorf("script lacks %q:\n%s", want, s)
+	}
+}
+
 func TestUnknownDiscover(t *testing.T) {
 	f := newFixture(t, "discover")
 	code, body := get(t, f.url+"/boot/52:54:00:00:00:99.ipxe")
