@@ -85,4 +85,3 @@ func TestFormatMatchesVeritysetupVerify(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
