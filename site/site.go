@@ -116,6 +116,11 @@ type Node struct {
 	// Interfaces are the node's NICs, bonds and VLANs beside the boot NIC,
 	// configured by systemd-networkd files in its runtime overlay.
 	Interfaces []Interface `yaml:"interfaces"`
+	// InsecureRAMIdentity: INSECURE. For a node with no cache disk and no
+	// TPM, which cannot keep a key across boots: the server accepts any key
+	// presented for this node and hands it the node's secrets, so anyone on
+	// the LAN who asks first gets them. Leave false unless that is acceptable.
+	InsecureRAMIdentity bool `yaml:"insecure_ram_identity"`
 }
 
 // NAS is the lab's file server (NFS exports).

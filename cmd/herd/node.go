@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -11,9 +12,61 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/herdlab/herd/fleet"
+	"github.com/herdlab/herd/internal/nodeauth"
+	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
 )
+
+// nodeView is a node as `herd node list|show` prints it: fleet's view plus
+// its node key (identity).
+type nodeView struct {
+	fleet.Node
+	Identity identityView `json:"identity"`
+}
+
+// identityView is a node's key state as `herd node list|show` prints it.
+type identityView struct {
+	Enrolled string `json:"enrolled,omitempty"` // fingerprint of the enrolled key
+	Pending  string `json:"pending,omitempty"`  // fingerprint of a key waiting for approval
+	From     string `json:"pending_from,omitempty"`
+	Window   string `json:"window_until,omitempty"`
+}
+
+func (v identityView) String() string {
+	switch {
+	case v.Pending != "":
+		return "pending " + v.Pending
+	case v.Enrolled != "":
+		return "enrolled " + v.Enrolled
+	case v.Window != "":
+		return "window until " + v.Window
+	}
+	return "-"
+}
+
+// nodeViews joins fleet.Nodes with the enrollment registry.
+func nodeViews(cfg *site.Config, inv *inventory.Inventory) []nodeView {
+	reg := nodeauth.OpenRegistry(globals.state)
+	wins, _ := reg.Windows(time.Now())
+	out := []nodeView{}
+	for _, n := range fleet.Nodes(cfg, inv) {
+		v := nodeView{Node: n}
+		if n.Configured && n.Name != "" {
+			if k, err := reg.Enrolled(n.Name); err == nil && k != nil {
+				v.Identity.Enrolled = nodeauth.Fingerprint(k)
+			}
+			if p, err := reg.PendingKey(n.Name); err == nil && p != nil {
+				v.Identity.Pending, v.Identity.From = p.Fingerprint, p.From
+			}
+			if t, ok := wins[n.Name]; ok {
+				v.Identity.Window = t.Format(time.RFC3339)
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
 
 func ago(t time.Time) string {
 	if t.IsZero() {
@@ -53,14 +106,14 @@ func init() {
 			if err != nil {
 				return err
 			}
-			views := fleet.Nodes(cfg, inv)
+			views := nodeViews(cfg, inv)
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(views)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS")
+			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tKEY")
 			for _, v := range views {
 				name := v.Name
 				if !v.Configured {
@@ -76,7 +129,7 @@ func init() {
 						stage = "up (degraded)"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, v.Identity)
 			}
 			return tw.Flush()
 		},
@@ -96,7 +149,18 @@ func init() {
 			if err != nil {
 				return err
 			}
-			if v, ok := fleet.FindNode(fleet.Nodes(cfg, inv), args[0]); ok {
+			views := nodeViews(cfg, inv)
+			nodes := make([]fleet.Node, len(views))
+			for i := range views {
+				nodes[i] = views[i].Node
+			}
+			if n, ok := fleet.FindNode(nodes, args[0]); ok {
+				var v nodeView
+				for _, x := range views {
+					if x.Name == n.Name && x.MAC == n.MAC {
+						v = x
+					}
+				}
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
@@ -110,6 +174,10 @@ func init() {
 				if v.KernelArgs != "" {
 					fmt.Fprintf(w, "kernel args: %s\n", v.KernelArgs)
 				}
+				fmt.Fprintf(w, "key:         %s\n", dash(v.Identity.Enrolled))
+				if v.Identity.Pending != "" {
+					fmt.Fprintf(w, "pending key: %s (from %s): herd node approve %s --fingerprint %s\n", v.Identity.Pending, dash(v.Identity.From), v.Name, v.Identity.Pending)
+				}
 				if r := v.Seen; r != nil {
 					fmt.Fprintf(w, "last DHCP:   %s (%s)\n", ago(r.LastDHCP), dash(r.LastDHCPIP))
 					fmt.Fprintf(w, "script:      %s (image %s)\n", ago(r.ScriptServed), short(r.ScriptImage))
@@ -119,7 +187,7 @@ func init() {
 				} else {
 					fmt.Fprintln(w, "seen:        never")
 				}
-				writeNodeNetworks(w, cfg, v)
+				writeNodeNetworks(w, cfg, v.Node)
 				return nil
 			}
 			return fmt.Errorf("no node %q in %s or the inventory", args[0], globals.config)
@@ -149,7 +217,7 @@ func init() {
 
 	rm := &cobra.Command{
 		Use:   "rm NAME|MAC",
-		Short: "Remove a node from herd.yaml (its records and keys under --state stay)",
+		Short: "Remove a node from herd.yaml and forget it (enrolled key, SSH host keys, machine-id, inventory record)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := site.RemoveNode(globals.config, args[0])
@@ -157,10 +225,71 @@ func init() {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %s (%s) from %s\n", n.Name, n.MAC, globals.config)
+			return forgetNode(cmd, n.Name, n.MAC)
+		},
+	}
+	forget := &cobra.Command{
+		Use:   "forget NAME",
+		Short: "Drop a node's identity: its enrolled key (it must enroll again), SSH host keys, machine-id and inventory record",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadSite(true)
+			if err != nil {
+				return err
+			}
+			mac := ""
+			if n, ok := cfg.NodeByName(args[0]); ok {
+				mac = n.MAC
+			}
+			return forgetNode(cmd, args[0], mac)
+		},
+	}
+	var fingerprint string
+	approve := &cobra.Command{
+		Use:   "approve NAME",
+		Short: "Enroll the key NAME presented (pending): from then on only that key gets NAME's secrets",
+		Long: "Enroll the key NAME presented (pending). Compare its fingerprint with the one the node's console\n" +
+			"printed and pass it with --fingerprint: a key someone else presented for NAME is then refused.\n" +
+			"Takes effect at once, also in a running herd serve.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := knownNode(args[0]); err != nil {
+				return err
+			}
+			fp, err := nodeauth.OpenRegistry(globals.state).Approve(args[0], fingerprint)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "approved %s: key %s\n", args[0], fp)
 			return nil
 		},
 	}
-	nodeCmd.AddCommand(list, show, addCmd, rm)
+	approve.Flags().StringVar(&fingerprint, "fingerprint", "", "the SHA256:... fingerprint the node's console printed (refuse any other key)")
+	var window time.Duration
+	enroll := &cobra.Command{
+		Use:   "enroll NAME...",
+		Short: "Open an enrollment window: the first key each named node presents within --for is enrolled without approval",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if window <= 0 || window > 24*time.Hour {
+				return fmt.Errorf("--for %s: want a duration between 1s and 24h", window)
+			}
+			for _, n := range args {
+				if err := knownNode(n); err != nil {
+					return err
+				}
+			}
+			until := time.Now().Add(window)
+			if err := nodeauth.OpenRegistry(globals.state).OpenWindow(args, until); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrollment window open until %s for %s: the first key each presents is accepted\n",
+				until.UTC().Format(time.RFC3339), strings.Join(args, ", "))
+			return nil
+		},
+	}
+	enroll.Flags().DurationVar(&window, "for", 15*time.Minute, "how long the window stays open")
+	nodeCmd.AddCommand(list, show, addCmd, rm, forget, approve, enroll)
 	root.AddCommand(nodeCmd)
 }
 
@@ -214,4 +343,43 @@ func writeNodeNetworks(w io.Writer, cfg *site.Config, v fleet.Node) {
 	for _, d := range r.Degraded {
 		fmt.Fprintf(w, "%s\n", d)
 	}
+}
+
+// knownNode checks that name is a node of herd.yaml.
+func knownNode(name string) error {
+	cfg, err := loadSite(false)
+	if err != nil {
+		return err
+	}
+	if _, ok := cfg.NodeByName(name); !ok {
+		return fmt.Errorf("no node %q in %s", name, globals.config)
+	}
+	return nil
+}
+
+// forgetNode drops a node's identity and its inventory record (mac may be
+// "": then the record named name, if any).
+func forgetNode(cmd *cobra.Command, name, mac string) error {
+	if err := httpboot.ForgetNode(globals.state, name); err != nil {
+		return err
+	}
+	inv, err := inventory.Load(globals.state)
+	if err != nil {
+		return err
+	}
+	for _, r := range inv.Records() {
+		if (mac != "" && sameMAC(r.MAC, mac)) || (mac == "" && r.Name == name) {
+			if err := inv.Forget(r.MAC); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "forgot %s: enrolled key, SSH host keys and machine-id removed; it must enroll again\n", name)
+	return nil
+}
+
+func sameMAC(a, b string) bool {
+	x, err1 := net.ParseMAC(a)
+	y, err2 := net.ParseMAC(b)
+	return err1 == nil && err2 == nil && x.String() == y.String()
 }

@@ -3,10 +3,12 @@
 //
 //	GET  /boot/<mac>.ipxe            the node's iPXE script (HACKING.md boot contract)
 //	GET  /images/<id>/<artifact>     vmlinuz, initrd.img, rootfs.squashfs, manifest.json
-//	GET  /nodes/<name>/overlay.cpio  the node's runtime overlay, only to the node's address
+//	GET  /nodes/<name>/challenge     a single-use nonce for the node (identity.go)
+//	POST /nodes/<name>/enroll        the node presents its key: enrolled or pending
+//	POST /nodes/<name>/overlay       the runtime overlay, sealed to the enrolled node
 //	GET  /ipxe/<binary>              undionly.kpxe, snponly.efi, ipxe.efi from server.tftp_root
 //	                                 (UEFI HTTP boot fetches its first stage over HTTP)
-//	POST /events                     boot progress reported by nodes
+//	POST /events                     boot progress, signed by the node's enrolled key
 //	GET  /metrics, /healthz
 //
 // Unknown MACs get 404, unless dhcp.unknown is "discover": then the request
@@ -18,7 +20,6 @@
 package httpboot
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,7 @@ import (
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
 )
@@ -70,16 +72,12 @@ type RuntimeFile struct {
 // behind an adapter, so this package does not depend on the template set).
 type RuntimeRenderer func(cfg *site.Config, node *site.Node, s Secrets, ldapBindPassword string) ([]RuntimeFile, error)
 
-// LeaseLookup returns the address DHCP currently leases to mac, if any.
-type LeaseLookup func(mac string) (ip string, ok bool)
-
 // Options are the server's collaborators.
 type Options struct {
 	StateDir  string
 	Images    Images
 	Render    RuntimeRenderer
 	Inventory *inventory.Inventory
-	Leases    LeaseLookup // nil when herd's DHCP does not lease addresses
 	Log       *slog.Logger
 	// Registry receives this package's metrics; Gatherer is served at /metrics.
 	Registry prometheus.Registerer
@@ -107,6 +105,10 @@ type Server struct {
 	active   prometheus.Gauge
 	queued   prometheus.Gauge
 	events   *prometheus.CounterVec
+	auth     *prometheus.CounterVec
+
+	nonces   *nodeauth.Nonces
+	registry *nodeauth.Registry
 }
 
 // Artifacts served from an image directory.
@@ -144,9 +146,15 @@ func New(cfg *site.Config, opt Options) (*Server, error) {
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_boot_events_total", Help: "Boot events received from nodes, by stage.",
 		}, []string{"stage"}),
+		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_node_auth_total", Help: "Signed node requests, by purpose and result (ok, refused).",
+		}, []string{"purpose", "result"}),
+		nonces:   nodeauth.NewNonces(nonceTTL, 4, 4096),
+		registry: nodeauth.OpenRegistry(opt.StateDir),
 	}
+	s.nonces.Now = opt.Now
 	if opt.Registry != nil {
-		for _, c := range []prometheus.Collector{s.requests, s.sent, s.active, s.queued, s.events} {
+		for _, c := range []prometheus.Collector{s.requests, s.sent, s.active, s.queued, s.events, s.auth} {
 			if err := opt.Registry.Register(c); err != nil {
 				return nil, fmt.Errorf("register http metrics: %w", err)
 			}
@@ -248,8 +256,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) string {
 		s.serveImage(w, r)
 		return "images"
 	case strings.HasPrefix(p, "/nodes/"):
-		s.serveOverlay(w, r)
-		return "overlay"
+		return s.serveNode(w, r)
 	case strings.HasPrefix(p, "/ipxe/"):
 		s.serveIPXE(w, r)
 		return "ipxe"
@@ -326,19 +333,6 @@ func ParseImagePath(p string) (id, artifact string, err error) {
 	return "", "", fmt.Errorf("%q: %q is not one of %s", p, artifact, strings.Join(Artifacts, ", "))
 }
 
-// ParseOverlayPath extracts the node name from "/nodes/<name>/overlay.cpio".
-func ParseOverlayPath(p string) (string, error) {
-	rest, ok := strings.CutPrefix(p, "/nodes/")
-	if !ok {
-		return "", fmt.Errorf("%q is not under /nodes/", p)
-	}
-	name, ok := strings.CutSuffix(rest, "/overlay.cpio")
-	if !ok || !site.ValidNodeName(name) {
-		return "", fmt.Errorf("%q is not /nodes/<name>/overlay.cpio", p)
-	}
-	return name, nil
-}
-
 // Script renders the iPXE script of the boot contract for node and image.
 func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (string, error) {
 	root, ok := m.Artifacts[manifest.Rootfs]
@@ -349,7 +343,7 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 	img := base + "/images/" + id
 	args := []string{
 		img + "/" + manifest.Kernel,
-		"initrd=" + manifest.Initrd, "initrd=overlay.cpio",
+		"initrd=" + manifest.Initrd,
 		"boot=herd", "ip=dhcp",
 		"herd.image=" + cfg.ImageURL() + "/images/" + id + "/" + manifest.Rootfs,
 		"herd.sha256=" + root.SHA256,
@@ -377,7 +371,6 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 	b.WriteString("#!ipxe\n")
 	b.WriteString("kernel " + strings.Join(args, " ") + "\n")
 	b.WriteString("initrd --name " + manifest.Initrd + " " + img + "/" + manifest.Initrd + "\n")
-	b.WriteString("initrd --name overlay.cpio " + base + "/nodes/" + node.Name + "/overlay.cpio\n")
 	b.WriteString("boot\n")
 	return b.String(), nil
 }
@@ -538,70 +531,6 @@ func (s *Server) serveIPXE(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, "", st.ModTime(), f)
 }
 
-func (s *Server) serveOverlay(w http.ResponseWriter, r *http.Request) {
-	if !onlyGet(w, r) {
-		return
-	}
-	name, err := ParseOverlayPath(r.URL.Path)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
-	cfg := s.cfg.Load()
-	node, ok := cfg.NodeByName(name)
-	if !ok {
-		http.Error(w, "unknown node "+name, http.StatusNotFound)
-		return
-	}
-	from := remoteIP(r)
-	if allowed, why := s.overlayAllowed(node, from); !allowed {
-		s.log.Warn("overlay refused", "node", name, "remote", from, "why", why)
-		http.Error(w, "forbidden: "+why, http.StatusForbidden)
-		return
-	}
-	data, err := s.buildOverlay(cfg, node)
-	if err != nil {
-		s.log.Error("build runtime overlay", "node", name, "err", err)
-		http.Error(w, "cannot build the runtime overlay; see the server log", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.Header().Set("Cache-Control", "no-store")
-	if r.Method == http.MethodHead {
-		return
-	}
-	w.Write(data)
-}
-
-// overlayAllowed decides whether from may fetch node's secrets: it must be
-// the node's reserved address, else its current DHCP lease, else — when
-// herd knows neither (proxy/off mode without a reserved ip) — the address
-// that fetched this node's boot script last.
-func (s *Server) overlayAllowed(node *site.Node, from string) (bool, string) {
-	if node.IP != "" {
-		if from == node.IP {
-			return true, ""
-		}
-		return false, from + " is not " + node.Name + "'s reserved address"
-	}
-	if s.opt.Leases != nil {
-		if ip, ok := s.opt.Leases(node.MAC); ok {
-			if ip == from {
-				return true, ""
-			}
-			return false, from + " does not hold " + node.Name + "'s lease"
-		}
-	}
-	if rec, ok := s.opt.Inventory.Get(node.MAC); ok && rec.Address != "" && !rec.ScriptServed.IsZero() {
-		if rec.Address == from {
-			return true, ""
-		}
-		return false, from + " is not the address that fetched " + node.Name + "'s boot script"
-	}
-	return false, node.Name + " has no known address (no reserved ip, no lease, no script fetched)"
-}
-
 // buildOverlay renders the runtime overlay and packs it as newc cpio with
 // every path under herd/overlay/.
 func (s *Server) buildOverlay(cfg *site.Config, node *site.Node) ([]byte, error) {
@@ -680,27 +609,4 @@ func PackOverlay(files []RuntimeFile) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(b.String()), nil
-}
-
-func (s *Server) serveEvent(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	var e inventory.Event
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	if err := dec.Decode(&e); err != nil {
-		http.Error(w, "bad event JSON: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	from := remoteIP(r)
-	if err := s.opt.Inventory.RecordEvent(e, from, s.opt.Now()); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	s.events.WithLabelValues(e.Stage).Inc()
-	s.log.Info("boot event", "node", e.Node, "mac", e.MAC, "stage", e.Stage, "percent", e.Percent,
-		"message", e.Message, "image", e.Image, "remote", from)
-	w.WriteHeader(http.StatusNoContent)
 }

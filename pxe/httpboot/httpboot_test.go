@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -184,9 +186,8 @@ func TestBootScript(t *testing.T) {
 	m, _ := manifest.Read(filepath.Join(f.state, "images", f.id))
 	base := f.url
 	want := "#!ipxe\n" +
-		"kernel " + base + "/images/" + f.id + "/vmlinuz initrd=initrd.img initrd=overlay.cpio boot=herd ip=dhcp herd.image=" + base + "/images/" + f.id + "/rootfs.squashfs herd.sha256=" + m.Artifacts[manifest.Rootfs].SHA256 + " herd.id=" + f.id + " herd.node=gpu1 herd.server=" + base + " herd.cache=auto herd.keep=2 console=tty0 console=ttyS0,115200n8 nvidia.NVreg_X=1\n" +
+		"kernel " + base + "/images/" + f.id + "/vmlinuz initrd=initrd.img boot=herd ip=dhcp herd.image=" + base + "/images/" + f.id + "/rootfs.squashfs herd.sha256=" + m.Artifacts[manifest.Rootfs].SHA256 + " herd.id=" + f.id + " herd.node=gpu1 herd.server=" + base + " herd.cache=auto herd.keep=2 console=tty0 console=ttyS0,115200n8 nvidia.NVreg_X=1\n" +
 		"initrd --name initrd.img " + base + "/images/" + f.id + "/initrd.img\n" +
-		"initrd --name overlay.cpio " + base + "/nodes/gpu1/overlay.cpio\n" +
 		"boot\n"
 	if body != want {
 		t.Errorf("script:\n%s\nwant:\n%s", body, want)
@@ -319,23 +320,40 @@ func TestImagesWithCurl(t *testing.T) {
 	}
 }
 
-// TestOverlay parses the served cpio back, with GNU cpio too, and checks
-// that a foreign address gets 403 and that keys are stable.
-func TestOverlay(t *testing.T) {
-	testenv.RequireCommands(t, "curl", "cpio")
-	f := newFixture(t, "ignore")
-	fetch := func(node, from string) (string, []byte) {
-		out := filepath.Join(t.TempDir(), "o.cpio")
-		code, err := exec.Command("curl", "-s", "--interface", from, "-o", out, "-w", "%{http_code}", f.url+"/nodes/"+node+"/overlay.cpio").Output()
-		if err != nil {
-			t.Fatalf("curl: %v", err)
-		}
-		b, _ := os.ReadFile(out)
-		return string(code), b
+// nodeClient makes a node key for name and a client that signs with it.
+func (f *fixture) nodeClient(t *testing.T, name string) *nodeauth.Client {
+	t.Helper()
+	k, err := nodeauth.GenerateFileKey()
+	if err != nil {
+		t.Fatal(err)
 	}
-	code, data := fetch("gpu1", "127.0.0.1")
-	if code != "200" {
-		t.Fatalf("overlay: %s %s", code, data)
+	return &nodeauth.Client{Base: f.url, Node: name, Key: k}
+}
+
+// enrolled returns a client whose key went through an enrollment window.
+func (f *fixture) enrolled(t *testing.T, name string) *nodeauth.Client {
+	t.Helper()
+	c := f.nodeClient(t, name)
+	if err := nodeauth.OpenRegistry(f.state).OpenWindow([]string{name}, time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	ans, err := c.Enroll(context.Background())
+	if err != nil || ans.Status != nodeauth.StatusEnrolled {
+		t.Fatalf("enroll %s in a window: %+v %v", name, ans, err)
+	}
+	return c
+}
+
+// TestOverlay parses the sealed overlay back, with GNU cpio too, and checks
+// that keys are stable and nobody but the enrolled key gets it.
+func TestOverlay(t *testing.T) {
+	testenv.RequireCommands(t, "cpio")
+	f := newFixture(t, "ignore")
+	ctx := context.Background()
+	c := f.enrolled(t, "gpu1")
+	data, err := c.Overlay(ctx)
+	if err != nil {
+		t.Fatalf("overlay: %v", err)
 	}
 	es, err := cpio.ReadAll(bytes.NewReader(data))
 	if err != nil {
@@ -402,33 +420,145 @@ func TestOverlay(t *testing.T) {
 		t.Errorf("unpacked key: %v", err)
 	}
 	// Stable: a second fetch is byte-identical (keys and machine-id kept).
-	if _, again := fetch("gpu1", "127.0.0.1"); !bytes.Equal(again, data) {
-		t.Error("second overlay differs: secrets were regenerated")
+	if again, err := c.Overlay(ctx); err != nil || !bytes.Equal(again, data) {
+		t.Errorf("second overlay differs (%v): secrets were regenerated", err)
 	}
-	// Another address gets 403 and no secrets.
-	if code, body := fetch("gpu1", "127.0.0.3"); code != "403" || bytes.Contains(body, []byte("PRIVATE KEY")) {
-		t.Errorf("foreign address: %s", code)
+	if code, _ := get(t, f.url+"/nodes/nosuch/challenge"); code != 404 {
+		t.Errorf("challenge for an unknown node: %d", code)
 	}
-	// gpu3 has no reserved ip: only the address that fetched its script may.
-	if code, _ := fetch("gpu3", "127.0.0.4"); code != "403" {
-		t.Errorf("gpu3 before its script: %s, want 403", code)
+}
+
+// TestOverlayAttacks: each way a LAN attacker could ask for a node's
+// overlay (no key, another key, a pending key, a replay, the old URL) gets
+// no secret.
+func TestOverlayAttacks(t *testing.T) {
+	f := newFixture(t, "ignore")
+	ctx := context.Background()
+	node := f.enrolled(t, "gpu1")
+	noSecret := func(t *testing.T, code int, body []byte) {
+		t.Helper()
+		if code/100 == 2 || bytes.Contains(body, []byte("PRIVATE KEY")) || bytes.Contains(body, []byte("s3cret")) {
+			t.Fatalf("attack answered %d with %d bytes", code, len(body))
+		}
 	}
-	if out, err := exec.Command("curl", "-fsS", "--interface", "127.0.0.4", "-o", "/dev/null", f.url+"/boot/52:54:00:aa:bb:03.ipxe").CombinedOutput(); err != nil {
-		t.Fatalf("%v %s", err, out)
+	post := func(path string, hdr string, body []byte) (int, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, f.url+path, bytes.NewReader(body))
+		if hdr != "" {
+			req.Header.Set(nodeauth.Header, hdr)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
 	}
-	if code, _ := fetch("gpu3", "127.0.0.5"); code != "403" {
-		t.Errorf("gpu3 from another address: %s, want 403", code)
+	t.Run("old-overlay-url", func(t *testing.T) {
+		code, body := get(t, f.url+"/nodes/gpu1/overlay.cpio")
+		noSecret(t, code, []byte(body))
+	})
+	t.Run("unsigned", func(t *testing.T) {
+		code, body := post("/nodes/gpu1/overlay", "", []byte("{}"))
+		noSecret(t, code, body)
+	})
+	t.Run("other-key", func(t *testing.T) {
+		_, err := f.nodeClient(t, "gpu1").Overlay(ctx)
+		if !errors.Is(err, nodeauth.ErrRefused) {
+			t.Fatalf("a foreign key got an answer: %v", err)
+		}
+	})
+	t.Run("forged-enrollment-stays-pending", func(t *testing.T) {
+		evil := f.nodeClient(t, "gpu1")
+		ans, err := evil.Enroll(ctx)
+		if err != nil || ans.Status != nodeauth.StatusPending {
+			t.Fatalf("forged enrollment: %+v %v, want pending", ans, err)
+		}
+		if _, err := evil.Overlay(ctx); !errors.Is(err, nodeauth.ErrRefused) {
+			t.Fatalf("a pending key got the overlay: %v", err)
+		}
+		if _, err := node.Overlay(ctx); err != nil {
+			t.Fatalf("the enrolled node lost its overlay: %v", err)
+		}
+	})
+	t.Run("replay", func(t *testing.T) {
+		// Capture one real request (header and body) and send it again.
+		sk, _ := nodeauth.NewSealKey()
+		nonce, err := node.Nonce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := nodeauth.Sign(node.Key, "gpu1", nodeauth.PurposeOverlay, nonce, []byte("{}"), sk.PublicKey().Bytes())
+		if code, _ := post("/nodes/gpu1/overlay", a.Encode(), []byte("{}")); code != 200 {
+			t.Fatalf("the original request: %d", code)
+		}
+		code, body := post("/nodes/gpu1/overlay", a.Encode(), []byte("{}"))
+		noSecret(t, code, body)
+		// A replay to another node's route is refused too.
+		code, body = post("/nodes/gpu2/overlay", a.Encode(), []byte("{}"))
+		noSecret(t, code, body)
+	})
+	t.Run("sniffed-answer-is-sealed", func(t *testing.T) {
+		sk, _ := nodeauth.NewSealKey()
+		nonce, _ := node.Nonce(ctx)
+		a, _ := nodeauth.Sign(node.Key, "gpu1", nodeauth.PurposeOverlay, nonce, []byte("{}"), sk.PublicKey().Bytes())
+		code, body := post("/nodes/gpu1/overlay", a.Encode(), []byte("{}"))
+		if code != 200 || bytes.Contains(body, []byte("PRIVATE KEY")) || bytes.Contains(body, []byte("s3cret")) {
+			t.Fatalf("answer %d holds plaintext secrets", code)
+		}
+		other, _ := nodeauth.NewSealKey()
+		if _, err := nodeauth.Open(other, nodeauth.SealContext("gpu1", nonce), body); err == nil {
+			t.Fatal("the sealed answer opened with a key other than the request's")
+		}
+	})
+	t.Run("challenge-flood-bounded", func(t *testing.T) {
+		for i := 0; i < 200; i++ {
+			get(t, f.url+"/nodes/gpu1/challenge")
+			get(t, f.url+"/nodes/n"+fmt.Sprint(i)+"/challenge")
+		}
+		if n := f.srv.nonces.Len(); n > f.srv.nonces.PerNode*len(f.cfg.Nodes) {
+			t.Fatalf("%d nonces held after a flood", n)
+		}
+		if _, err := node.Overlay(ctx); err != nil {
+			t.Fatalf("the node after the flood: %v", err)
+		}
+	})
+}
+
+// TestEnrollApproveFlow: no window, the key is pending with the fingerprint
+// the node computes; approval (another process's write) applies at once.
+func TestEnrollApproveFlow(t *testing.T) {
+	f := newFixture(t, "ignore")
+	ctx := context.Background()
+	c := f.nodeClient(t, "gpu2")
+	ans, err := c.Enroll(ctx)
+	if err != nil || ans.Status != nodeauth.StatusPending {
+		t.Fatalf("enroll: %+v %v", ans, err)
 	}
-	if code, _ := fetch("gpu3", "127.0.0.4"); code != "200" {
-		t.Errorf("gpu3 from its script address: %s, want 200", code)
+	pub, _ := nodeauth.PublicKey(c.Key)
+	if ans.Fingerprint != nodeauth.Fingerprint(pub) {
+		t.Fatalf("server fingerprint %s, node's %s", ans.Fingerprint, nodeauth.Fingerprint(pub))
 	}
-	if code, _ := fetch("nosuch", "127.0.0.1"); code != "404" {
-		t.Errorf("unknown node: %s", code)
+	if !strings.Contains(f.logs.String(), "herd node approve gpu2 --fingerprint "+ans.Fingerprint) {
+		t.Error("the server log lacks the approve command")
+	}
+	if _, err := c.Overlay(ctx); !errors.Is(err, nodeauth.ErrRefused) {
+		t.Fatalf("pending key got the overlay: %v", err)
+	}
+	if _, err := nodeauth.OpenRegistry(f.state).Approve("gpu2", ans.Fingerprint); err != nil {
+		t.Fatal(err)
+	}
+	if ans, err := c.Enroll(ctx); err != nil || ans.Status != nodeauth.StatusEnrolled {
+		t.Fatalf("after approve: %+v %v", ans, err)
+	}
+	if _, err := c.Overlay(ctx); err != nil {
+		t.Fatalf("approved key: %v", err)
 	}
 }
 
 func TestEvents(t *testing.T) {
 	f := newFixture(t, "ignore")
+	ctx := context.Background()
 	post := func(v any) int {
 		b, _ := json.Marshal(v)
 		resp, err := http.Post(f.url+"/events", "application/json", bytes.NewReader(b))
@@ -439,15 +569,39 @@ func TestEvents(t *testing.T) {
 		return resp.StatusCode
 	}
 	ev := inventory.Event{Node: "gpu1", MAC: "52:54:00:aa:bb:01", Stage: "download", Percent: 40, Message: "rootfs 40%"}
-	if c := post(ev); c != 204 {
-		t.Fatalf("event: %d", c)
+	// Not enrolled: unsigned events are logged, never recorded.
+	if c := post(ev); c != 202 {
+		t.Fatalf("unsigned event of a node without a key: %d", c)
+	}
+	if _, ok := f.inv.Get(ev.MAC); ok {
+		t.Fatal("an unsigned event was recorded")
+	}
+	c := f.enrolled(t, "gpu1")
+	if code := post(ev); code != 403 {
+		t.Fatalf("unsigned event of an enrolled node: %d, want 403", code)
+	}
+	sign := func(c *nodeauth.Client, v any) error {
+		b, _ := json.Marshal(v)
+		return c.Event(ctx, b)
+	}
+	if err := sign(c, ev); err != nil {
+		t.Fatalf("signed event: %v", err)
 	}
 	ev.Stage, ev.Percent, ev.Image, ev.Kernel, ev.NVIDIA = "up", 100, f.id, "6.8.0-149-generic", "580.178.04"
-	if c := post(ev); c != 204 {
-		t.Fatalf("event: %d", c)
+	if err := sign(c, ev); err != nil {
+		t.Fatalf("signed event: %v", err)
 	}
-	if c := post(map[string]any{"mac": "52:54:00:aa:bb:01", "stage": "bogus"}); c != 400 {
-		t.Errorf("bad stage: %d", c)
+	// Forged: another key, or the node's key speaking for gpu2.
+	if err := sign(f.nodeClient(t, "gpu1"), ev); !errors.Is(err, nodeauth.ErrRefused) {
+		t.Errorf("event signed by a foreign key: %v", err)
+	}
+	other := ev
+	other.Node, other.MAC = "gpu2", "52:54:00:aa:bb:02"
+	if err := sign(c, other); err == nil {
+		t.Error("gpu1's key spoke for gpu2")
+	}
+	if err := sign(c, map[string]any{"node": "gpu1", "mac": "52:54:00:aa:bb:01", "stage": "bogus"}); err == nil {
+		t.Errorf("bad stage accepted")
 	}
 	resp, _ := http.Post(f.url+"/events", "application/json", strings.NewReader("{"))
 	if resp.StatusCode != 400 {
@@ -458,6 +612,9 @@ func TestEvents(t *testing.T) {
 	r, ok := inv.Get("52:54:00:aa:bb:01")
 	if !ok || r.Stage != "up" || r.Image != f.id || r.Boots != 1 || r.Address != "127.0.0.1" {
 		t.Errorf("record: %+v", r)
+	}
+	if _, ok := inv.Get("52:54:00:aa:bb:02"); ok {
+		t.Error("gpu2 has a record from gpu1's key")
 	}
 	_, metrics := get(t, f.url+"/metrics")
 	if !strings.Contains(metrics, `herd_boot_events_total{stage="up"} 1`) {
@@ -494,7 +651,7 @@ func FuzzParsePaths(f *testing.F) {
 				t.Fatalf("%q gave %q %q", p, id, art)
 			}
 		}
-		if name, err := ParseOverlayPath(p); err == nil {
+		if name, _, err := ParseNodePath(p); err == nil {
 			if strings.ContainsAny(name, "/.\\") {
 				t.Fatalf("%q gave node %q", p, name)
 			}

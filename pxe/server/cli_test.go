@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -49,16 +53,39 @@ nodes:
 	waitFor(t, "herd serve to answer", func() bool { return status(base+"/healthz") == 200 })
 
 	ev := fmt.Sprintf(`{"node":"gpu1","mac":"52:54:00:aa:00:01","stage":"up","percent":100,"message":"booted","image":"%s","kernel":"6.8.0-149-generic","nvidia":"580.178.04"}`, id)
+	// Unsigned (curl): logged, not recorded.
 	if out, err := exec.Command("curl", "-fsS", "-X", "POST", "-H", "Content-Type: application/json", "-d", ev, base+"/events").CombinedOutput(); err != nil {
 		t.Fatalf("post event: %v %s", err, out)
 	}
+	// An enrollment window opened by the CLI applies to the running server.
+	herdCmd := func(args ...string) string {
+		t.Helper()
+		b, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("herd %s: %v\n%s", strings.Join(args, " "), err, b)
+		}
+		return string(b)
+	}
+	herdCmd("node", "enroll", "gpu1", "--for", "5m")
+	ctx := context.Background()
+	key, _ := nodeauth.GenerateFileKey()
+	node := &nodeauth.Client{Base: base, Node: "gpu1", Key: key}
+	if ans, err := node.Enroll(ctx); err != nil || ans.Status != nodeauth.StatusEnrolled {
+		t.Fatalf("enroll in the window: %+v %v", ans, err)
+	}
+	if err := node.Event(ctx, []byte(ev)); err != nil {
+		t.Fatalf("signed event: %v", err)
+	}
+	pub, _ := nodeauth.PublicKey(key)
+	fp := nodeauth.Fingerprint(pub)
 	out, err := exec.Command(herd, "--config", cfgPath, "--state", state, "node", "list", "--json").Output()
 	if err != nil {
 		t.Fatalf("node list: %v", err)
 	}
 	var views []struct {
-		Name string
-		Seen *struct {
+		Name     string
+		Identity struct{ Enrolled, Pending string }
+		Seen     *struct {
 			Stage, Image, NVIDIA string
 			Boots                int
 		}
@@ -66,8 +93,56 @@ nodes:
 	if err := json.Unmarshal(out, &views); err != nil {
 		t.Fatalf("node list --json: %v\n%s", err, out)
 	}
-	if len(views) != 1 || views[0].Seen == nil || views[0].Seen.Stage != "up" || views[0].Seen.Image != id || views[0].Seen.NVIDIA != "580.178.04" || views[0].Seen.Boots != 1 {
-		t.Fatalf("node list --json:\n%s", out)
+	if len(views) != 1 || views[0].Seen == nil || views[0].Seen.Stage != "up" || views[0].Seen.Image != id || views[0].Seen.NVIDIA != "580.178.04" || views[0].Seen.Boots != 1 || views[0].Identity.Enrolled != fp {
+		t.Fatalf("node list --json (want enrolled %s):\n%s", fp, out)
+	}
+	if l := herdCmd("node", "list"); !strings.Contains(l, "enrolled "+fp) {
+		t.Errorf("node list does not show the fingerprint %s:\n%s", fp, l)
+	}
+	hostKey := func(c *nodeauth.Client) string {
+		t.Helper()
+		data, err := c.Overlay(ctx)
+		if err != nil {
+			t.Fatalf("overlay: %v", err)
+		}
+		es, err := cpio.ReadAll(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Name == "herd/overlay/etc/ssh/ssh_host_ed25519_key" {
+				return string(e.Data)
+			}
+		}
+		t.Fatal("overlay without an ed25519 host key")
+		return ""
+	}
+	oldHostKey := hostKey(node)
+
+	// rm + add under the same name: a new node, not its predecessor. It has
+	// no key until approved, and gets fresh SSH host keys.
+	herdCmd("node", "rm", "gpu1")
+	herdCmd("node", "add", "gpu1", "52:54:00:aa:00:01", "--ip", "127.0.0.1")
+	srv.Process.Signal(syscall.SIGHUP)
+	if _, err := node.Overlay(ctx); err == nil {
+		t.Fatal("the removed node's key still gets the overlay")
+	}
+	key2, _ := nodeauth.GenerateFileKey()
+	node2 := &nodeauth.Client{Base: base, Node: "gpu1", Key: key2}
+	waitFor(t, "gpu1 after rm/add and SIGHUP", func() bool {
+		ans, err := node2.Enroll(ctx)
+		return err == nil && ans.Status == nodeauth.StatusPending
+	})
+	pub2, _ := nodeauth.PublicKey(key2)
+	if l := herdCmd("node", "list"); !strings.Contains(l, "pending "+nodeauth.Fingerprint(pub2)) {
+		t.Errorf("node list does not show the pending fingerprint:\n%s", l)
+	}
+	if b, err := exec.Command(herd, "--config", cfgPath, "--state", state, "node", "approve", "gpu1", "--fingerprint", fp).CombinedOutput(); err == nil {
+		t.Errorf("approve with another key's fingerprint succeeded: %s", b)
+	}
+	herdCmd("node", "approve", "gpu1", "--fingerprint", nodeauth.Fingerprint(pub2))
+	if hostKey(node2) == oldHostKey {
+		t.Error("a node re-added under the same name inherited its predecessor's SSH host key")
 	}
 
 	// node add refuses a duplicate MAC naming the line, then adds a good node.

@@ -14,7 +14,7 @@ import (
 
 // TestRuntimeOverlayWithRealTemplates renders the overlays package's
 // runtime tree for a node with an LDAP bind password and packs it the way
-// /nodes/<name>/overlay.cpio does.
+// POST /nodes/<name>/overlay seals it.
 func TestRuntimeOverlayWithRealTemplates(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "bind.secret")

@@ -287,11 +287,6 @@ func Run(ctx context.Context, opt Options) error {
 			return fmt.Errorf("dhcp: %w", err)
 		}
 	}
-	var leases httpboot.LeaseLookup
-	if s.dhcp != nil {
-		leases = s.dhcp.Lease
-	}
-
 	s.tftp, err = tftp.New(tftp.Config{Root: cfg.Server.TFTPRoot, MaxTransfers: cfg.Server.MaxTFTP, Log: opt.Log, Registry: reg})
 	if err != nil {
 		s.stopDHCP()
@@ -304,7 +299,7 @@ func Run(ctx context.Context, opt Options) error {
 	}
 	s.http, err = httpboot.New(cfg, httpboot.Options{
 		StateDir: opt.StateDir, Images: opt.Images, Render: opt.Render, Inventory: inv,
-		Leases: leases, Log: opt.Log, Registry: reg, Gatherer: reg,
+		Log: opt.Log, Registry: reg, Gatherer: reg,
 	})
 	if err != nil {
 		tconn.Close()

@@ -173,9 +173,13 @@ func TestServeReloadAndDrain(t *testing.T) {
 	if c := status(base + "/boot/52:54:00:aa:00:01.ipxe"); c != 200 {
 		t.Fatalf("script: %d", c)
 	}
-	// The overlay, rendered by the real templates, goes to the node's address.
-	if c := status(base + "/nodes/gpu1/overlay.cpio"); c != 200 {
-		t.Fatalf("overlay: %d\n%s", c, logs.String())
+	// Identity: a challenge for a known node; the old address-checked
+	// overlay URL is gone (the overlay is sealed to an enrolled key).
+	if c := status(base + "/nodes/gpu1/challenge"); c != 200 {
+		t.Fatalf("challenge: %d\n%s", c, logs.String())
+	}
+	if c := status(base + "/nodes/gpu1/overlay.cpio"); c != 410 {
+		t.Fatalf("old overlay URL: %d, want 410", c)
 	}
 	// One registry: TFTP, HTTP and process metrics on /metrics.
 	if resp, err := http.Get(base + "/metrics"); err == nil {
