@@ -2,6 +2,7 @@ package nodeboot
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -18,15 +19,18 @@ import (
 // System holds the paths and tools the agent uses; tests point them at
 // temporary trees, the initramfs uses DefaultSystem.
 type System struct {
-	Cmdline    string    // kernel command line file (/proc/cmdline)
-	SysRoot    string    // sysfs (/sys)
-	DevRoot    string    // device nodes (/dev)
-	RunDir     string    // agent's mounts (/run/herd); moved with /run into the new root
-	OverlaySrc string    // runtime overlay unpacked from overlay.cpio (/herd/overlay)
-	Mke2fs     string    // mke2fs binary
-	Console    io.Writer // operator-facing messages (the kernel console)
-	Client     *http.Client
-	Download   Downloader // retry policy template
+	Cmdline    string // kernel command line file (/proc/cmdline)
+	SysRoot    string // sysfs (/sys)
+	DevRoot    string // device nodes (/dev)
+	RunDir     string // agent's mounts (/run/herd); moved with /run into the new root
+	OverlaySrc string // runtime overlay unpacked from the sealed answer (/herd/overlay, in RAM)
+	CacheDir   string // the cache SSD in the booted system (/var/cache/herd)
+	// TPMKey returns the node key held by a TPM 2.0; nil: no TPM support.
+	TPMKey   func() (crypto.Signer, error)
+	Mke2fs   string    // mke2fs binary
+	Console  io.Writer // operator-facing messages (the kernel console)
+	Client   *http.Client
+	Download Downloader // retry policy template
 	// RoundWait is the pause between rounds of download attempts when no
 	// usable image exists; the agent never gives up (default 30 s).
 	RoundWait time.Duration
@@ -56,6 +60,7 @@ func DefaultSystem() *System {
 		DevRoot:    "/dev",
 		RunDir:     "/run/herd",
 		OverlaySrc: "/herd/overlay",
+		CacheDir:   "/var/cache/herd",
 		Mke2fs:     mke2fs,
 		Console:    os.Stderr,
 		Client:     &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 20 * time.Second, IdleConnTimeout: 30 * time.Second}},
@@ -80,7 +85,8 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 		return err
 	}
 	mac, ifname := PrimaryMAC()
-	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console}
+	// Events wait in memory until the node key is enrolled, then go signed.
+	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console, Hold: true}
 	if ifname == "" {
 		rep.Report(ctx, StageNetwork, 0, "no interface got an IPv4 address from DHCP; check the cable, the switch port and herd's DHCP (herd serve)")
 	} else {
@@ -102,6 +108,11 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 		dir = ImageDir{Dir: ram}
 	}
 
+	ident := s.identity(ctx, p, rep, cacheMnt, onSSD)
+	if ident == nil {
+		rep.Drop()
+	}
+
 	img, err := s.obtain(ctx, p, rep, dir, onSSD)
 	if err != nil {
 		return err
@@ -115,6 +126,12 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 	}
 	rep.Report(ctx, StageMount, 0, "root image %s mounted read-only at %s with a RAM overlay", filepath.Base(img), rootmnt)
 
+	if ident != nil && ident.Overlay != nil {
+		if err := UnpackOverlay(ident.Overlay, s.OverlaySrc); err != nil {
+			rep.Report(ctx, StageError, 0, "runtime overlay: %v", err)
+			return err
+		}
+	}
 	if _, err := os.Stat(s.OverlaySrc); err == nil {
 		if err := CopyTree(s.OverlaySrc, rootmnt); err != nil {
 			rep.Report(ctx, StageError, 0, "runtime overlay: %v", err)
@@ -122,7 +139,7 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 		}
 		s.say("runtime overlay %s copied onto the new root", s.OverlaySrc)
 	} else {
-		s.say("no runtime overlay at %s (overlay.cpio not loaded); the node has no per-node identity", s.OverlaySrc)
+		s.say("no runtime overlay (see the identity messages above): the node has no per-node secrets")
 	}
 
 	if onSSD {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/herdlab/herd/internal/nodeauth"
 )
 
 // Event is one boot progress report (HACKING.md "Boot events").
@@ -51,7 +53,33 @@ type Reporter struct {
 	Image   string
 	Console io.Writer // where every event is printed; nil for none
 	Timeout time.Duration
-	client  *http.Client
+	// Hold keeps events in memory (up to maxHeld) until SetSigner: the
+	// server records only events signed by the node's enrolled key.
+	Hold   bool
+	signer *nodeauth.Client
+	held   []Event
+	client *http.Client
+}
+
+// maxHeld bounds the events kept while the node waits for its key.
+const maxHeld = 64
+
+// SetSigner makes every later event signed by c and sends the held ones.
+func (r *Reporter) SetSigner(ctx context.Context, c *nodeauth.Client) {
+	r.signer, r.Hold = c, false
+	held := r.held
+	r.held = nil
+	for _, ev := range held {
+		if err := r.Post(ctx, ev); err != nil && r.Console != nil {
+			fmt.Fprintf(r.Console, "herd: (held event not delivered: %v)\n", err)
+		}
+	}
+}
+
+// Drop discards held events and stops posting: the node has no enrolled
+// key, so the server would not record them.
+func (r *Reporter) Drop() {
+	r.held, r.Hold, r.Server = nil, false, ""
 }
 
 // Report prints ev on the console and posts it; a failed post is printed too
@@ -88,6 +116,13 @@ func (r *Reporter) Post(ctx context.Context, ev Event) error {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
+	if r.signer == nil && r.Hold {
+		if len(r.held) >= maxHeld {
+			r.held = r.held[1:]
+		}
+		r.held = append(r.held, ev)
+		return nil
+	}
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode event: %w", err)
@@ -101,6 +136,11 @@ func (r *Reporter) Post(ctx context.Context, ev Event) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
+	if r.signer != nil {
+		s := *r.signer
+		s.HTTP = r.client
+		return s.Event(ctx, body)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.Server+"/events", bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("event request: %w", err)

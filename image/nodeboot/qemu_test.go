@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,7 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/herdlab/herd/image/nodeboot"
+	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -35,6 +40,98 @@ type imageHost struct {
 	// down makes the server broken: the image answers 503 and /events
 	// hangs (a server that accepts connections but never answers).
 	down bool
+	// Identity, as herd serve speaks it (internal/nodeauth) but accepting
+	// every key (the enrollment policy is pxe/httpboot's, tested there):
+	// keys holds each enrolled key's fingerprint in order, secret is the
+	// sealed runtime overlay.
+	nonces *nodeauth.Nonces
+	keys   []string
+	key    ssh.PublicKey
+	secret []byte
+}
+
+// secretOverlay is the sealed part of the test's runtime overlay: a file
+// with a distinct owner and mode that only the identity path delivers.
+func secretOverlay(t *testing.T) []byte {
+	var b bytes.Buffer
+	w := cpio.NewWriter(&b)
+	for _, h := range []cpio.Header{
+		{Name: "herd", Mode: cpio.TypeDir | 0o755},
+		{Name: "herd/overlay", Mode: cpio.TypeDir | 0o755},
+		{Name: "herd/overlay/etc", Mode: cpio.TypeDir | 0o755},
+	} {
+		must(t, w.WriteHeader(&h))
+	}
+	data := []byte("per-node secret\n")
+	must(t, w.WriteHeader(&cpio.Header{Name: "herd/overlay/etc/herd-test-secret", Mode: cpio.TypeReg | 0o640, GID: 4242, Size: int64(len(data))}))
+	_, err := w.Write(data)
+	must(t, err)
+	must(t, w.Close())
+	return b.Bytes()
+}
+
+// identityRoutes answers challenge, enroll (every key accepted), overlay
+// (sealed to the enrolled key only) and verifies signed events.
+func (h *imageHost) identityRoutes(mux *http.ServeMux) {
+	h.nonces = nodeauth.NewNonces(time.Minute, 4, 64)
+	mux.HandleFunc("GET /nodes/{name}/challenge", func(w http.ResponseWriter, r *http.Request) {
+		n, _, err := h.nonces.Issue(r.PathValue("name"))
+		if err != nil {
+			http.Error(w, err.Error(), 503)
+			return
+		}
+		json.NewEncoder(w).Encode(nodeauth.Challenge{Nonce: n})
+	})
+	auth := func(w http.ResponseWriter, r *http.Request, purpose string) (*nodeauth.Auth, ssh.PublicKey, []byte, bool) {
+		body, _ := io.ReadAll(r.Body)
+		a, err := nodeauth.Decode(r.Header.Get(nodeauth.Header))
+		if err != nil {
+			http.Error(w, err.Error(), 403)
+			return nil, nil, nil, false
+		}
+		k, err := a.Verify(r.PathValue("name"), purpose, body)
+		if purpose == nodeauth.PurposeEvent {
+			k, err = a.Verify(a.Node, purpose, body)
+		}
+		if err == nil {
+			err = h.nonces.Consume(a.Node, a.Nonce)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), 403)
+			return nil, nil, nil, false
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if purpose != nodeauth.PurposeEnroll && !nodeauth.SameKey(k, h.key) {
+			http.Error(w, "not the enrolled key", 403)
+			return nil, nil, nil, false
+		}
+		return a, k, body, true
+	}
+	mux.HandleFunc("POST /nodes/{name}/enroll", func(w http.ResponseWriter, r *http.Request) {
+		_, k, _, ok := auth(w, r, nodeauth.PurposeEnroll)
+		if !ok {
+			return
+		}
+		h.mu.Lock()
+		h.key = k
+		h.keys = append(h.keys, nodeauth.Fingerprint(k))
+		h.mu.Unlock()
+		json.NewEncoder(w).Encode(nodeauth.EnrollAnswer{Status: nodeauth.StatusEnrolled, Fingerprint: nodeauth.Fingerprint(k)})
+	})
+	mux.HandleFunc("POST /nodes/{name}/overlay", func(w http.ResponseWriter, r *http.Request) {
+		a, _, _, ok := auth(w, r, nodeauth.PurposeOverlay)
+		if !ok {
+			return
+		}
+		x, _ := a.X25519Key()
+		sealed, err := nodeauth.Seal(x, nodeauth.SealContext(a.Node, a.Nonce), h.secret)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		w.Write(sealed)
+	})
 }
 
 func newImageHost(t *testing.T, img bootImage) *imageHost {
@@ -58,6 +155,8 @@ func newImageHost(t *testing.T, img bootImage) *imageHost {
 		}
 		http.ServeFile(w, r, img.Rootfs)
 	})
+	h.secret = secretOverlay(t)
+	h.identityRoutes(mux)
 	mux.HandleFunc("POST /events", func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		down := h.down
@@ -69,8 +168,25 @@ func newImageHost(t *testing.T, img bootImage) *imageHost {
 			}
 			return
 		}
+		a, err := nodeauth.Decode(r.Header.Get(nodeauth.Header))
+		if err != nil {
+			http.Error(w, "events must be signed: "+err.Error(), 403)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		k, err := a.Verify(a.Node, nodeauth.PurposeEvent, body)
+		if err == nil {
+			err = h.nonces.Consume(a.Node, a.Nonce)
+		}
+		h.mu.Lock()
+		enrolled := h.key
+		h.mu.Unlock()
+		if err != nil || !nodeauth.SameKey(k, enrolled) {
+			http.Error(w, fmt.Sprintf("bad signature or key: %v", err), 403)
+			return
+		}
 		var ev nodeboot.Event
-		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+		if err := json.Unmarshal(body, &ev); err != nil {
 			http.Error(w, err.Error(), 400)
 			return
 		}
@@ -112,15 +228,15 @@ func (h *imageHost) port() int { return h.ln.Addr().(*net.TCPAddr).Port }
 // socat, so every byte of the node's traffic ends on 127.0.0.1.
 const guestServer = "10.0.2.100"
 
-// overlayCPIO builds a runtime overlay (newc, files under herd/overlay/)
-// with GNU cpio, holding a file with a distinct owner and mode and a
-// systemd unit that prints what the tests check to the serial console.
+// overlayCPIO builds the test probe (newc, files under herd/overlay/) with
+// GNU cpio: a systemd unit that prints what the tests check to the serial
+// console. It is public test tooling and rides in the initrd; the per-node
+// secret (etc/herd-test-secret) comes only sealed through identityRoutes.
 func overlayCPIO(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "herd/overlay")
 	files := map[string]string{
-		"etc/herd-test-secret": "per-node secret\n",
 		"usr/local/sbin/herd-test-report": `#!/bin/sh
 # Test probe: waits for the end of start-up, prints one line, powers off
 # when herdtest.poweroff is on the kernel command line.
@@ -145,7 +261,8 @@ if grep -q herdtest.readall /proc/cmdline; then
 	for i in $(seq 1 60); do [ -e /var/cache/herd/images/$sha.squashfs ] || break; sleep 1; done
 	imgs=$(ls /var/cache/herd/images 2>/dev/null | tr '\n' ,)
 fi
-echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec END" > /dev/ttyS0
+key=$(stat -c %a:%u /var/cache/herd/identity/node.key /run/herd/identity/node.key 2>/dev/null | head -n1)
+echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} END" > /dev/ttyS0
 if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
 `,
 		"etc/systemd/system/herd-test-report.service": `[Unit]
@@ -163,8 +280,6 @@ WantedBy=multi-user.target
 		must(t, os.WriteFile(p, []byte(data), 0o644))
 	}
 	must(t, os.Chmod(filepath.Join(root, "usr/local/sbin/herd-test-report"), 0o755))
-	must(t, os.Chmod(filepath.Join(root, "etc/herd-test-secret"), 0o640))
-	must(t, os.Chown(filepath.Join(root, "etc/herd-test-secret"), 0, 4242))
 	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
 	must(t, os.MkdirAll(wants, 0o755))
 	must(t, os.Symlink("/etc/systemd/system/herd-test-report.service", filepath.Join(wants, "herd-test-report.service")))
@@ -443,7 +558,10 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 			t.Errorf("cache not in use: %v", rep)
 		}
 		if rep["root"] != "overlay" || rep["secret"] != "640:0:4242" {
-			t.Errorf("root or overlay wrong: %v", rep)
+			t.Errorf("root or sealed overlay wrong: %v", rep)
+		}
+		if rep["key"] != "600:0" {
+			t.Errorf("node key on the SSD: %q, want mode 600 owned by root", rep["key"])
 		}
 		if !strings.Contains(console, "preparing") || !strings.Contains(console, "download verified") {
 			t.Errorf("console lacks preparing/verified messages:\n%s", tail([]byte(console)))
@@ -471,6 +589,12 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 	t.Run("second boot takes the image from the SSD", func(t *testing.T) {
 		h.reset()
 		console, rep := h.boot(t, node{disk: disk}, overlay)
+		h.mu.Lock()
+		keys := append([]string(nil), h.keys...)
+		h.mu.Unlock()
+		if len(keys) < 2 || keys[len(keys)-1] != keys[0] || rep["secret"] != "640:0:4242" {
+			t.Errorf("the rebooted node did not present the key kept on its SSD: %v (report %v)", keys, rep)
+		}
 		log, _ := h.snapshot()
 		if n := rootfsGets(log); n != 0 {
 			t.Errorf("%d rootfs requests on a cached boot: %v", n, log)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/herdlab/herd/internal/nodeauth"
 )
 
 // ReportUp is `herd-boot report-up` (herd-up.service): it waits until systemd
@@ -25,6 +27,15 @@ func ReportUp(ctx context.Context, s *System) error {
 	// server is reached through, not merely the first one with an address.
 	mac, _ := BootLink(p.Server)
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Timeout: 5 * time.Second}
+	// The server records only events signed by the node's enrolled key.
+	key, _, err := LoadBootedKey(s)
+	if err != nil {
+		if s.Console != nil {
+			fmt.Fprintf(s.Console, "herd: node %s up, but %v: the up report cannot be signed and is not sent\n", p.Node, err)
+		}
+		return nil
+	}
+	rep.SetSigner(ctx, &nodeauth.Client{Base: p.Server, Node: p.Node, Key: key})
 	ev := Event{Stage: StageUp, Kernel: KernelRelease(), NVIDIA: NVIDIAVersion(s.SysRoot),
 		Message: "system " + state}
 	links, degraded, err := NetworkReport(ctx, s.SysRoot, s.root(), mac, 60*time.Second)

@@ -32,6 +32,10 @@ type EnrollAnswer struct {
 	Fingerprint string `json:"fingerprint"`
 }
 
+// ErrUnknownNode is wrapped when the server has no such node (404 on the
+// challenge): retrying will not help until the admin adds it.
+var ErrUnknownNode = errors.New("the server does not know this node")
+
 // ErrRefused is wrapped when the server answers 403 (key not enrolled).
 var ErrRefused = errors.New("refused by the server")
 
@@ -54,6 +58,9 @@ func (c *Client) Nonce(ctx context.Context) (string, error) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode == http.StatusNotFound {
+		return "", fmt.Errorf("challenge: %w: %s", ErrUnknownNode, strings.TrimSpace(string(b)))
+	}
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("challenge: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
