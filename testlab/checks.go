@@ -108,6 +108,7 @@ func NodeChecks() []Check {
 		{"root-is-squashfs-overlay", checkRoot},
 		{"ldap-user-resolves", checkGetent},
 		{"ssh-login", checkSSH},
+		{"node-key-enrolled", checkNodeKey},
 		{"home-autofs-nfs-fsc", checkHome},
 		{"cachefilesd-on-ssd", checkCachefilesd},
 		{"fscache-hits", checkFSCacheHits},
@@ -361,6 +362,52 @@ func checkNothingFailed(ctx context.Context, b *Booted) error {
 		return fmt.Errorf("failed units:\n%s", s)
 	}
 	return nil
+}
+
+// checkNodeKey: the node's key is on its cache SSD (0600, root), and it is
+// the key herd enrolled for the node, with the same fingerprint.
+func checkNodeKey(ctx context.Context, b *Booted) error {
+	out, err := b.User.Sudo(ctx, "stat -c %a:%U /var/cache/herd/identity/node.key && ssh-keygen -lf /var/cache/herd/identity/node.key")
+	if err != nil {
+		return fmt.Errorf("node key on the SSD: %w: %s", err, out)
+	}
+	f := strings.Fields(out)
+	if len(f) < 3 || f[0] != "600:root" {
+		return fmt.Errorf("node key on the SSD: %q, want mode 600 owned by root and its fingerprint", out)
+	}
+	enrolled, err := b.Lab.EnrolledKey(ctx, b.Node.Name)
+	if err != nil {
+		return err
+	}
+	if f[2] != enrolled {
+		return fmt.Errorf("node key %s on the SSD is not the enrolled key %q", f[2], enrolled)
+	}
+	return nil
+}
+
+// EnrolledKey is the fingerprint `herd node list --json` shows as node's
+// enrolled key ("" if none).
+func (l *Lab) EnrolledKey(ctx context.Context, node string) (string, error) {
+	out, err := l.Herd(ctx, "", "node", "list", "--json")
+	if err != nil {
+		return "", err
+	}
+	var views []struct {
+		Name     string `json:"name"`
+		Identity struct {
+			Enrolled string `json:"enrolled"`
+			Pending  string `json:"pending"`
+		} `json:"identity"`
+	}
+	if err := json.Unmarshal(out, &views); err != nil {
+		return "", fmt.Errorf("herd node list --json: %w: %s", err, out)
+	}
+	for _, v := range views {
+		if v.Name == node {
+			return v.Identity.Enrolled, nil
+		}
+	}
+	return "", fmt.Errorf("%s missing from herd node list --json", node)
 }
 
 func checkNodeList(ctx context.Context, b *Booted) error {

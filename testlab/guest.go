@@ -154,3 +154,25 @@ func NodeHostKeys(stateDir, node string) ([]ssh.PublicKey, error) {
 	}
 	return keys, nil
 }
+
+// HostKeySeen connects to the node's SSH server and returns the fingerprint
+// of the host key it presents: what a user's ssh would show and remember.
+func (g *Guest) HostKeySeen() (string, error) {
+	var conn net.Conn
+	addr := net.JoinHostPort(g.Addr, "22")
+	if err := g.Netns.Do(func() (err error) { conn, err = net.DialTimeout("tcp", addr, 10*time.Second); return }); err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	var seen string
+	errSeen := errors.New("host key recorded")
+	cfg := &ssh.ClientConfig{User: g.User, Timeout: 10 * time.Second, HostKeyCallback: func(_ string, _ net.Addr, k ssh.PublicKey) error {
+		seen = ssh.FingerprintSHA256(k)
+		return errSeen
+	}}
+	_, _, _, err := ssh.NewClientConn(conn, addr, cfg)
+	if seen == "" {
+		return "", fmt.Errorf("ssh %s: no host key: %w", addr, err)
+	}
+	return seen, nil
+}

@@ -70,6 +70,11 @@ type LabConfig struct {
 	// MTU 9000 where the NAS and LDAP stand alone (StorageNAS by default),
 	// and a second NIC per node with a StorageMAC.
 	Storage bool
+	// NoEnroll leaves node enrollment to the test: by default the lab opens
+	// an enrollment window for every node (`herd node enroll ... --for`),
+	// the admin's path for installing many nodes, so its nodes get their
+	// secrets on first boot.
+	NoEnroll bool
 }
 
 // Lab is a running lab.
@@ -182,8 +187,21 @@ func StartLab(ctx context.Context, c LabConfig) (l *Lab, err error) {
 	if err = l.startServer(ctx); err != nil {
 		return l, err
 	}
+	if !c.NoEnroll {
+		args := []string{"node", "enroll"}
+		for _, n := range c.Nodes {
+			args = append(args, n.Name)
+		}
+		if _, err = l.Herd(ctx, "", append(args, "--for", EnrollWindow.String())...); err != nil {
+			return l, err
+		}
+	}
 	return l, nil
 }
+
+// EnrollWindow is how long the lab's enrollment window stays open: long
+// enough for a slow first boot under TCG.
+var EnrollWindow = 2 * time.Hour
 
 // SiteYAML is the lab's herd.yaml: full DHCP on the bridge with one
 // reservation per node, the NAS and LDAP where c.Site puts them (by default
