@@ -13,6 +13,7 @@ import (
 
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
 )
@@ -41,6 +42,53 @@ type Node struct {
 	Seen  *inventory.Record `json:"seen,omitempty"`
 	// GPUs is null until nodes send authenticated GPU reports (not built yet).
 	GPUs []GPU `json:"gpus"`
+	// Identity is the node key (enrolled and/or pending fingerprint), set
+	// by AddIdentity; absent in live updates.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is a node's key state (internal/nodeauth's registry).
+type Identity struct {
+	Enrolled string `json:"enrolled,omitempty"` // fingerprint of the enrolled key
+	Pending  string `json:"pending,omitempty"`  // fingerprint of a key waiting for approval
+	From     string `json:"pending_from,omitempty"`
+	Window   string `json:"window_until,omitempty"` // an open enrollment window
+}
+
+// String is the one-word-and-fingerprint form `herd node list` prints.
+func (v *Identity) String() string {
+	switch {
+	case v == nil:
+	case v.Pending != "":
+		return "pending " + v.Pending
+	case v.Enrolled != "":
+		return "enrolled " + v.Enrolled
+	case v.Window != "":
+		return "window until " + v.Window
+	}
+	return "-"
+}
+
+// AddIdentity fills in each configured node's key state from reg, in place.
+func AddIdentity(nodes []Node, reg *nodeauth.Registry, now time.Time) {
+	wins, _ := reg.Windows(now)
+	for i := range nodes {
+		n := &nodes[i]
+		if !n.Configured || n.Name == "" {
+			continue
+		}
+		id := &Identity{}
+		if k, err := reg.Enrolled(n.Name); err == nil && k != nil {
+			id.Enrolled = nodeauth.Fingerprint(k)
+		}
+		if p, err := reg.PendingKey(n.Name); err == nil && p != nil {
+			id.Pending, id.From = p.Fingerprint, p.From
+		}
+		if t, ok := wins[n.Name]; ok {
+			id.Window = t.UTC().Format(time.RFC3339)
+		}
+		n.Identity = id
+	}
 }
 
 // GPU is one GPU as a node reports it (reserved: no node reports GPUs yet).

@@ -2,7 +2,6 @@ package web_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -32,6 +32,9 @@ type lab struct {
 	secrets                     map[string]string
 	proc                        *exec.Cmd
 	log                         *os.File
+	// nodes sign their events with enrolled keys (the server records only
+	// those): one per node, enrolled through `herd node enroll` at start.
+	nodes map[string]*nodeauth.Client
 }
 
 // Nodes of the test site: gpu01 and gpu02 in herd.yaml.
@@ -180,6 +183,22 @@ nodes:
 			l.secrets[name+"/"+e.Name()] = string(b)
 		}
 	}
+	// Enroll both nodes through the admin's window, as their first boot would.
+	if out, err := exec.Command(herd, "--config", l.cfg, "--state", l.state, "node", "enroll", "gpu01", "gpu02", "--for", "1h").CombinedOutput(); err != nil {
+		t.Fatalf("herd node enroll: %v %s", err, out)
+	}
+	l.nodes = map[string]*nodeauth.Client{}
+	for name := range macs {
+		k, err := nodeauth.GenerateFileKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &nodeauth.Client{Base: l.base, Node: name, Key: k}
+		if ans, err := c.Enroll(context.Background()); err != nil || ans.Status != nodeauth.StatusEnrolled {
+			t.Fatalf("enroll %s: %+v %v", name, ans, err)
+		}
+		l.nodes[name] = c
+	}
 	return l
 }
 
@@ -225,19 +244,15 @@ func (l *lab) get(t *testing.T, path string) []byte {
 	return b
 }
 
-// postEvent posts a boot event through the real /events path.
+// postEvent posts a boot event through the real /events path, signed by
+// the node's enrolled key as herd-boot does.
 func (l *lab) postEvent(t *testing.T, node, stage string, pct int, msg string) {
 	t.Helper()
 	ev := map[string]any{"node": node, "mac": macs[node], "stage": stage, "percent": pct, "message": msg,
 		"image": l.images[1], "kernel": "6.8.0-150-generic", "nvidia": "580.178.04"}
 	b, _ := json.Marshal(ev)
-	r, err := http.Post(l.base+"/events", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Body.Close()
-	if r.StatusCode != http.StatusNoContent {
-		t.Fatalf("POST /events %s %s: %s", node, stage, r.Status)
+	if err := l.nodes[node].Event(context.Background(), b); err != nil {
+		t.Fatalf("POST /events %s %s: %v", node, stage, err)
 	}
 }
 

@@ -35,6 +35,7 @@ import (
 
 	"github.com/herdlab/herd/fleet"
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/pubsub"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -277,6 +278,7 @@ func remoteIP(r *http.Request) string {
 func (d *Dashboard) nodes() ([]fleet.Node, *site.Config) {
 	cfg := d.opt.Config()
 	ns := fleet.Nodes(cfg, d.opt.Inventory)
+	fleet.AddIdentity(ns, nodeauth.OpenRegistry(d.opt.StateDir), time.Now())
 	fleet.RedactGPUUsers(ns, cfg.Dashboard.ShowGPUUsers)
 	return ns, cfg
 }

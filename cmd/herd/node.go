@@ -18,54 +18,11 @@ import (
 	"github.com/herdlab/herd/site"
 )
 
-// nodeView is a node as `herd node list|show` prints it: fleet's view plus
-// its node key (identity).
-type nodeView struct {
-	fleet.Node
-	Identity identityView `json:"identity"`
-}
-
-// identityView is a node's key state as `herd node list|show` prints it.
-type identityView struct {
-	Enrolled string `json:"enrolled,omitempty"` // fingerprint of the enrolled key
-	Pending  string `json:"pending,omitempty"`  // fingerprint of a key waiting for approval
-	From     string `json:"pending_from,omitempty"`
-	Window   string `json:"window_until,omitempty"`
-}
-
-func (v identityView) String() string {
-	switch {
-	case v.Pending != "":
-		return "pending " + v.Pending
-	case v.Enrolled != "":
-		return "enrolled " + v.Enrolled
-	case v.Window != "":
-		return "window until " + v.Window
-	}
-	return "-"
-}
-
-// nodeViews joins fleet.Nodes with the enrollment registry.
-func nodeViews(cfg *site.Config, inv *inventory.Inventory) []nodeView {
-	reg := nodeauth.OpenRegistry(globals.state)
-	wins, _ := reg.Windows(time.Now())
-	out := []nodeView{}
-	for _, n := range fleet.Nodes(cfg, inv) {
-		v := nodeView{Node: n}
-		if n.Configured && n.Name != "" {
-			if k, err := reg.Enrolled(n.Name); err == nil && k != nil {
-				v.Identity.Enrolled = nodeauth.Fingerprint(k)
-			}
-			if p, err := reg.PendingKey(n.Name); err == nil && p != nil {
-				v.Identity.Pending, v.Identity.From = p.Fingerprint, p.From
-			}
-			if t, ok := wins[n.Name]; ok {
-				v.Identity.Window = t.Format(time.RFC3339)
-			}
-		}
-		out = append(out, v)
-	}
-	return out
+// nodeViews is fleet.Nodes with each node's key state (internal/nodeauth).
+func nodeViews(cfg *site.Config, inv *inventory.Inventory) []fleet.Node {
+	ns := fleet.Nodes(cfg, inv)
+	fleet.AddIdentity(ns, nodeauth.OpenRegistry(globals.state), time.Now())
+	return ns
 }
 
 func ago(t time.Time) string {
@@ -149,18 +106,7 @@ func init() {
 			if err != nil {
 				return err
 			}
-			views := nodeViews(cfg, inv)
-			nodes := make([]fleet.Node, len(views))
-			for i := range views {
-				nodes[i] = views[i].Node
-			}
-			if n, ok := fleet.FindNode(nodes, args[0]); ok {
-				var v nodeView
-				for _, x := range views {
-					if x.Name == n.Name && x.MAC == n.MAC {
-						v = x
-					}
-				}
+			if v, ok := fleet.FindNode(nodeViews(cfg, inv), args[0]); ok {
 				if asJSON {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
@@ -174,8 +120,10 @@ func init() {
 				if v.KernelArgs != "" {
 					fmt.Fprintf(w, "kernel args: %s\n", v.KernelArgs)
 				}
-				fmt.Fprintf(w, "key:         %s\n", dash(v.Identity.Enrolled))
-				if v.Identity.Pending != "" {
+				if id := v.Identity; id != nil {
+					fmt.Fprintf(w, "key:         %s\n", dash(id.Enrolled))
+				}
+				if id := v.Identity; id != nil && id.Pending != "" {
 					fmt.Fprintf(w, "pending key: %s (from %s): herd node approve %s --fingerprint %s\n", v.Identity.Pending, dash(v.Identity.From), v.Name, v.Identity.Pending)
 				}
 				if r := v.Seen; r != nil {
@@ -187,7 +135,7 @@ func init() {
 				} else {
 					fmt.Fprintln(w, "seen:        never")
 				}
-				writeNodeNetworks(w, cfg, v.Node)
+				writeNodeNetworks(w, cfg, v)
 				return nil
 			}
 			return fmt.Errorf("no node %q in %s or the inventory", args[0], globals.config)
