@@ -38,7 +38,10 @@ func TestLab(t *testing.T) {
 
 	img := suiteImage(t, herd)
 	dir := labDir(t)
-	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img})
+	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img,
+		// gpu01 enrolls through `herd node approve` once its console shows
+		// its key; gpu02 through the lab's enrollment window (identity_test.go).
+		Approve: []string{"gpu01"}})
 	if err != nil {
 		t.Fatal(err)
 	}

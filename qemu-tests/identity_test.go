@@ -36,6 +36,18 @@ func identityChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes m
 	if b == nil {
 		t.Skipf("%s did not boot (its failure is reported by seabios-and-ovmf-both-boot)", victim)
 	}
+	t.Run("enrolled-by-approve-and-by-window", func(t *testing.T) {
+		if g := nodes["gpu01"]; g != nil {
+			fp, err := lab.EnrolledKey(ctx, "gpu01")
+			if err != nil || g.Approved == "" || fp != g.Approved {
+				t.Errorf("gpu01: approved %q from its console, enrolled %q (%v)", g.Approved, fp, err)
+			}
+		}
+		fp, err := lab.EnrolledKey(ctx, victim)
+		if err != nil || fp == "" || b.Approved != "" {
+			t.Errorf("%s: enrolled %q in the window (approved %q, %v)", victim, fp, b.Approved, err)
+		}
+	})
 	secrets := nodeSecrets(t, lab)
 	base := fmt.Sprintf("http://%s:%d", testlab.LabServer, testlab.LabHTTP)
 

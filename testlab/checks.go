@@ -28,6 +28,9 @@ type Booted struct {
 	User     *Guest
 	UID, GID int
 	Manifest *manifest.Manifest
+	// Approved is the fingerprint BootNode approved from the node's
+	// console (LabConfig.Approve), "" when the node enrolled in a window.
+	Approved string
 }
 
 // Check is one thing a lab user or admin would verify on a booted node.
@@ -54,10 +57,37 @@ func BootNode(ctx context.Context, l *Lab, name string, uefi bool, user, passwor
 	}
 	b := &Booted{Lab: l, VM: vm, Node: n, UID: uid, GID: gid, Manifest: img.Manifest,
 		User: &Guest{Netns: l.Netns, Addr: n.IP, User: user, Password: password}}
+	if slices.Contains(l.Config.Approve, name) {
+		if b.Approved, err = l.approveFromConsole(ctx, vm, name); err != nil {
+			return b, err
+		}
+	}
 	if err := b.WaitUp(ctx); err != nil {
 		return b, err
 	}
 	return b, nil
+}
+
+// approveRE is the line herd-boot prints while its key waits for approval.
+var approveRE = regexp.MustCompile(`herd node approve (\S+) --fingerprint (SHA256:[A-Za-z0-9+/]+)`)
+
+// approveFromConsole is the admin approving a new node: it waits for the
+// node's console to print its key's fingerprint and the approve command,
+// and runs that command (which refuses any other pending key).
+func (l *Lab) approveFromConsole(ctx context.Context, vm *VM, name string) (string, error) {
+	for {
+		m, err := vm.Console.Expect(ctx, approveRE, BootTimeout)
+		if err != nil {
+			return "", fmt.Errorf("%s: its console never asked for approval: %w", name, err)
+		}
+		if m[1] != name {
+			continue
+		}
+		if _, err := l.Herd(ctx, "", "node", "approve", name, "--fingerprint", m[2]); err != nil {
+			return "", err
+		}
+		return m[2], nil
+	}
 }
 
 // BootTimeout bounds one boot under TCG: firmware PXE, a ~800 MB squashfs
