@@ -135,6 +135,9 @@ func (r *Registry) Present(name string, key ssh.PublicKey, from string, autoAcce
 		}
 		return StatusEnrolled, nil
 	}
+	if pk, err := r.PendingKey(name); err == nil && pk != nil && pk.Key == MarshalPublic(key) {
+		return StatusPending, nil // a node polling for approval: nothing new to write
+	}
 	if err := os.MkdirAll(d, 0o700); err != nil {
 		return "", fmt.Errorf("enrollment: %w", err)
 	}
