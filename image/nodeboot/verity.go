@@ -12,6 +12,8 @@ import (
 
 	"github.com/herdlab/herd/image/verity"
 	"golang.org/x/sys/unix"
+
+	"github.com/herdlab/herd/internal/nodeauth"
 )
 
 // VerityName is the device-mapper name of the node's verified root image.
@@ -153,6 +155,12 @@ func VerityWatch(ctx context.Context, s *System, imagesDir string, every time.Du
 	defer ctl.Close()
 	mac, _ := PrimaryMAC()
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console, Timeout: 5 * time.Second}
+	// The server records only events signed by the node's enrolled key.
+	if key, _, err := LoadBootedKey(s); err == nil {
+		rep.SetSigner(ctx, &nodeauth.Client{Base: p.Server, Node: p.Node, Key: key})
+	} else {
+		s.say("verity-watch: %v: error events cannot be signed and would not be recorded", err)
+	}
 	for {
 		st, err := dmStatus(ctl, VerityName)
 		if errors.Is(err, unix.ENXIO) {
