@@ -1,0 +1,137 @@
+package qemutests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herdlab/herd/testlab"
+)
+
+// The package and its unit under a real systemd, on TestLab's booted gpu01
+// (Ubuntu 24.04, herd's own image): `make deb`, install it, start
+// herd.service. Type=notify makes the unit active only after herd sent
+// READY=1 from inside its sandbox (ProtectSystem=strict, two capabilities,
+// the syscall filter), so "active" proves the hardening leaves herd serving;
+// its HTTP answers from the lab namespace; `systemd-analyze security` is
+// logged; kill -9 is restarted by systemd, and a stopped (hung) herd is
+// killed and restarted by the watchdog. Not done here: a second node
+// netbooting from this herd (it would need the image copied into the VM).
+func init() {
+	labExtras = append(labExtras, labExtra{name: "deb-service-under-systemd", run: serviceCheck})
+}
+
+func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted) {
+	b, ok := nodes["gpu01"]
+	if !ok {
+		t.Fatal("gpu01 did not boot")
+	}
+	out := t.TempDir()
+	if o, err := exec.CommandContext(ctx, "make", "-C", "..", "deb", "BIN="+out).CombinedOutput(); err != nil {
+		t.Fatalf("make deb: %v\n%s", err, o)
+	}
+	debs, _ := filepath.Glob(filepath.Join(out, "herd_*_amd64.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("make deb made %v", debs)
+	}
+	g := b.User
+	// Copy the package over SSH (stdin of cat), then install it. The lab has
+	// no package archive: dpkg installs it without the image-building tools
+	// it depends on, which serving does not use.
+	data, err := os.ReadFile(debs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := g.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Stdin = strings.NewReader(string(data))
+	if o, err := s.CombinedOutput("cat > /tmp/herd.deb"); err != nil {
+		t.Fatalf("copy the package: %v %s", err, o)
+	}
+	c.Close()
+	sudo := func(cmd string) string {
+		t.Helper()
+		o, err := g.Sudo(ctx, cmd)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", cmd, err, o)
+		}
+		return o
+	}
+	sudo("dpkg --force-depends -i /tmp/herd.deb >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; exit 1; }")
+	ip := b.Node.IP
+	// No DHCP here (the lab's herd answers it); the ipxe package is one of
+	// the dependencies not installed, so TFTP serves the package's own dir.
+	sudo(fmt.Sprintf(`printf 'server: {address: %s, http_port: 8080, tftp_root: /usr/lib/herd}\ndhcp: {mode: "off"}\noverlays: []\n' > /etc/herd/herd.yaml`, ip))
+	sudo("systemctl start herd") // returns once READY=1 arrived (Type=notify)
+
+	show := func() map[string]string {
+		o := sudo("systemctl show herd -p ActiveState -p SubState -p MainPID -p NRestarts -p Type -p WatchdogUSec")
+		m := map[string]string{}
+		for _, l := range strings.Split(strings.TrimSpace(o), "\n") {
+			k, v, _ := strings.Cut(l, "=")
+			m[k] = v
+		}
+		return m
+	}
+	st := show()
+	if st["ActiveState"] != "active" || st["Type"] != "notify" || st["WatchdogUSec"] == "0" {
+		t.Fatalf("herd.service after start: %v\n%s", st, sudo("journalctl -u herd --no-pager -n 50"))
+	}
+	client := lab.Netns.HTTPClient()
+	healthy := func() bool {
+		resp, err := client.Get(fmt.Sprintf("http://%s:8080/healthz", ip))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	if !healthy() {
+		t.Fatalf("herd.service is active but its HTTP does not answer:\n%s", sudo("journalctl -u herd --no-pager -n 50"))
+	}
+	sec := sudo("systemd-analyze security herd.service 2>&1 | tail -n 1")
+	t.Logf("inside gpu01: %s", strings.TrimSpace(sec))
+	if !regexp.MustCompile(`Overall exposure level for herd.service: [0-9.]+ OK`).MatchString(sec) {
+		t.Errorf("exposure: %s", sec)
+	}
+
+	// restarted waits (liveness only) for systemd to bring herd back with a new PID.
+	restarted := func(what, oldPID string, restarts int) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			st := show()
+			if st["ActiveState"] == "active" && st["MainPID"] != oldPID && st["NRestarts"] == fmt.Sprint(restarts) && healthy() {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: herd was not restarted: %v\n%s", what, st, sudo("journalctl -u herd --no-pager -n 50"))
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+	pid := st["MainPID"]
+	sudo("kill -9 " + pid)
+	restarted("kill -9", pid, 1)
+	// A hung herd (stopped: no health, no WATCHDOG=1) is killed by the
+	// watchdog after WatchdogSec and restarted.
+	pid = show()["MainPID"]
+	sudo("kill -STOP " + pid)
+	restarted("watchdog", pid, 2)
+	if j := sudo("journalctl -u herd --no-pager"); !strings.Contains(j, "atchdog") {
+		t.Errorf("the journal does not show the watchdog firing:\n%s", j)
+	}
+	sudo("systemctl stop herd")
+}
