@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/cpio"
+	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
@@ -33,9 +35,11 @@ import (
 const mac = "52:54:00:bb:00:01"
 
 // served starts herd's HTTP boot service on state and returns the SHA256
-// fingerprints of the SSH host keys in gpu1's runtime overlay as served, the
+// fingerprints of the SSH host keys in gpu1's runtime overlay as served to
+// the node holding key (sealed to it, through the identity protocol), the
 // image its boot script names, and that image's rootfs bytes as served.
-func served(t *testing.T, state string) (fprs []string, image string, rootfs []byte) {
+// With enroll the node enrolls first, through a window the admin opened.
+func served(t *testing.T, state string, key crypto.Signer, enroll bool) (fprs []string, image string, rootfs []byte) {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -80,7 +84,20 @@ func served(t *testing.T, state string) (fprs []string, image string, rootfs []b
 		}
 		return b
 	}
-	ents, err := cpio.ReadAll(bytes.NewReader(get("/nodes/gpu1/overlay.cpio")))
+	node := &nodeauth.Client{Base: base, Node: "gpu1", Key: key}
+	if enroll {
+		if err := nodeauth.OpenRegistry(state).OpenWindow([]string{"gpu1"}, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if ans, err := node.Enroll(context.Background()); err != nil || ans.Status != nodeauth.StatusEnrolled {
+			t.Fatalf("enroll gpu1: %+v %v", ans, err)
+		}
+	}
+	overlay, err := node.Overlay(context.Background())
+	if err != nil {
+		t.Fatalf("gpu1's overlay: %v", err)
+	}
+	ents, err := cpio.ReadAll(bytes.NewReader(overlay))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +123,10 @@ func served(t *testing.T, state string) (fprs []string, image string, rootfs []b
 }
 
 // TestBackupWipeRestoreServesSameHostKeys: backup, wipe the state directory,
-// restore: the node gets the same SSH host keys (fingerprints as served in
-// its overlay), the same image, and its inventory record and test record
-// are back; caches that can be rebuilt are not in the archive.
+// restore: the node, with the key it enrolled before, gets its overlay
+// without enrolling again and with the same SSH host keys (fingerprints as
+// served), the same image, and its inventory and test records are back;
+// caches that can be rebuilt are not in the archive.
 func TestBackupWipeRestoreServesSameHostKeys(t *testing.T) {
 	bin := testenv.Bin(t, "HERD_BIN")
 	ctx := context.Background()
@@ -128,7 +146,12 @@ func TestBackupWipeRestoreServesSameHostKeys(t *testing.T) {
 		os.MkdirAll(filepath.Dir(filepath.Join(state, junk)), 0o755)
 		os.WriteFile(filepath.Join(state, junk), []byte("rebuildable"), 0o644)
 	}
-	before, img, rootfs := served(t, state)
+	// The node's own key, kept on its SSD across the server's restore.
+	nodeKey, err := nodeauth.GenerateFileKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, img, rootfs := served(t, state, nodeKey, true)
 
 	herd := func(args ...string) string {
 		out, err := exec.Command(bin, append([]string{"--state", state}, args...)...).CombinedOutput()
@@ -150,7 +173,8 @@ func TestBackupWipeRestoreServesSameHostKeys(t *testing.T) {
 		t.Errorf("restore output: %s", out)
 	}
 
-	after, img2, rootfs2 := served(t, state)
+	// No new enrollment: the restored server must still know the node's key.
+	after, img2, rootfs2 := served(t, state, nodeKey, false)
 	if strings.Join(after, " ") != strings.Join(before, " ") {
 		t.Fatalf("host keys changed across backup/restore:\nbefore %v\nafter  %v", before, after)
 	}
@@ -178,7 +202,7 @@ func TestBackupWipeRestoreServesSameHostKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 		st2.Promote(ctx, publish(t, st2), false)
-		return served(t, s2)
+		return served(t, s2, nodeKey, true)
 	}()
 	if strings.Join(fresh, " ") == strings.Join(before, " ") {
 		t.Fatal("a fresh state directory served the same host keys")
