@@ -238,7 +238,7 @@ func runImageShow(cmd *cobra.Command, args []string) error {
 		fmt.Fprintf(tw, "build log:\t%s\n", d.BuildLog)
 	}
 	fmt.Fprintln(tw, "artifacts:")
-	for _, a := range store.Artifacts {
+	for _, a := range store.ArtifactsOf(m) {
 		art := m.Artifacts[a]
 		fmt.Fprintf(tw, "  %s\t%s\tsha256 %s\n", a, humanBytes(art.Size), art.SHA256)
 	}

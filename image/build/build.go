@@ -217,7 +217,19 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 			layers = append([]string{filepath.Join(s.dir(), s.layer)}, layers...)
 		}
 	}
-	packed := stages[len(stages)-1].dir()
+	var packed string
+	for _, s := range stages {
+		switch s.name {
+		case "pack":
+			packed = s.dir()
+		case "efi":
+			for _, a := range []string{manifest.Shim, manifest.Grub} {
+				if err := os.Link(filepath.Join(s.dir(), a), filepath.Join(staging, a)); err != nil {
+					return nil, fmt.Errorf("stage artifact %s: %w", a, err)
+				}
+			}
+		}
+	}
 	if m.Packages, err = readPackages(filepath.Join(packed, "packages.tsv")); err != nil {
 		return nil, err
 	}
@@ -240,7 +252,14 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 	}
 	m.ID = id
 	if res.changed {
-		if err := res.pinned.Write(r.LockPath(), r.Name); err != nil {
+		lock := recipe.Lock{}
+		for p, v := range res.pinned {
+			lock[p] = v
+		}
+		for p, v := range res.efi {
+			lock[p] = v
+		}
+		if err := lock.Write(r.LockPath(), r.Name); err != nil {
 			return nil, fmt.Errorf("write lock file: %w", err)
 		}
 		fmt.Fprintf(b.opts.Progress, "wrote %s\n", r.LockPath())

@@ -45,6 +45,7 @@ type resolution struct {
 	pinned  recipe.Lock       // every pinned package -> exact version
 	base    map[string]string // closure of the bootstrap packages (the recipe's base)
 	all     map[string]string // closure of everything
+	efi     map[string]string // Secure Boot packages (efi.go): taken apart, never installed
 	changed bool              // the lock file needs (re)writing
 }
 
@@ -160,7 +161,15 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 			res.changed = true
 		}
 	}
-	if lock != nil && len(lock) != len(res.pinned) {
+	if res.efi, err = b.resolveEFI(ctx, keyring, idx.stamp, lock); err != nil {
+		return nil, err
+	}
+	for p, v := range res.efi {
+		if lock != nil && lock[p] != v {
+			res.changed = true
+		}
+	}
+	if lock != nil && len(lock) != len(res.pinned)+len(res.efi) {
 		res.changed = true
 	}
 	return res, nil

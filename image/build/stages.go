@@ -160,6 +160,16 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 			return b.pack(ctx, out, lowers)
 		}},
 	}
+	if res.efi != nil {
+		var v []string
+		for _, p := range sortedKeys(res.efi) {
+			v = append(v, p+"="+res.efi[p])
+		}
+		ss = append(ss, &stage{name: "efi", key: hashKey(stageVersion, "efi", strings.Join(v, " ")),
+			run: func(ctx context.Context, out string, _ []string) error {
+				return b.efi(ctx, out, keyring, res.efi)
+			}})
+	}
 	// Each key also covers the code of its stage and of every stage before
 	// it (codekey.go), so a changed herd never reuses a stale output.
 	code := ""

@@ -25,6 +25,11 @@ const (
 	Kernel = "vmlinuz"
 	Initrd = "initrd.img"
 	Rootfs = "rootfs.squashfs"
+	// Shim and Grub are the Secure Boot chain's first two stages, taken
+	// from the image's own archive (shim-signed, grub-efi-amd64-signed):
+	// Microsoft-signed shim and Canonical-signed network GRUB.
+	Shim = "shimx64.efi"
+	Grub = "grubx64.efi"
 )
 
 // Manifest is the record of one image.

@@ -30,7 +30,7 @@ func (s *Store) Promote(ctx context.Context, id string, requireTest bool) (strin
 	if err != nil {
 		return "", fmt.Errorf("promote: %w", err)
 	}
-	for _, a := range Artifacts {
+	for _, a := range ArtifactsOf(im.Manifest) {
 		st, err := os.Stat(filepath.Join(im.Dir, a))
 		if err != nil {
 			return "", fmt.Errorf("promote %s: %w", im.ID, err)

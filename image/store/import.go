@@ -30,7 +30,7 @@ func (s *Store) Import(ctx context.Context, imageDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, a := range Artifacts {
+	for _, a := range ArtifactsOf(m) {
 		src, dst := filepath.Join(imageDir, a), filepath.Join(staging, a)
 		if err := os.Link(src, dst); err != nil {
 			if err := atomicfile.Copy(src, dst, 0o444); err != nil {

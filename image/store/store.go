@@ -26,6 +26,22 @@ import (
 // Artifacts are the files every image holds besides its manifest.
 var Artifacts = []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs}
 
+// OptionalArtifacts are files an image holds when its build made them (the
+// Secure Boot chain: shim and GRUB); Publish hashes each one present.
+var OptionalArtifacts = []string{manifest.Shim, manifest.Grub}
+
+// ArtifactsOf lists the artifacts m records: Artifacts plus the optional ones
+// it has, in that order.
+func ArtifactsOf(m *manifest.Manifest) []string {
+	out := append([]string(nil), Artifacts...)
+	for _, a := range OptionalArtifacts {
+		if _, ok := m.Artifacts[a]; ok {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Store is the image store inside one state directory.
 type Store struct {
 	state string
@@ -149,7 +165,13 @@ func (s *Store) Publish(stagingDir string, m *manifest.Manifest) (string, error)
 		return "", errors.New("publish: nil manifest")
 	}
 	m.Artifacts = map[string]manifest.Artifact{}
-	for _, a := range Artifacts {
+	names := append([]string(nil), Artifacts...)
+	for _, a := range OptionalArtifacts {
+		if _, err := os.Lstat(filepath.Join(stagingDir, a)); err == nil {
+			names = append(names, a)
+		}
+	}
+	for _, a := range names {
 		p := filepath.Join(stagingDir, a)
 		st, err := os.Stat(p)
 		if err != nil {
@@ -357,7 +379,7 @@ func (s *Store) Verify(id string) error {
 	if err != nil {
 		return err
 	}
-	for _, a := range Artifacts {
+	for _, a := range ArtifactsOf(im.Manifest) {
 		want, ok := im.Manifest.Artifacts[a]
 		if !ok {
 			return fmt.Errorf("image %s: manifest lists no %s", im.ID, a)
