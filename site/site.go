@@ -34,6 +34,10 @@ type Config struct {
 	Sudo        Sudo        `yaml:"sudo"`
 	Root        Root        `yaml:"root"`
 	Timezone    string      `yaml:"timezone"`
+	// SecureBoot is how UEFI nodes boot: "off" (iPXE, default) or "distro"
+	// (Microsoft-signed shim, Canonical-signed GRUB and kernel from the image's
+	// own packages; the kernel enforces module signatures). BIOS nodes keep iPXE.
+	SecureBoot string `yaml:"secure_boot"`
 	NTP         []string    `yaml:"ntp"`
 	NVIDIA      NVIDIA      `yaml:"nvidia"`
 	Tuning      Tuning      `yaml:"tuning"`
@@ -371,6 +375,7 @@ func (c *Config) ApplyDefaults() {
 	defInt(&c.Admin.UID, 990)
 	def(&c.Sudo.Group, "members")
 	def(&c.Timezone, "Etc/UTC")
+	def(&c.SecureBoot, SecureBootOff)
 	defInt(&c.Tuning.RmemDefault, 8388608)
 	defInt(&c.Tuning.WmemDefault, 8388608)
 	defInt(&c.Tuning.RmemMax, 16777216)
@@ -386,6 +391,12 @@ func (c *Config) ApplyDefaults() {
 		c.Overlays = append([]string(nil), AllOverlays...)
 	}
 }
+
+// secure_boot values.
+const (
+	SecureBootOff    = "off"
+	SecureBootDistro = "distro"
+)
 
 // ValidNodeName reports whether name is a node name herd accepts: a single
 // lower-case DNS label, also safe as a path element under <state>/nodes/.
@@ -654,6 +665,13 @@ func (c *Config) validate(parts map[string]bool) error {
 	c.validateOverlayFields(bad)
 	if !tzRe.MatchString(c.Timezone) || strings.Contains(c.Timezone, "..") {
 		bad("timezone", "%q is not a time zone name such as Europe/Berlin", c.Timezone)
+	}
+	switch c.SecureBoot {
+	case SecureBootOff, SecureBootDistro:
+	case "herd":
+		bad("secure_boot", "\"herd\" (herd-signed UKI) is not built yet; use distro or off")
+	default:
+		bad("secure_boot", "%q is not one of distro, off", c.SecureBoot)
 	}
 	if len(errs) > 0 {
 		return errs

@@ -105,3 +105,22 @@ func TestScratchDefaultsAndNone(t *testing.T) {
 		t.Fatalf("scratch_dir none gave %q", c.Cache.Scratch())
 	}
 }
+
+// secure_boot: distro and off are accepted (off by default); herd (not built
+// yet) and anything else are refused naming the line and field.
+func TestSecureBootSetting(t *testing.T) {
+	const base = "overlays: []\ndhcp: {mode: off}\n"
+	c, err := Parse("herd.yaml", []byte(base+"secure_boot: distro\n"))
+	if err != nil || c.SecureBoot != SecureBootDistro {
+		t.Fatalf("distro: %v", err)
+	}
+	if c, err := Parse("herd.yaml", []byte(base)); err != nil || c.SecureBoot != SecureBootOff {
+		t.Fatalf("default: %v", err)
+	}
+	for _, v := range []string{"herd", "on"} {
+		_, err := Parse("herd.yaml", []byte(base+"secure_boot: "+v+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "herd.yaml:3") || !strings.Contains(err.Error(), "secure_boot") {
+			t.Errorf("secure_boot: %s: %v", v, err)
+		}
+	}
+}

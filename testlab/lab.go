@@ -78,6 +78,10 @@ type LabConfig struct {
 	// Approve names nodes left out of that window: BootNode approves each
 	// with `herd node approve NAME --fingerprint F` once its console shows F.
 	Approve []string
+	// SecureBoot starts UEFI nodes with OVMF's Secure Boot build and
+	// Microsoft's keys (VMConfig.SecureBoot); the site needs
+	// `secure_boot: distro` (ExtraYAML) for them to boot.
+	SecureBoot bool
 }
 
 // Lab is a running lab.
@@ -442,6 +446,7 @@ func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error
 	}
 	dir := filepath.Join(l.Config.Dir, "vms", name)
 	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
+		SecureBoot: uefi && l.Config.SecureBoot,
 		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
 		Accel: os.Getenv("HERD_QEMU_ACCEL")})
 }

@@ -20,6 +20,11 @@ import (
 const (
 	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	// OVMFSecureCode and OVMFMSVars are OVMF built for Secure Boot (SMM) and
+	// a variable store with Microsoft's keys enrolled and Secure Boot on
+	// (Debian's ovmf package).
+	OVMFSecureCode = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+	OVMFMSVars     = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"
 )
 
 // DefaultAccel is software emulation: /dev/kvm exists on the test machines but
@@ -38,6 +43,9 @@ type VMConfig struct {
 	// UEFI boots OVMF with the firmware's own PXE; otherwise SeaBIOS, whose
 	// virtio-net option ROM is iPXE.
 	UEFI bool
+	// SecureBoot (with UEFI) boots OVMF's Secure Boot build with Microsoft's
+	// keys enrolled and Secure Boot enforced: only signed loaders run.
+	SecureBoot bool
 	// Disk is the virtual SSD (qcow2); created blank with DiskSize when
 	// missing and kept across reboots and restarts. "" means no SSD.
 	Disk     string
@@ -94,9 +102,16 @@ func (c VMConfig) Args() []string {
 		// An empty romfile drops the NIC's iPXE ROM, so OVMF's own PXE (with
 		// its UEFI client architecture 7) is what asks for a boot file.
 		nic += ",romfile="
+		code, machine := OVMFCode, "q35"
+		if c.SecureBoot {
+			// The Secure Boot build keeps its variables behind SMM, so
+			// the guest cannot rewrite db/PK from the OS.
+			code, machine = OVMFSecureCode, "q35,smm=on"
+			a = append(a, "-global", "driver=cfi.pflash01,property=secure,value=on")
+		}
 		a = append(a,
-			"-machine", "q35",
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-machine", machine,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+code,
 			"-drive", "if=pflash,format=raw,unit=1,file="+filepath.Join(c.Dir, "OVMF_VARS.fd"))
 	} else {
 		// SeaBIOS writes its own and the option ROM's text to the serial
@@ -162,7 +177,11 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	if c.UEFI {
 		vars := filepath.Join(c.Dir, "OVMF_VARS.fd")
 		if _, err := os.Stat(vars); err != nil {
-			b, err := os.ReadFile(OVMFVars)
+			src := OVMFVars
+			if c.SecureBoot {
+				src = OVMFMSVars
+			}
+			b, err := os.ReadFile(src)
 			if err != nil {
 				return nil, fmt.Errorf("qemu: UEFI needs the ovmf package: %w", err)
 			}

@@ -16,6 +16,11 @@ import (
 // drives the NIC through the firmware's SNP, which works on every UEFI NIC.
 const DefaultUEFIBinary = "snponly.efi"
 
+// ShimBinary is handed to UEFI PXE firmware instead when the site has
+// secure_boot: distro: the current image's Microsoft-signed shim, served over
+// TFTP (pxe/secureboot), which loads grubx64.efi from the same directory.
+const ShimBinary = "shimx64.efi"
+
 // BIOSBinary is the iPXE build chained from a BIOS PXE ROM (uses the ROM's UNDI).
 const BIOSBinary = "undionly.kpxe"
 
@@ -64,6 +69,9 @@ type Plan struct {
 func NewPlan(cfg *site.Config, uefiBinary string) (*Plan, error) {
 	if uefiBinary == "" {
 		uefiBinary = DefaultUEFIBinary
+	}
+	if cfg.SecureBoot == site.SecureBootDistro {
+		uefiBinary = ShimBinary
 	}
 	p := &Plan{
 		Mode: cfg.DHCP.Mode, Unknown: cfg.DHCP.Unknown, Domain: cfg.DHCP.Domain,

@@ -142,6 +142,12 @@ func TestBootFileByArch(t *testing.T) {
 	p := testPlan(t, site.DHCPProxy, site.UnknownIgnore)
 	uefiIPXE := testPlan(t, site.DHCPProxy, site.UnknownIgnore)
 	uefiIPXE.UEFIBinary = "ipxe.efi"
+	sbCfg := testConfig(t, site.DHCPProxy, site.UnknownIgnore)
+	sbCfg.SecureBoot = site.SecureBootDistro
+	sb, err := NewPlan(sbCfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		p      *Plan
@@ -156,6 +162,9 @@ func TestBootFileByArch(t *testing.T) {
 		{"uefi x64 (9)", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00009:UNDI:003016"), dhcpv4.OptClientArch(iana.EFI_X86_64)}, "snponly.efi", "PXEClient", ""},
 		{"uefi arch from vendor class only", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000")}, "snponly.efi", "PXEClient", ""},
 		{"uefi configured ipxe.efi", uefiIPXE, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_BC)}, "ipxe.efi", "PXEClient", ""},
+		{"secure boot: uefi x64 (7) gets shim", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_BC)}, "shimx64.efi", "PXEClient", ""},
+		{"secure boot: uefi x64 (9) gets shim", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00009:UNDI:003016"), dhcpv4.OptClientArch(iana.EFI_X86_64)}, "shimx64.efi", "PXEClient", ""},
+		{"secure boot: bios keeps ipxe", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"), dhcpv4.OptClientArch(iana.INTEL_X86PC)}, "undionly.kpxe", "PXEClient", ""},
 		{"uefi http boot (16)", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001"), dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP)}, "http://10.77.0.1:8080/ipxe/ipxe.efi", "HTTPClient", ""},
 		{"uefi ia32 unsupported", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00006:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_IA32)}, "", "", ReasonArch},
 		{"arm64 http unsupported", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("HTTPClient:Arch:00019"), dhcpv4.OptClientArch(iana.EFI_ARM64_HTTP)}, "", "", ReasonArch},

@@ -285,27 +285,40 @@ func onlyGet(w http.ResponseWriter, r *http.Request) bool {
 // ParseScriptPath extracts the MAC from "/boot/<mac>.ipxe" (colon or dash
 // form, any case) and returns it lower-case with colons.
 func ParseScriptPath(p string) (string, error) {
+	mac, grub, err := parseBootPath(p)
+	if err == nil && grub {
+		return "", fmt.Errorf("%q is not /boot/<mac>.ipxe", p)
+	}
+	return mac, err
+}
+
+// parseBootPath is ParseScriptPath for both flavours: /boot/<mac>.ipxe and
+// (secure_boot: distro) /boot/<mac>.grub.
+func parseBootPath(p string) (mac string, grub bool, err error) {
 	rest, ok := strings.CutPrefix(p, "/boot/")
 	if !ok {
-		return "", fmt.Errorf("%q is not under /boot/", p)
+		return "", false, fmt.Errorf("%q is not under /boot/", p)
 	}
 	macStr, ok := strings.CutSuffix(rest, ".ipxe")
-	if !ok || len(macStr) != 17 {
-		return "", fmt.Errorf("%q is not /boot/<mac>.ipxe", p)
+	if !ok {
+		macStr, grub = strings.CutSuffix(rest, ".grub")
+	}
+	if !ok && !grub || len(macStr) != 17 {
+		return "", false, fmt.Errorf("%q is not /boot/<mac>.ipxe or /boot/<mac>.grub", p)
 	}
 	for i := 0; i < 17; i++ {
 		c := macStr[i]
 		if i%3 == 2 {
 			if c != ':' && c != '-' || c != macStr[2] {
-				return "", fmt.Errorf("%q: MAC separators must be all ':' or all '-'", p)
+				return "", false, fmt.Errorf("%q: MAC separators must be all ':' or all '-'", p)
 			}
 			continue
 		}
 		if !isHex(c) {
-			return "", fmt.Errorf("%q: %q is not a MAC address", p, macStr)
+			return "", false, fmt.Errorf("%q: %q is not a MAC address", p, macStr)
 		}
 	}
-	return strings.ToLower(strings.ReplaceAll(macStr, "-", ":")), nil
+	return strings.ToLower(strings.ReplaceAll(macStr, "-", ":")), grub, nil
 }
 
 func isHex(c byte) bool {
@@ -333,17 +346,27 @@ func ParseImagePath(p string) (id, artifact string, err error) {
 	return "", "", fmt.Errorf("%q: %q is not one of %s", p, artifact, strings.Join(Artifacts, ", "))
 }
 
-// Script renders the iPXE script of the boot contract for node and image.
-func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (string, error) {
+// Initrd is one initrd of a boot: its name (iPXE's initrd=) and URL.
+type Initrd struct{ Name, URL string }
+
+// Boot is what a node boots, for either loader: the kernel's URL, its
+// command line (without iPXE's initrd= names) and the initrds in order.
+type Boot struct {
+	Kernel  string
+	Args    []string
+	Initrds []Initrd
+}
+
+// BootSpec builds the boot of the boot contract for node and image: the one
+// command-line builder behind the iPXE script and the GRUB config.
+func BootSpec(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (*Boot, error) {
 	root, ok := m.Artifacts[manifest.Rootfs]
 	if !ok || root.SHA256 == "" {
-		return "", fmt.Errorf("image %s: manifest has no %s hash", id, manifest.Rootfs)
+		return nil, fmt.Errorf("image %s: manifest has no %s hash", id, manifest.Rootfs)
 	}
 	base := cfg.ServerURL()
 	img := base + "/images/" + id
 	args := []string{
-		img + "/" + manifest.Kernel,
-		"initrd=" + manifest.Initrd,
 		"boot=herd", "ip=dhcp",
 		"herd.image=" + cfg.ImageURL() + "/images/" + id + "/" + manifest.Rootfs,
 		"herd.sha256=" + root.SHA256,
@@ -363,14 +386,32 @@ func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) 
 		// A newline would start a new iPXE command; iPXE would also expand
 		// ${...} itself. Neither belongs in a kernel command line.
 		if strings.ContainsFunc(ka, func(r rune) bool { return r < 0x20 || r == 0x7f }) || strings.Contains(ka, "${") {
-			return "", fmt.Errorf("node %s: kernel_args holds a control character or ${...}, which iPXE would interpret", node.Name)
+			return nil, fmt.Errorf("node %s: kernel_args holds a control character or ${...}, which iPXE would interpret", node.Name)
 		}
 		args = append(args, ka)
 	}
+	return &Boot{Kernel: img + "/" + manifest.Kernel, Args: args, Initrds: []Initrd{
+		{manifest.Initrd, img + "/" + manifest.Initrd},
+	}}, nil
+}
+
+// Script renders the iPXE script of the boot contract for node and image.
+func Script(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (string, error) {
+	spec, err := BootSpec(cfg, node, id, m)
+	if err != nil {
+		return "", err
+	}
+	args := []string{spec.Kernel}
+	for _, i := range spec.Initrds {
+		args = append(args, "initrd="+i.Name)
+	}
+	args = append(args, spec.Args...)
 	var b strings.Builder
 	b.WriteString("#!ipxe\n")
 	b.WriteString("kernel " + strings.Join(args, " ") + "\n")
-	b.WriteString("initrd --name " + manifest.Initrd + " " + img + "/" + manifest.Initrd + "\n")
+	for _, i := range spec.Initrds {
+		b.WriteString("initrd --name " + i.Name + " " + i.URL + "\n")
+	}
 	b.WriteString("boot\n")
 	return b.String(), nil
 }
@@ -389,12 +430,15 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	if !onlyGet(w, r) {
 		return
 	}
-	mac, err := ParseScriptPath(r.URL.Path)
+	mac, grub, err := parseBootPath(r.URL.Path)
+	cfg := s.cfg.Load()
+	if err == nil && grub && cfg.SecureBoot != site.SecureBootDistro {
+		err = fmt.Errorf("%s: GRUB configs are served only with secure_boot: distro", r.URL.Path)
+	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
-	cfg := s.cfg.Load()
 	from := remoteIP(r)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
@@ -408,6 +452,14 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 			s.log.Error("record discovery", "mac", mac, "err", err)
 		}
 		s.log.Warn("unknown node asked for a boot script (discover)", "mac", mac, "remote", from)
+		if grub {
+			dev, _ := grubHTTP(cfg)
+			io.WriteString(w, "echo 'herd: unknown node "+mac+" (not in herd.yaml)'\n"+
+				"echo 'herd: on the server run: herd node add <name> "+mac+"'\n"+
+				"echo 'herd: asking again in 30 seconds'\nsleep 30\n"+
+				"source "+dev+"/boot/"+mac+".grub\n")
+			return
+		}
 		io.WriteString(w, "#!ipxe\n"+
 			"echo herd: unknown node "+mac+" (not in herd.yaml)\n"+
 			"echo herd: on the server run: herd node add <name> "+mac+"\n"+
@@ -421,25 +473,30 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		want, err = s.opt.Images.Current()
 		if err != nil {
 			s.log.Error("read current image", "err", err)
-			io.WriteString(w, retryScript(cfg.ServerURL(), mac, "the image store cannot be read"))
+			writeGrubOrIPXE(w, grub, retryScript(cfg.ServerURL(), mac, "the image store cannot be read"), grubRetry(cfg, mac, "the image store cannot be read"))
 			return
 		}
 		if want == "" {
 			s.log.Warn("no current image to boot", "node", node.Name)
-			io.WriteString(w, retryScript(cfg.ServerURL(), mac, "no image is current (herd image promote)"))
+			writeGrubOrIPXE(w, grub, retryScript(cfg.ServerURL(), mac, "no image is current (herd image promote)"), grubRetry(cfg, mac, "no image is current (herd image promote)"))
 			return
 		}
 	}
 	id, _, m, err := s.opt.Images.Resolve(want)
 	if err != nil {
 		s.log.Error("resolve image for node", "node", node.Name, "image", want, "err", err)
-		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "image "+want+" is not published"))
+		writeGrubOrIPXE(w, grub, retryScript(cfg.ServerURL(), mac, "image "+want+" is not published"), grubRetry(cfg, mac, "image "+want+" is not published"))
 		return
 	}
-	script, err := Script(cfg, node, id, m)
+	render := Script
+	if grub {
+		render = GrubScript
+	}
+	script, err := render(cfg, node, id, m)
 	if err != nil {
 		s.log.Error("render boot script", "node", node.Name, "err", err)
-		io.WriteString(w, retryScript(cfg.ServerURL(), mac, "its boot script cannot be built; see the server log"))
+		why := "its boot script cannot be built; see the server log"
+		writeGrubOrIPXE(w, grub, retryScript(cfg.ServerURL(), mac, why), grubRetry(cfg, mac, why))
 		return
 	}
 	if err := s.opt.Inventory.RecordScript(mac, node.Name, id, from, s.opt.Now()); err != nil {

@@ -287,7 +287,15 @@ func Run(ctx context.Context, opt Options) error {
 			return fmt.Errorf("dhcp: %w", err)
 		}
 	}
-	s.tftp, err = tftp.New(tftp.Config{Root: cfg.Server.TFTPRoot, MaxTransfers: cfg.Server.MaxTFTP, Log: opt.Log, Registry: reg})
+	// The Secure Boot chain's files (secure_boot: distro) come from the
+	// HTTP boot service; TFTP starts serving only after it exists.
+	extra := func(name string) (string, bool) {
+		if s.http == nil {
+			return "", false
+		}
+		return s.http.TFTPFile(name)
+	}
+	s.tftp, err = tftp.New(tftp.Config{Root: cfg.Server.TFTPRoot, MaxTransfers: cfg.Server.MaxTFTP, Log: opt.Log, Registry: reg, Extra: extra})
 	if err != nil {
 		s.stopDHCP()
 		return err

@@ -78,6 +78,11 @@ type Config struct {
 	// per second (defaults 16 and 4).
 	SourceBurst int
 	SourceRate  float64
+	// Extra maps the few names herd makes itself (the Secure Boot chain:
+	// shimx64.efi, grubx64.efi, grub/grub.cfg) to files outside the root; it
+	// is asked first, with the name as requested minus one leading "/"
+	// (shim and GRUB ask for absolute names), and answers only exact names.
+	Extra func(name string) (path string, ok bool)
 	// Log receives one line per transfer (default slog.Default()).
 	Log *slog.Logger
 	// Registry receives the metrics (nil: not registered).
@@ -551,7 +556,9 @@ func (s *Server) request(p []byte, src *net.UDPAddr, local net.IP, ifindex int) 
 		t.local = nil // answer from the address the route picks
 	}
 	log := s.log.With("file", t.filename, "remote", k)
-	if t.name, err = CleanPath(t.filename); err != nil {
+	if n := strings.TrimPrefix(t.filename, "/"); s.extra(n) != "" {
+		t.name = n
+	} else if t.name, err = CleanPath(t.filename); err != nil {
 		s.transfers.WithLabelValues("refused").Inc()
 		log.Warn("tftp read refused", "err", err)
 		s.sendError(src, errAccess, "access violation: "+t.filename)
@@ -810,8 +817,22 @@ func (s *Server) startQueuedLocked() {
 	s.queued.Set(float64(len(s.queue)))
 }
 
+// extra is Config.Extra's file for name, or "".
+func (s *Server) extra(name string) string {
+	if s.cfg.Extra == nil {
+		return ""
+	}
+	if p, ok := s.cfg.Extra(name); ok {
+		return p
+	}
+	return ""
+}
+
 // open opens a root-relative name, following BootFiles' pinned links.
 func (s *Server) open(name string) (*os.File, error) {
+	if p := s.extra(name); p != "" {
+		return os.Open(p)
+	}
 	if target, ok := (*s.pinned.Load())[name]; ok {
 		return os.Open(target)
 	}
