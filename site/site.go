@@ -37,10 +37,10 @@ type Config struct {
 	// SecureBoot is how UEFI nodes boot: "off" (iPXE, default) or "distro"
 	// (Microsoft-signed shim, Canonical-signed GRUB and kernel from the image's
 	// own packages; the kernel enforces module signatures). BIOS nodes keep iPXE.
-	SecureBoot string `yaml:"secure_boot"`
-	NTP         []string    `yaml:"ntp"`
-	NVIDIA      NVIDIA      `yaml:"nvidia"`
-	Tuning      Tuning      `yaml:"tuning"`
+	SecureBoot string   `yaml:"secure_boot"`
+	NTP        []string `yaml:"ntp"`
+	NVIDIA     NVIDIA   `yaml:"nvidia"`
+	Tuning     Tuning   `yaml:"tuning"`
 	// Networks are node networks beside the boot network, by name (e.g.
 	// storage); nodes join them through nodes[].interfaces.
 	Networks  map[string]Network `yaml:"networks"`

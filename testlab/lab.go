@@ -447,7 +447,7 @@ func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error
 	dir := filepath.Join(l.Config.Dir, "vms", name)
 	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
 		SecureBoot: uefi && l.Config.SecureBoot,
-		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
+		Dir:        dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
 		Accel: os.Getenv("HERD_QEMU_ACCEL")})
 }
 
