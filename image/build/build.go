@@ -239,6 +239,9 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 	if got := m.Packages["linux-image-"+r.KernelRelease()]; got == "" {
 		return nil, fmt.Errorf("the image has no linux-image-%s installed", r.KernelRelease())
 	}
+	if err := checkModuleSigners(filepath.Join(packed, manifest.Rootfs), r.KernelRelease(), r.NVIDIA != nil); err != nil {
+		return nil, err
+	}
 	for _, a := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
 		// Hard links: images are immutable and so are stage outputs.
 		if err := os.Link(filepath.Join(packed, a), filepath.Join(staging, a)); err != nil {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/herdlab/herd/image/inspect"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/internal/atomicfile"
@@ -178,4 +179,44 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// checkModuleSigners fails the build when the image's NVIDIA modules are not
+// signed by a key built into the image's kernel (inspect.KernelKeys): with
+// Secure Boot the kernel would refuse them and GPU nodes would come up
+// without a driver (the mismatch a kernel bump without its matching
+// linux-modules-nvidia package causes). Only for recipes with a driver.
+func checkModuleSigners(rootfs, abi string, driver bool) error {
+	if !driver {
+		return nil
+	}
+	rep, err := inspect.File(rootfs)
+	if err != nil {
+		return fmt.Errorf("check the NVIDIA modules' signatures: %w", err)
+	}
+	found := false
+	for _, k := range rep.Kernels {
+		if k.ABI != abi {
+			continue
+		}
+		if k.KernelError != "" {
+			return fmt.Errorf("kernel %s: %s", abi, k.KernelError)
+		}
+		for _, m := range k.NVIDIA {
+			found = true
+			switch {
+			case m.Error != "":
+				return fmt.Errorf("NVIDIA module %s: %s", m.Path, m.Error)
+			case !m.Signed:
+				return fmt.Errorf("NVIDIA module %s is not signed: kernel %s would refuse it with Secure Boot on", m.Path, abi)
+			case !m.Trusted:
+				return fmt.Errorf("NVIDIA module %s is signed by %s, which is not among kernel %s's built-in keys (%s): it would not load with Secure Boot on; pin linux-modules-nvidia for this kernel",
+					m.Path, m.Signer, abi, strings.Join(k.Keys, "; "))
+			}
+		}
+	}
+	if !found {
+		return fmt.Errorf("the recipe has a driver but kernel %s has no nvidia module", abi)
+	}
+	return nil
 }

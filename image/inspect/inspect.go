@@ -7,6 +7,7 @@ package inspect
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,6 +23,8 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/herdlab/herd/image/manifest"
 )
 
 // Report is what Inspect found in one image.
@@ -30,6 +34,16 @@ type Report struct {
 	OS        string            `json:"os"`
 	OSRelease map[string]string `json:"os_release"`
 	Kernels   []Kernel          `json:"kernels"`
+	// EFI lists the Secure Boot chain's binaries next to the image root
+	// (shimx64.efi, grubx64.efi of a published image) with their signers.
+	EFI []EFIBinary `json:"efi,omitempty"`
+}
+
+// EFIBinary is one signed PE file and who signed it.
+type EFIBinary struct {
+	Name    string   `json:"name"`
+	Signers []Signer `json:"signers"`
+	Error   string   `json:"error,omitempty"`
 }
 
 // Kernel is one module tree, /usr/lib/modules/<abi>.
@@ -39,6 +53,12 @@ type Kernel struct {
 	// Modules counts the modules depmod listed (-1 without modules.dep).
 	Modules int      `json:"modules"`
 	NVIDIA  []Module `json:"nvidia"`
+	// Signers are the Authenticode signers of /boot/vmlinuz-<abi>; Keys
+	// the certificates built into it (what it checks module signatures
+	// against); KernelError says why they could not be read.
+	Signers     []Signer `json:"signers,omitempty"`
+	Keys        []string `json:"keys,omitempty"`
+	KernelError string   `json:"kernel_error,omitempty"`
 }
 
 // Module is one nvidia.ko found in a module tree.
@@ -52,6 +72,10 @@ type Module struct {
 	Compression string `json:"compression,omitempty"`
 	// Signed: the module carries an appended kernel module signature.
 	Signed bool `json:"signed"`
+	// Signer names who signed it (PKCS#7 issuer and serial); Trusted says
+	// that certificate is one of the kernel's built-in keys (Kernel.Keys).
+	Signer  *Signer `json:"signer,omitempty"`
+	Trusted bool    `json:"trusted"`
 	// Error says why the module could not be read.
 	Error string `json:"error,omitempty"`
 }
@@ -112,7 +136,35 @@ func File(p string) (*Report, error) {
 		return nil, err
 	}
 	defer im.Close()
-	return im.Report()
+	r, err := im.Report()
+	if err != nil {
+		return nil, err
+	}
+	r.EFI = EFIFiles(filepath.Dir(p))
+	return r, nil
+}
+
+// EFIFiles reports the signers of the Secure Boot chain's binaries in an
+// image directory (none when the image has none).
+func EFIFiles(dir string) []EFIBinary {
+	var out []EFIBinary
+	for _, n := range []string{manifest.Shim, manifest.Grub} {
+		data, err := os.ReadFile(filepath.Join(dir, n))
+		if errors.Is(err, iofs.ErrNotExist) {
+			continue
+		}
+		e := EFIBinary{Name: n, Signers: []Signer{}}
+		if err == nil {
+			e.Signers, err = PESigners(data)
+		}
+		if err != nil {
+			e.Error = err.Error()
+		} else if len(e.Signers) == 0 {
+			e.Error = "not signed"
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // Report reads os-release, the module trees and the nvidia modules.
@@ -204,8 +256,22 @@ func (im *Image) kernel(dir, abi string) (Kernel, error) {
 		return k, err
 	}
 	sort.Strings(paths)
+	var keys []*x509.Certificate
+	if vmlinuz, err := im.ReadFile("/boot/vmlinuz-" + abi); err != nil {
+		k.KernelError = fmt.Sprintf("/boot/vmlinuz-%s: %v", abi, err)
+	} else {
+		if k.Signers, err = PESigners(vmlinuz); err != nil {
+			k.KernelError = fmt.Sprintf("/boot/vmlinuz-%s: %v", abi, err)
+		}
+		if keys, err = KernelKeys(vmlinuz); err != nil {
+			k.KernelError = fmt.Sprintf("/boot/vmlinuz-%s: built-in keys: %v", abi, err)
+		}
+		for _, c := range keys {
+			k.Keys = append(k.Keys, c.Subject.String())
+		}
+	}
 	for _, p := range paths {
-		k.NVIDIA = append(k.NVIDIA, im.module(p))
+		k.NVIDIA = append(k.NVIDIA, im.module(p, keys))
 	}
 	return k, nil
 }
@@ -231,7 +297,7 @@ func (im *Image) walk(dir string, fn func(p string)) error {
 
 // module reads one module's .modinfo; problems end up in Module.Error so
 // the rest of the report still shows.
-func (im *Image) module(p string) Module {
+func (im *Image) module(p string, keys []*x509.Certificate) Module {
 	comp, _ := isNVIDIA(path.Base(p))
 	m := Module{Path: p, Compression: comp}
 	real, err := im.Resolve(p)
@@ -274,6 +340,14 @@ func (im *Image) module(p string) Module {
 		return m
 	}
 	m.Version, m.Vermagic, m.Signed = info["version"], strings.TrimSpace(info["vermagic"]), signed
+	if signed {
+		ss, ids, err := moduleSignature(ra, size)
+		if err != nil {
+			m.Error = fmt.Sprintf("%s: signature: %v", p, err)
+			return m
+		}
+		m.Signer, m.Trusted = &ss[0], trusted(keys, ids)
+	}
 	if m.Version == "" {
 		m.Error = fmt.Sprintf("%s: .modinfo has no version=", p)
 	}
@@ -372,6 +446,15 @@ func (r *Report) WriteText(w io.Writer) error {
 			mods = fmt.Sprintf("%d modules", k.Modules)
 		}
 		fmt.Fprintf(&b, "kernel:  %s (%s, %s)\n", k.ABI, k.Dir, mods)
+		for _, s := range k.Signers {
+			fmt.Fprintf(&b, "  signed by %s\n", s)
+		}
+		if k.KernelError != "" {
+			fmt.Fprintf(&b, "  signature: %s\n", k.KernelError)
+		}
+		for _, key := range k.Keys {
+			fmt.Fprintf(&b, "  built-in key %s\n", key)
+		}
 		if len(k.NVIDIA) == 0 {
 			b.WriteString("  nvidia: no nvidia module\n")
 		}
@@ -390,9 +473,24 @@ func (r *Report) WriteText(w io.Writer) error {
 				extra = append(extra, "unsigned")
 			}
 			fmt.Fprintf(&b, "  nvidia: %s (%s; %s)\n", m.Version, m.Path, strings.Join(extra, ", "))
+			if m.Signer != nil {
+				trust := "trusted by the kernel's built-in keys"
+				if !m.Trusted {
+					trust = "NOT among the kernel's built-in keys: it will not load with Secure Boot"
+				}
+				fmt.Fprintf(&b, "          signer %s (%s)\n", m.Signer, trust)
+			}
 			if m.Vermagic != "" {
 				fmt.Fprintf(&b, "          vermagic %s\n", m.Vermagic)
 			}
+		}
+	}
+	for _, e := range r.EFI {
+		if e.Error != "" {
+			fmt.Fprintf(&b, "efi:     %s: %s\n", e.Name, e.Error)
+		}
+		for _, s := range e.Signers {
+			fmt.Fprintf(&b, "efi:     %s signed by %s\n", e.Name, s)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
