@@ -78,37 +78,35 @@ func planKeys(t *testing.T, fsys fs.FS) []string {
 // keeps every key.
 func TestStageKeyCoversItsCode(t *testing.T) {
 	base := planKeys(t, nil)
-	if len(base) != 5 {
-		t.Fatalf("stages %v", base)
+	// Stages from index from on must change, those before it must not.
+	index := func(stage string) int {
+		for i, k := range base {
+			if strings.HasPrefix(k, stage+"=") {
+				return i
+			}
+		}
+		t.Fatalf("no stage %s in %v", stage, base)
+		return -1
 	}
-	same := func(what string, got []string, changed ...int) {
+	same := func(what string, got []string, from int) {
 		t.Helper()
 		for i := range base {
-			want := !contains(changed, i)
+			want := i < from
 			if (got[i] == base[i]) != want {
 				t.Errorf("%s: stage %s key changed=%v, want changed=%v", what, strings.SplitN(base[i], "=", 2)[0], got[i] != base[i], !want)
 			}
 		}
 	}
 	same("pack code", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (b *builder) pack(ctx context.Context, out string, lowers []string) error", "_ = 0"))), 4)
+		insertInto("func (b *builder) pack(ctx context.Context, out string, lowers []string) error", "_ = 0"))), index("pack"))
 	same("mirrorArgs code (reached by the bootstrap)", planKeys(t, sourcesWith(t, "keyring.go",
-		insertInto("func (b *builder) mirrorArgs() []string", "_ = 0"))), 0, 1, 2, 3, 4)
+		insertInto("func (b *builder) mirrorArgs() []string", "_ = 0"))), 0)
 	same("shared stage machinery", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (s *stage) Verify() bool", "_ = 0"))), 0, 1, 2, 3, 4)
+		insertInto("func (s *stage) Verify() bool", "_ = 0"))), 0)
 	same("a comment in the bootstrap", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, root string) error", "// only a comment\n"))))
+		insertInto("func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, root string) error", "// only a comment\n"))), len(base))
 	// And the embedded sources are this package's real files.
 	if _, err := fs.Stat(sources, "stages.go"); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func contains(xs []int, x int) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
