@@ -247,6 +247,11 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 // its "return" value. Each call uses a fresh connection to the Unix socket,
 // which lives in the file system and so works from any network namespace.
 func (v *VM) QMP(command string) (json.RawMessage, error) {
+	return v.QMPWith(command, nil)
+}
+
+// QMPWith runs one QMP command with arguments (nil for none).
+func (v *VM) QMPWith(command string, args any) (json.RawMessage, error) {
 	c, err := net.DialTimeout("unix", v.QMPPath, 2*time.Second)
 	if err != nil {
 		return nil, err
@@ -281,7 +286,15 @@ func (v *VM) QMP(command string) (json.RawMessage, error) {
 		return nil, err
 	}
 	for _, cmd := range []string{"qmp_capabilities", command} {
-		if _, err := fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd); err != nil {
+		req := map[string]any{"execute": cmd}
+		if cmd == command && args != nil {
+			req["arguments"] = args
+		}
+		line, err := json.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		if _, err := c.Write(append(line, '\n')); err != nil {
 			return nil, err
 		}
 		m, err := read()

@@ -99,7 +99,7 @@ const StorageNICID = "stor0"
 
 // SetStorageLink plugs (up) or unplugs the VM's storage NIC cable.
 func (v *VM) SetStorageLink(up bool) error {
-	_, err := v.QMP(fmt.Sprintf(`{"execute":"set_link","arguments":{"name":%q,"up":%v}}`, StorageNICID, up))
+	_, err := v.QMPWith("set_link", map[string]any{"name": StorageNICID, "up": up})
 	return err
 }
 

@@ -1,7 +1,9 @@
 package testlab
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,5 +85,48 @@ func TestStorageLabNASOnlyOnStorageBridge(t *testing.T) {
 	}
 	if _, _, err := lab.AddUser(context.Background(), "alice", "wonder-land-42"); err != nil {
 		t.Fatalf("%v (%s)", err, lab.Logs())
+	}
+}
+
+// TestQMPWithSendsArguments: QMPWith sends the command with its arguments
+// (set_link needs them; the plain QMP sent the whole JSON as a command
+// name, which QEMU refused: CommandNotFound). A stand-in QMP server on a
+// unix socket records what arrives: no QEMU is started for this.
+func TestQMPWithSendsArguments(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qmp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte(`{"QMP": {"version": {}}}` + "\n"))
+		r := bufio.NewReader(c)
+		var lines []string
+		for range 2 {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				break
+			}
+			lines = append(lines, strings.TrimSpace(line))
+			c.Write([]byte(`{"return": {}}` + "\n"))
+		}
+		got <- lines
+	}()
+	v := &VM{QMPPath: sock}
+	if _, err := v.QMPWith("set_link", map[string]any{"name": StorageNICID, "up": false}); err != nil {
+		t.Fatal(err)
+	}
+	lines := <-got
+	want := []string{`{"execute":"qmp_capabilities"}`, `{"arguments":{"name":"stor0","up":false},"execute":"set_link"}`}
+	if len(lines) != 2 || lines[0] != want[0] || lines[1] != want[1] {
+		t.Fatalf("QMP got %q, want %q", lines, want)
 	}
 }
