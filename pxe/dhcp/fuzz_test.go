@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -23,6 +24,8 @@ var knownReasons = map[string]bool{
 
 // FuzzReply feeds arbitrary packets to the reply logic in both modes and on
 // both ports. Seeds in testdata/fuzz/FuzzReply (see testdata/README.md):
+// captured-* are real firmware messages recorded from QEMU runs (SeaBIOS's
+// iPXE ROM, OVMF's PXE client and the iPXE it loads; TestCapturedSeeds),
 // udhcpc-* are udhcpc's real packets captured by TestFullModeUdhcpc, and
 // generated-* are built in Go from the firmware descriptions in util_test.go
 // (TestFuzzSeedsCurrent), for shapes no local run produces (relayed BIOS
@@ -146,4 +149,59 @@ func writeSeed(t testing.TB, name string, pkt []byte, flags byte) {
 
 func seedBody(pkt []byte, flags byte) string {
 	return fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nbyte(%d)\n", pkt, flags)
+}
+
+// TestCapturedSeeds checks the real firmware messages in testdata/captured
+// (recorded by pxe/server's QEMU tests, see testdata/README.md): each parses,
+// carries its firmware's signature, and is a FuzzReply seed
+// (captured-<name>); HERD_WRITE_FUZZ_SEEDS=1 writes the seeds.
+func TestCapturedSeeds(t *testing.T) {
+	write := os.Getenv("HERD_WRITE_FUZZ_SEEDS") == "1"
+	files, _ := filepath.Glob(filepath.Join("testdata", "captured", "*.bin"))
+	seen := map[string]bool{}
+	for _, p := range files {
+		name := strings.TrimSuffix(filepath.Base(p), ".bin")
+		pkt, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := dhcpv4.FromBytes(pkt)
+		if err != nil {
+			t.Errorf("%s does not parse: %v", p, err)
+			continue
+		}
+		fw, _, _ := strings.Cut(name, "-")
+		seen[fw] = true
+		class, user := d.ClassIdentifier(), string(d.Options.Get(dhcpv4.OptionUserClassInformation))
+		switch {
+		case strings.Contains(user, "iPXE"): // iPXE: the SeaBIOS NIC ROM, or loaded by the firmware
+		case fw == "ovmf" && strings.HasPrefix(class, "PXEClient:Arch:00007"):
+		case fw == "seabios" && strings.HasPrefix(class, "PXEClient:Arch:00000"):
+		default:
+			t.Errorf("%s: class %q user class %q is no %s firmware message", p, class, user, fw)
+		}
+		var flags byte
+		if strings.Contains(name, "-proxy-") {
+			flags |= 1
+		}
+		if strings.HasSuffix(name, "-port4011") {
+			flags |= 2
+		}
+		seed := "captured-" + name
+		if write {
+			writeSeed(t, seed, pkt, flags)
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join("testdata", "fuzz", "FuzzReply", seed))
+		if err != nil || string(got) != seedBody(pkt, flags) {
+			t.Errorf("seed %s is missing or stale (rewrite with HERD_WRITE_FUZZ_SEEDS=1): %v", seed, err)
+		}
+	}
+	// OVMF's run (its PXE client, then the iPXE it loads) is recorded; a
+	// SeaBIOS run is not yet (see testdata/README.md).
+	for _, fw := range []string{"ovmf"} {
+		if !seen[fw] {
+			t.Errorf("no captured %s message in testdata/captured", fw)
+		}
+	}
 }

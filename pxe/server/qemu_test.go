@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,36 +71,16 @@ func bootKernel(t *testing.T, uefi bool) (kernel, initrd string, real bool) {
 // files (a missing one becomes a small random file) and makes it current.
 func publishFiles(t *testing.T, state string, files map[string]string) string {
 	t.Helper()
-	tmp := filepath.Join(state, "tmp", "pub")
-	os.MkdirAll(tmp, 0o755)
-	m := &manifest.Manifest{Created: time.Now().UTC(), Recipe: "qemu-test", Artifacts: map[string]manifest.Artifact{}}
-	for _, name := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
-		dst := filepath.Join(tmp, name)
+	return publishWith(t, state, "qemu-test", func(name, dst string) error {
 		if src := files[name]; src != "" {
 			b, err := os.ReadFile(src)
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
-			os.WriteFile(dst, b, 0o644)
-		} else {
-			os.WriteFile(dst, bytes.Repeat([]byte(name), 4096), 0o644)
+			return os.WriteFile(dst, b, 0o644)
 		}
-		a, err := manifest.HashFile(dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Artifacts[name] = a
-	}
-	m.ID = m.ComputeID()
-	if err := m.Write(tmp); err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(state, "images"), 0o755)
-	if err := os.Rename(tmp, filepath.Join(state, "images", m.ID)); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(state, "current"), []byte(m.ID+"\n"), 0o644)
-	return m.ID
+		return os.WriteFile(dst, bytes.Repeat([]byte(name), 4096), 0o644)
+	})
 }
 
 // TestQEMUNetbootToKernel boots a SeaBIOS QEMU node whose virtio-net ROM
@@ -220,9 +201,14 @@ nodes:
 		startIn(siteNS, "dnsmasq", "dnsmasq.log", siteDHCP...)
 	}
 	serial := filepath.Join(dir, "serial.log")
+	// QEMU records the node's traffic (filter-dump, pcap): its DHCP
+	// messages are checked below and, with HERD_WRITE_FUZZ_SEEDS=1, kept as
+	// pxe/dhcp's captured fuzz seeds.
+	pcap := filepath.Join(dir, "net.pcap")
 	args := []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot",
-		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"}
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+		"-object", "filter-dump,id=dump0,netdev=n0,file=" + pcap + ",maxlen=2048"}
 	if uefi {
 		code := "/usr/share/OVMF/OVMF_CODE_4M.fd"
 		testenv.RequireFiles(t, "package ovmf", code, "/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -273,6 +259,17 @@ nodes:
 	if strings.Contains(read("herd.log"), "rootfs.squashfs") {
 		t.Errorf("iPXE fetched the root image; only the initramfs should")
 	}
+	if mode != site.DHCPOff {
+		frames, err := dhcpFromPcap(pcap, hw(mac))
+		if err != nil {
+			t.Errorf("capture %s: %v", pcap, err)
+		} else if len(frames) == 0 {
+			t.Errorf("no DHCP message from %s in the capture", mac)
+		} else if os.Getenv("HERD_WRITE_FUZZ_SEEDS") == "1" {
+			fw := map[bool]string{false: "seabios", true: "ovmf"}[uefi] + "-" + mode
+			writeCapturedSeeds(t, fw, frames)
+		}
+	}
 	if mode == site.DHCPFull {
 		// herd's DHCP reported the lease to the inventory (herd node list).
 		inv, err := inventory.Load(state)
@@ -291,6 +288,14 @@ nodes:
 			t.Errorf("the kernel did not start on ttyS0:\n%s", tail(read("serial.log")))
 		}
 	}
+}
+
+func hw(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
 }
 
 func tail(s string) string {
