@@ -44,6 +44,8 @@ type LabNode struct {
 	// (LabConfig.Storage): on the storage bridge, named by MAC in herd.yaml.
 	StorageMAC string
 	StorageIP  string
+	// KernelArgs is the node's kernel_args in herd.yaml.
+	KernelArgs string
 }
 
 // LabConfig describes a whole lab: namespace, bridge, NAS (nfs-ganesha +
@@ -265,6 +267,9 @@ ldap:
 	fmt.Fprintf(&b, "sudo:\n  group: %s\ncache:\n  disk: %s\nnodes:\n", site.SudoGroup, c.Cache)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
+		if n.KernelArgs != "" {
+			fmt.Fprintf(&b, "    kernel_args: %q\n", n.KernelArgs)
+		}
 		b.WriteString(storageInterfaceYAML(c, n))
 	}
 	b.WriteString(storageYAML(c))
