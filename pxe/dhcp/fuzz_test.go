@@ -197,9 +197,7 @@ func TestCapturedSeeds(t *testing.T) {
 			t.Errorf("seed %s is missing or stale (rewrite with HERD_WRITE_FUZZ_SEEDS=1): %v", seed, err)
 		}
 	}
-	// OVMF's run (its PXE client, then the iPXE it loads) is recorded; a
-	// SeaBIOS run is not yet (see testdata/README.md).
-	for _, fw := range []string{"ovmf"} {
+	for _, fw := range []string{"seabios", "ovmf"} {
 		if !seen[fw] {
 			t.Errorf("no captured %s message in testdata/captured", fw)
 		}
