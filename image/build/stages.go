@@ -442,9 +442,6 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 				return fmt.Errorf("copy %s out of the image: %w", src, err)
 			}
 		}
-		if err := padTo4(filepath.Join(out, manifest.Initrd)); err != nil {
-			return err
-		}
 		var list strings.Builder
 		cmd := command(ctx, &list, "dpkg-query", "--admindir="+filepath.Join(merged, "var/lib/dpkg"), "-W",
 			"-f=${db:Status-Abbrev}\t${Package}\t${Version}\n")
@@ -481,28 +478,4 @@ func (b *builder) fetchError(err error) error {
 		}
 	}
 	return err
-}
-
-// padTo4 appends zero bytes to the initrd up to a multiple of 4. Booted
-// through the kernel's EFI stub (UEFI iPXE), the initrd= files are
-// concatenated as they are, and the kernel looks for the next cpio (the
-// node's overlay.cpio) only at a 4-byte aligned offset after a compressed
-// archive, skipping zeros: unpadded, the overlay is rejected as "invalid
-// magic" and the node boots without its identity. BIOS iPXE aligns itself.
-func padTo4(path string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		return fmt.Errorf("pad initrd: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("pad initrd: %w", err)
-	}
-	if n := (4 - st.Size()%4) % 4; n > 0 {
-		if _, err := f.Write(make([]byte, n)); err != nil {
-			return fmt.Errorf("pad initrd: %w", err)
-		}
-	}
-	return f.Close()
 }
