@@ -140,7 +140,7 @@ func New(opt Options) (*Dashboard, error) {
 		done:     make(chan struct{}),
 		pages:    map[string]*template.Template{},
 	}
-	funcs := template.FuncMap{"ago": d.ago, "short": short, "utc": utc, "size": humanBytes, "uptime": d.uptime}
+	funcs := template.FuncMap{"ago": d.ago, "short": short, "utc": utc, "size": fleet.HumanBytes, "uptime": d.uptime}
 	for _, p := range []string{"nodes", "images", "node"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
@@ -554,17 +554,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

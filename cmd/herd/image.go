@@ -132,19 +132,6 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 func runImageList(cmd *cobra.Command, args []string) error {
 	st := store.ReadOnly(globals.state)
 	rows, err := fleet.Images(st, bootCounts())
@@ -167,7 +154,7 @@ func runImageList(cmd *cobra.Command, args []string) error {
 			mark = "*"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", mark, r.ID, r.Created.Local().Format("2006-01-02 15:04"),
-			dash(r.Recipe), dash(r.Kernel), dash(r.NVIDIA), humanBytes(r.Size), r.Nodes, dash(r.Tested))
+			dash(r.Recipe), dash(r.Kernel), dash(r.NVIDIA), fleet.HumanBytes(r.Size), r.Nodes, dash(r.Tested))
 	}
 	return tw.Flush()
 }
@@ -240,7 +227,7 @@ func runImageShow(cmd *cobra.Command, args []string) error {
 	fmt.Fprintln(tw, "artifacts:")
 	for _, a := range store.ArtifactsOf(m) {
 		art := m.Artifacts[a]
-		fmt.Fprintf(tw, "  %s\t%s\tsha256 %s\n", a, humanBytes(art.Size), art.SHA256)
+		fmt.Fprintf(tw, "  %s\t%s\tsha256 %s\n", a, fleet.HumanBytes(art.Size), art.SHA256)
 	}
 	if len(m.Stages) > 0 {
 		fmt.Fprintln(tw, "stages:")
@@ -404,6 +391,6 @@ func runImageGC(cmd *cobra.Command, args []string) error {
 		fmt.Fprintf(out, "removed image %s\n", id)
 	}
 	fmt.Fprintf(out, "removed %d images, %d stage caches, %d stale staging dirs; freed %s; kept %d images\n",
-		len(rep.Images), len(rep.Stages), len(rep.Staging), humanBytes(rep.BytesFreed), len(rep.Kept))
+		len(rep.Images), len(rep.Stages), len(rep.Staging), fleet.HumanBytes(rep.BytesFreed), len(rep.Kept))
 	return nil
 }
