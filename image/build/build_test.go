@@ -161,7 +161,7 @@ func TestBuildMinimalImage(t *testing.T) {
 			t.Errorf("stage %s key %q", s.Name, s.Key)
 		}
 	}
-	if strings.Join(names, ",") != "bootstrap,packages,overlays,initramfs,pack" {
+	if strings.Join(names, ",") != "bootstrap,packages,overlays,initramfs,pack,efi" {
 		t.Errorf("stages %v", names)
 	}
 	for _, a := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
