@@ -2,6 +2,7 @@ package inspect
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"os"
@@ -69,6 +70,28 @@ func link(t *testing.T, target, p string) {
 	}
 }
 
+// moduleTrailer signs obj with a throwaway key through openssl cms (as the
+// kernel's sign-file does: binary, detached, no attributes, no certificates)
+// and returns what sign-file appends: the DER signature, struct
+// module_signature (id_type 2 = PKCS#7, big-endian length) and the magic.
+func moduleTrailer(t *testing.T, work, obj string) []byte {
+	t.Helper()
+	testenv.RequireCommands(t, "openssl")
+	key, crt, sig := filepath.Join(work, "sign.key"), filepath.Join(work, "sign.crt"), filepath.Join(work, "sign.p7s")
+	run(t, "openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+		"-subj", "/CN=herd test module signing key", "-keyout", key, "-out", crt)
+	run(t, "openssl", "cms", "-sign", "-binary", "-noattr", "-nocerts", "-nosmimecap", "-md", "sha256",
+		"-outform", "DER", "-signer", crt, "-inkey", key, "-in", obj, "-out", sig)
+	der, err := os.ReadFile(sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := make([]byte, 12)
+	info[2] = 2 // PKEY_ID_PKCS7
+	binary.BigEndian.PutUint32(info[8:], uint32(len(der)))
+	return append(append(der, info...), "~Module signature appended~\n"...)
+}
+
 // fixture builds a small merged-/usr tree like Ubuntu's and packs it with
 // the real mksquashfs (zstd, as the builder does).
 func fixture(t *testing.T) string {
@@ -82,8 +105,9 @@ func fixture(t *testing.T) string {
 	// Kernel A: zstd-compressed signed module listed in modules.dep.
 	a := root + "/usr/lib/modules/6.8.0-149-generic"
 	objA := module(t, work, "580.178.04", "6.8.0-149-generic")
-	// The kernel's signed-module trailer: signature data, then the magic.
-	copyFile(t, objA, a+"/kernel/nvidia-580srv/nvidia.ko", []byte("SIGNATURE-BYTES~Module signature appended~\n"))
+	// The kernel's signed-module trailer, made as scripts/sign-file does:
+	// a detached PKCS#7 (CMS) signature, struct module_signature, the magic.
+	copyFile(t, objA, a+"/kernel/nvidia-580srv/nvidia.ko", moduleTrailer(t, work, objA))
 	run(t, "zstd", "-q", "--rm", a+"/kernel/nvidia-580srv/nvidia.ko")
 	write(t, a+"/kernel/drivers/net/e1000e.ko.zst", "not read")
 	write(t, a+"/modules.dep", "kernel/drivers/net/e1000e.ko.zst:\nkernel/nvidia-580srv/nvidia.ko.zst: kernel/drivers/net/e1000e.ko.zst\n")
