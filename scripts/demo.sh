@@ -115,6 +115,10 @@ uefi=()
 say "netbooting QEMU node demo1 (software emulation: a few minutes) until the server records it up"
 boots() { "$HERD" --config "$WORK/herd.yaml" --state "$STATE" node list --json | grep -o '"boots": [0-9]*' | grep -o '[0-9]*$' || echo 0; }
 before=$(boots)
+# demo1 proves its identity with a key it makes on its SSD at first boot; the
+# demo admits it through an enrollment window (on a real lab: herd node
+# approve with the fingerprint its console prints).
+"$HERD" --config "$WORK/herd.yaml" --state "$STATE" node enroll demo1 --for 30m
 "$HERD" --config "$WORK/herd.yaml" vm run --netns "$NS" --name demo1 --dir "$WORK/vm-demo1" "${uefi[@]}" &
 VM_PID=$!
 # "up" is posted by herd-up.service in the booted system with its kernel,
