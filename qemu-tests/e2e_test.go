@@ -207,12 +207,18 @@ func labDir(t *testing.T) string {
 // (/var/tmp/herd-test-store, HACKING.md): the builder's stage cache makes
 // that a no-op when neither the recipe nor herd changed.
 func suiteImage(t *testing.T, herd string) string {
-	if p := os.Getenv("HERD_E2E_IMAGE"); p != "" {
+	return labImage(t, herd, "HERD_E2E_IMAGE", testlab.WriteLabSite)
+}
+
+// labImage returns $env if set, else the default recipe built into the test
+// store with the herd.yaml writeSite writes (the image bakes its NAS and LDAP in).
+func labImage(t *testing.T, herd, env string, writeSite func(path string) error) string {
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
 	tmp := t.TempDir()
 	site := filepath.Join(tmp, "herd.yaml")
-	if err := testlab.WriteLabSite(site); err != nil {
+	if err := writeSite(site); err != nil {
 		t.Fatal(err)
 	}
 	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))

@@ -222,17 +222,5 @@ func out2s(b []byte) string { return string(b) }
 // only the overlays stage and after differ from TestLab's image), or
 // $HERD_E2E_STORAGE_IMAGE.
 func storageImage(t *testing.T, herd string) string {
-	if p := os.Getenv("HERD_E2E_STORAGE_IMAGE"); p != "" {
-		return p
-	}
-	tmp := t.TempDir()
-	site := filepath.Join(tmp, "herd.yaml")
-	if err := testlab.WriteStorageLabSite(site); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return labImage(t, herd, "HERD_E2E_STORAGE_IMAGE", testlab.WriteStorageLabSite)
 }
