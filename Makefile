@@ -23,7 +23,8 @@ APT_PACKAGES := \
 	slapd ldap-utils nfs-ganesha nfs-ganesha-vfs \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
-	chromium lintian systemd cryptsetup-bin
+	chromium lintian systemd cryptsetup-bin \
+	openipmi ipmitool
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 

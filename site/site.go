@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,6 +126,31 @@ type Node struct {
 	// presented for this node and hands it the node's secrets, so anyone on
 	// the LAN who asks first gets them. Leave false unless that is acceptable.
 	InsecureRAMIdentity bool `yaml:"insecure_ram_identity"`
+	// BMC is the node's baseboard management controller (power, console);
+	// nil: herd cannot power-control the node.
+	BMC *BMC `yaml:"bmc"`
+}
+
+// BMC protocols.
+const (
+	BMCIPMI = "ipmi" // IPMI v2.0 over LAN (RMCP+), through ipmitool
+)
+
+// BMC is how herd reaches a node's baseboard management controller.
+type BMC struct {
+	// Address is the BMC's host name or IP, optionally with :port (default 623).
+	Address string `yaml:"address" herd:"required"`
+	// User is the BMC account (IPMI allows at most 16 bytes).
+	User string `yaml:"user" herd:"required"`
+	// PasswordFile holds the password on its first line; it must be readable
+	// by its owner only (0600 or 0400), checked when it is used.
+	PasswordFile string `yaml:"password_file" herd:"required"`
+	// Protocol is "ipmi" (default). Redfish is not supported: there is no
+	// Redfish implementation to test against here.
+	Protocol string `yaml:"protocol"`
+	// CipherSuite is the RMCP+ cipher suite (ipmitool -C); 0 lets ipmitool
+	// choose (17 where the BMC offers it, else 3).
+	CipherSuite int `yaml:"cipher_suite"`
 }
 
 // NAS is the lab's file server (NFS exports).
@@ -566,6 +592,9 @@ func (c *Config) validate(parts map[string]bool) error {
 		if n.CacheDisk != "" {
 			checkDisk(bad, f+".cache_disk", n.CacheDisk)
 		}
+		if n.BMC != nil {
+			validateBMC(bad, f+".bmc", n.BMC)
+		}
 	}
 	c.validateNetworks(bad, subnet)
 	checkDisk(bad, "cache.disk", c.Cache.Disk)
@@ -822,4 +851,54 @@ func (c *Config) CacheDiskFor(n *Node) string {
 		return n.CacheDisk
 	}
 	return c.Cache.Disk
+}
+
+// bmcHostRe is a DNS name or an IPv4 address (IPv6 goes in brackets with a port).
+var bmcHostRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$`)
+
+// validateBMC checks one node's bmc block and fills its defaults.
+func validateBMC(bad func(field, format string, args ...any), f string, b *BMC) {
+	if b.Protocol == "" {
+		b.Protocol = BMCIPMI
+	}
+	switch b.Protocol {
+	case BMCIPMI:
+	case "redfish":
+		bad(f+".protocol", "redfish is not supported yet (no Redfish implementation to test against); use ipmi")
+	default:
+		bad(f+".protocol", "%q is not ipmi", b.Protocol)
+	}
+	if _, _, err := b.HostPort(); err != nil {
+		bad(f+".address", "%v", err)
+	}
+	if len(b.User) > 16 || strings.ContainsAny(b.User, " \t\r\n\x00") {
+		bad(f+".user", "%q must be at most 16 bytes without spaces (IPMI user names)", b.User)
+	}
+	if b.PasswordFile != "" && (!filepath.IsAbs(b.PasswordFile) || filepath.Clean(b.PasswordFile) != b.PasswordFile) {
+		bad(f+".password_file", "%q must be a clean absolute path", b.PasswordFile)
+	}
+	switch b.CipherSuite {
+	case 0, 3, 8, 12, 17:
+	default:
+		bad(f+".cipher_suite", "%d is not one of 3, 8, 12, 17 (or 0: ipmitool chooses)", b.CipherSuite)
+	}
+}
+
+// HostPort splits Address into host and UDP port (623 when absent).
+func (b *BMC) HostPort() (string, int, error) {
+	host, port := b.Address, 623
+	if h, p, err := net.SplitHostPort(b.Address); err == nil {
+		n, perr := strconv.Atoi(p)
+		if perr != nil || n < 1 || n > 65535 {
+			return "", 0, fmt.Errorf("%q: port %q is out of range 1-65535", b.Address, p)
+		}
+		host, port = h, n
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.String(), port, nil
+	}
+	if !bmcHostRe.MatchString(host) {
+		return "", 0, fmt.Errorf("%q is not a host name or IP address (with an optional :port)", b.Address)
+	}
+	return host, port, nil
 }

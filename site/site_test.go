@@ -124,3 +124,38 @@ func TestSecureBootSetting(t *testing.T) {
 		}
 	}
 }
+
+func TestBMCSettings(t *testing.T) {
+	head := "overlays: []\ndhcp: {mode: off}\nnodes:\n  - name: a\n    mac: '52:54:00:00:00:01'\n    bmc:\n"
+	ok := head + "      address: 10.0.1.11:6230\n      user: admin\n      password_file: /etc/herd/bmc/a.pass\n"
+	c, err := Parse("herd.yaml", []byte(ok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Nodes[0].BMC
+	if b == nil || b.Protocol != BMCIPMI {
+		t.Fatalf("bmc = %+v", b)
+	}
+	if h, p, err := b.HostPort(); err != nil || h != "10.0.1.11" || p != 6230 {
+		t.Fatalf("HostPort = %s %d %v", h, p, err)
+	}
+	cases := []struct{ name, src, want string }{
+		{"redfish", ok + "      protocol: redfish\n", "herd.yaml:10:17: field nodes[0].bmc.protocol: redfish is not supported yet"},
+		{"protocol", ok + "      protocol: snmp\n", `field nodes[0].bmc.protocol: "snmp" is not ipmi`},
+		{"address", head + "      address: 'bmc a'\n      user: admin\n      password_file: /p\n", `herd.yaml:7:16: field nodes[0].bmc.address: "bmc a" is not a host name`},
+		{"port", head + "      address: 'bmc:99999'\n      user: admin\n      password_file: /p\n", `field nodes[0].bmc.address: "bmc:99999": port "99999" is out of range`},
+		{"user too long", head + "      address: bmc\n      user: abcdefghijklmnopq\n      password_file: /p\n", `herd.yaml:8:13: field nodes[0].bmc.user: "abcdefghijklmnopq" must be at most 16 bytes`},
+		{"relative password file", head + "      address: bmc\n      user: admin\n      password_file: bmc.pass\n", `herd.yaml:9:22: field nodes[0].bmc.password_file: "bmc.pass" must be a clean absolute path`},
+		{"missing user", head + "      address: bmc\n      password_file: /p\n", `field nodes[0].bmc.user: required field "user" is missing`},
+		{"cipher", ok + "      cipher_suite: 1\n", `field nodes[0].bmc.cipher_suite: 1 is not one of 3, 8, 12, 17`},
+		{"unknown", ok + "      passwd: x\n", `field nodes[0].bmc.passwd: unknown field "passwd"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("herd.yaml", []byte(c.src))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}

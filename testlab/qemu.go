@@ -62,6 +62,9 @@ type VMConfig struct {
 	NoReboot bool
 	// NICs are more NICs after the boot NIC (never booted from).
 	NICs []NIC
+	// SerialTCP (host:port) makes the serial port a telnet server there (for
+	// a BMC's serial-over-LAN), still logged to serial.log; "" logs only.
+	SerialTCP string
 	// Extra arguments appended to the command line.
 	Extra []string
 }
@@ -91,7 +94,7 @@ func (c VMConfig) Args() []string {
 		"-accel", c.Accel, "-cpu", c.CPU,
 		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.Itoa(c.MemoryMiB),
 		"-display", "none", "-monitor", "none", "-vga", "none",
-		"-chardev", "file,id=ser0,path=" + filepath.Join(c.Dir, "serial.log") + ",append=on",
+		"-chardev", c.serialChardev(),
 		"-serial", "chardev:ser0",
 		"-qmp", "unix:" + filepath.Join(c.Dir, "qmp.sock") + ",server=on,wait=off",
 		"-netdev", "tap,id=net0,ifname=" + c.Tap + ",script=no,downscript=no",
@@ -140,6 +143,16 @@ func (c VMConfig) Args() []string {
 	return append(a, c.Extra...)
 }
 
+// serialChardev is the -chardev of the serial port: a file, or a telnet
+// server that logs to the same file.
+func (c VMConfig) serialChardev() string {
+	log := filepath.Join(c.Dir, "serial.log")
+	if host, port, err := net.SplitHostPort(c.SerialTCP); err == nil {
+		return "socket,id=ser0,host=" + host + ",port=" + port + ",server=on,wait=off,telnet=on,logfile=" + log + ",logappend=on"
+	}
+	return "file,id=ser0,path=" + log + ",append=on"
+}
+
 func (c *VMConfig) defaults() error {
 	if c.Name == "" || c.Tap == "" || c.MAC == "" || c.Dir == "" {
 		return errors.New("qemu: Name, Tap, MAC and Dir are required")
@@ -165,14 +178,14 @@ func (c *VMConfig) defaults() error {
 	return nil
 }
 
-// StartVM prepares the firmware files and the SSD and starts QEMU; it returns
-// once the QMP socket answers.
-func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
+// prepare fills defaults and makes the firmware files and the SSD that the
+// command line of Args names.
+func (c *VMConfig) prepare(ctx context.Context) error {
 	if err := c.defaults(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
+		return fmt.Errorf("qemu: %w", err)
 	}
 	if c.UEFI {
 		vars := filepath.Join(c.Dir, "OVMF_VARS.fd")
@@ -183,21 +196,30 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 			}
 			b, err := os.ReadFile(src)
 			if err != nil {
-				return nil, fmt.Errorf("qemu: UEFI needs the ovmf package: %w", err)
+				return fmt.Errorf("qemu: UEFI needs the ovmf package: %w", err)
 			}
 			if err := os.WriteFile(vars, b, 0o644); err != nil {
-				return nil, fmt.Errorf("qemu: %w", err)
+				return fmt.Errorf("qemu: %w", err)
 			}
 		}
 	} else if err := os.WriteFile(filepath.Join(c.Dir, "sercon-port"), []byte{0xf8, 0x03}, 0o644); err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
+		return fmt.Errorf("qemu: %w", err)
 	}
 	if c.Disk != "" {
 		if _, err := os.Stat(c.Disk); errors.Is(err, os.ErrNotExist) {
 			if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", c.Disk, c.DiskSize).CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("qemu-img create %s %s: %w: %s", c.Disk, c.DiskSize, err, strings.TrimSpace(string(out)))
+				return fmt.Errorf("qemu-img create %s %s: %w: %s", c.Disk, c.DiskSize, err, strings.TrimSpace(string(out)))
 			}
 		}
+	}
+	return nil
+}
+
+// StartVM prepares the firmware files and the SSD and starts QEMU; it returns
+// once the QMP socket answers.
+func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
+	if err := c.prepare(ctx); err != nil {
+		return nil, err
 	}
 	v := &VM{
 		Config:     c,
