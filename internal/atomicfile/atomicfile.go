@@ -20,6 +20,21 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 
 // Write atomically replaces path with whatever fill writes.
 func Write(path string, perm os.FileMode, fill func(io.Writer) error) (err error) {
+	return write(path, perm, fill, false)
+}
+
+// WriteNew is WriteFile that never replaces: if path exists (even when it
+// appears after the check, from another writer) it fails with an error
+// matching fs.ErrExist and leaves path as it was. The file appears whole
+// (a hard link of the synced temp file), never half-written.
+func WriteNew(path string, data []byte, perm os.FileMode) error {
+	return write(path, perm, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}, true)
+}
+
+func write(path string, perm os.FileMode, fill func(io.Writer) error, noClobber bool) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -43,6 +58,15 @@ func Write(path string, perm os.FileMode, fill func(io.Writer) error) (err error
 	}
 	if err = f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if noClobber {
+		// link(2) fails with EEXIST instead of replacing: no window between
+		// a check and the rename.
+		if err = os.Link(tmp, path); err != nil {
+			return fmt.Errorf("create %s: %w", path, err)
+		}
+		os.Remove(tmp)
+		return SyncDir(dir)
 	}
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s into place: %w", path, err)

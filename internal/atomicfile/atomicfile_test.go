@@ -3,6 +3,7 @@ package atomicfile
 import (
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -64,5 +65,30 @@ func TestCopyReplacesSymlink(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(dst); string(b) != "new" {
 		t.Fatalf("dst holds %q", b)
+	}
+}
+
+// WriteNew creates a missing file whole, and refuses (fs.ErrExist) to touch
+// an existing one, leaving no temp file behind either way.
+func TestWriteNewNeverReplaces(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "herd.yaml")
+	if err := WriteNew(p, []byte("first\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteNew(p, []byte("second\n"), 0o640); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("WriteNew over an existing file: %v, want fs.ErrExist", err)
+	}
+	data, err := os.ReadFile(p)
+	if err != nil || string(data) != "first\n" {
+		t.Fatalf("after a refused WriteNew: %q %v", data, err)
+	}
+	st, _ := os.Stat(p)
+	if st.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", st.Mode().Perm())
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Errorf("temp files left behind: %v", ents)
 	}
 }
