@@ -24,7 +24,7 @@ APT_PACKAGES := \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
 	chromium lintian systemd cryptsetup-bin \
-	openipmi ipmitool
+	openipmi ipmitool tmux
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 
@@ -81,6 +81,9 @@ demo: deps build
 NFPM := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 DEB_VERSION ?= $(shell git log -1 --format='0.1.0~git%cd.%h' --date=format:%Y%m%d 2>/dev/null || echo 0.1.0)
 DEB_DATE := $(shell git log -1 --format=%cD 2>/dev/null || date -R)
+# The package's Maintainer field and changelog signer (nfpm reads it as
+# HERD_DEB_MAINTAINER): a site packaging herd sets its own,
+# `make deb DEB_MAINTAINER='Lab Admins <admins@lab.example.org>'`.
 DEB_MAINTAINER ?= herd maintainers <maintainers@herdlab.org>
 deb: deps build
 	rm -rf $(BIN)/deb $(BIN)/herd_*.deb && mkdir -p $(BIN)/deb
