@@ -24,7 +24,8 @@ APT_PACKAGES := \
 	openssh-client sshpass sudo \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
 	chromium lintian systemd cryptsetup-bin \
-	openipmi ipmitool tmux
+	openipmi ipmitool tmux \
+	sbsigntool systemd-boot-efi
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 

@@ -38,7 +38,13 @@ type Config struct {
 	// SecureBoot is how UEFI nodes boot: "off" (iPXE, default) or "distro"
 	// (Microsoft-signed shim, Canonical-signed GRUB and kernel from the image's
 	// own packages; the kernel enforces module signatures). BIOS nodes keep iPXE.
-	SecureBoot string   `yaml:"secure_boot"`
+	// "herd": one UKI per image generation signed with herd's own keys
+	// (package secureboot), enrolled into the nodes' firmware.
+	SecureBoot string `yaml:"secure_boot"`
+	// KernelArgs are appended to every node's kernel command line, before
+	// the node's own; with secure_boot: herd they are the only extra
+	// arguments (the signed UKI carries no per-node values).
+	KernelArgs string   `yaml:"kernel_args"`
 	NTP        []string `yaml:"ntp"`
 	NVIDIA     NVIDIA   `yaml:"nvidia"`
 	Tuning     Tuning   `yaml:"tuning"`
@@ -422,6 +428,7 @@ func (c *Config) ApplyDefaults() {
 const (
 	SecureBootOff    = "off"
 	SecureBootDistro = "distro"
+	SecureBootHerd   = "herd"
 )
 
 // ValidNodeName reports whether name is a node name herd accepts: a single
@@ -696,11 +703,9 @@ func (c *Config) validate(parts map[string]bool) error {
 		bad("timezone", "%q is not a time zone name such as Europe/Berlin", c.Timezone)
 	}
 	switch c.SecureBoot {
-	case SecureBootOff, SecureBootDistro:
-	case "herd":
-		bad("secure_boot", "\"herd\" (herd-signed UKI) is not built yet; use distro or off")
+	case SecureBootOff, SecureBootDistro, SecureBootHerd:
 	default:
-		bad("secure_boot", "%q is not one of distro, off", c.SecureBoot)
+		bad("secure_boot", "%q is not one of herd, distro, off", c.SecureBoot)
 	}
 	if len(errs) > 0 {
 		return errs

@@ -106,8 +106,8 @@ func TestScratchDefaultsAndNone(t *testing.T) {
 	}
 }
 
-// secure_boot: distro and off are accepted (off by default); herd (not built
-// yet) and anything else are refused naming the line and field.
+// secure_boot: herd, distro and off are accepted (off by default); anything
+// else is refused naming the line and field.
 func TestSecureBootSetting(t *testing.T) {
 	const base = "overlays: []\ndhcp: {mode: off}\n"
 	c, err := Parse("herd.yaml", []byte(base+"secure_boot: distro\n"))
@@ -117,7 +117,10 @@ func TestSecureBootSetting(t *testing.T) {
 	if c, err := Parse("herd.yaml", []byte(base)); err != nil || c.SecureBoot != SecureBootOff {
 		t.Fatalf("default: %v", err)
 	}
-	for _, v := range []string{"herd", "on"} {
+	if c, err := Parse("herd.yaml", []byte(base+"secure_boot: herd\nkernel_args: no_timer_check\n")); err != nil || c.SecureBoot != SecureBootHerd || c.KernelArgs != "no_timer_check" {
+		t.Fatalf("herd: %v", err)
+	}
+	for _, v := range []string{"on", "yes"} {
 		_, err := Parse("herd.yaml", []byte(base+"secure_boot: "+v+"\n"))
 		if err == nil || !strings.Contains(err.Error(), "herd.yaml:3") || !strings.Contains(err.Error(), "secure_boot") {
 			t.Errorf("secure_boot: %s: %v", v, err)

@@ -223,7 +223,7 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 		case "pack":
 			packed = s.dir()
 		case "efi":
-			for _, a := range []string{manifest.Shim, manifest.Grub} {
+			for _, a := range []string{manifest.Shim, manifest.Grub, manifest.Stub} {
 				if err := os.Link(filepath.Join(s.dir(), a), filepath.Join(staging, a)); err != nil {
 					return nil, fmt.Errorf("stage artifact %s: %w", a, err)
 				}

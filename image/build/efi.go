@@ -29,6 +29,8 @@ type efiFile struct{ pkg, path, artifact string }
 var efiFiles = []efiFile{
 	{"shim-signed", "usr/lib/shim/shimx64.efi.signed.latest", manifest.Shim},
 	{"grub-efi-amd64-signed", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", manifest.Grub},
+	// secure_boot: herd: the stub of herd's signed UKI (secureboot package).
+	{"systemd-boot-efi", "usr/lib/systemd/boot/efi/linuxx64.efi.stub", manifest.Stub},
 }
 
 // EFIPackages are the packages the efi stage takes its binaries from; they

@@ -30,6 +30,10 @@ const (
 	// Microsoft-signed shim and Canonical-signed network GRUB.
 	Shim = "shimx64.efi"
 	Grub = "grubx64.efi"
+	// Stub is systemd-stub (systemd-boot-efi's linuxx64.efi.stub, unsigned):
+	// secure_boot: herd wraps it around the kernel, initrd and command
+	// line into one UKI signed with herd's key.
+	Stub = "linuxx64.efi.stub"
 )
 
 // Manifest is the record of one image.

@@ -27,8 +27,8 @@ import (
 var Artifacts = []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs}
 
 // OptionalArtifacts are files an image holds when its build made them (the
-// Secure Boot chain: shim and GRUB); Publish hashes each one present.
-var OptionalArtifacts = []string{manifest.Shim, manifest.Grub}
+// Secure Boot chain: shim, GRUB, systemd-stub); Publish hashes each one present.
+var OptionalArtifacts = []string{manifest.Shim, manifest.Grub, manifest.Stub}
 
 // ArtifactsOf lists the artifacts m records: Artifacts plus the optional ones
 // it has, in that order.

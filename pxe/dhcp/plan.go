@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/secureboot"
 	"github.com/herdlab/herd/site"
 )
 
@@ -60,6 +61,9 @@ type Plan struct {
 	RangeEnd   netip.Addr
 	HTTPBase   string // http://server:port
 	UEFIBinary string
+	// HTTPBootFile is the URL UEFI HTTP boot clients get (iPXE, or the
+	// signed UKI with secure_boot: herd).
+	HTTPBootFile string
 	Interface  string
 	nodes      map[string]site.Node // by lower-case colon MAC
 	reserved   map[netip.Addr]string
@@ -70,12 +74,19 @@ func NewPlan(cfg *site.Config, uefiBinary string) (*Plan, error) {
 	if uefiBinary == "" {
 		uefiBinary = DefaultUEFIBinary
 	}
-	if cfg.SecureBoot == site.SecureBootDistro {
+	httpFile := cfg.ServerURL() + HTTPBootPath + "ipxe.efi"
+	switch cfg.SecureBoot {
+	case site.SecureBootDistro:
 		uefiBinary = ShimBinary
+	case site.SecureBootHerd:
+		// The image generation's UKI signed with herd's db key, over TFTP
+		// for PXE and over HTTP for HTTP boot; BIOS keeps iPXE.
+		uefiBinary = secureboot.UKIFile
+		httpFile = cfg.ServerURL() + secureboot.UKIHTTPPath
 	}
 	p := &Plan{
 		Mode: cfg.DHCP.Mode, Unknown: cfg.DHCP.Unknown, Domain: cfg.DHCP.Domain,
-		LeaseTime: cfg.DHCP.LeaseTime, HTTPBase: cfg.ServerURL(), UEFIBinary: uefiBinary,
+		LeaseTime: cfg.DHCP.LeaseTime, HTTPBase: cfg.ServerURL(), UEFIBinary: uefiBinary, HTTPBootFile: httpFile,
 		Interface: cfg.Server.Interface,
 		nodes:     map[string]site.Node{}, reserved: map[netip.Addr]string{},
 	}

@@ -124,7 +124,11 @@ func bootFor(p *Plan, c client, mac net.HardwareAddr) (boot, bool, string) {
 		// UEFI HTTP boot (93=16) takes a URL and only accepts the offer if
 		// option 60 "HTTPClient" comes back.
 		if c.arch == iana.EFI_X86_64_HTTP {
-			return boot{file: p.HTTPBase + HTTPBootPath + "ipxe.efi", vendorClass: "HTTPClient"}, true, ""
+			file := p.HTTPBootFile
+			if file == "" {
+				file = p.HTTPBase + HTTPBootPath + "ipxe.efi"
+			}
+			return boot{file: file, vendorClass: "HTTPClient"}, true, ""
 		}
 		return boot{}, false, fmt.Sprintf("HTTP boot arch %d is not x86-64", c.arch)
 	case c.pxe:

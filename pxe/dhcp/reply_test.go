@@ -148,6 +148,12 @@ func TestBootFileByArch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	herdCfg := testConfig(t, site.DHCPProxy, site.UnknownIgnore)
+	herdCfg.SecureBoot = site.SecureBootHerd
+	hsb, err := NewPlan(herdCfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		p      *Plan
@@ -164,6 +170,10 @@ func TestBootFileByArch(t *testing.T) {
 		{"uefi configured ipxe.efi", uefiIPXE, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_BC)}, "ipxe.efi", "PXEClient", ""},
 		{"secure boot: uefi x64 (7) gets shim", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_BC)}, "shimx64.efi", "PXEClient", ""},
 		{"secure boot: uefi x64 (9) gets shim", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00009:UNDI:003016"), dhcpv4.OptClientArch(iana.EFI_X86_64)}, "shimx64.efi", "PXEClient", ""},
+		{"secure boot herd: uefi x64 (7) gets the signed UKI", hsb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_BC)}, "herd-uki.efi", "PXEClient", ""},
+		{"secure boot herd: uefi http boot gets the signed UKI", hsb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001"), dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP)}, "http://10.77.0.1:8080/secureboot/herd-uki.efi", "HTTPClient", ""},
+		{"secure boot herd: bios keeps ipxe", hsb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"), dhcpv4.OptClientArch(iana.INTEL_X86PC)}, "undionly.kpxe", "PXEClient", ""},
+		{"secure boot herd: ipxe (bios chain) gets its script", hsb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"), dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE"))}, "http://10.77.0.1:8080/boot/52:54:00:77:00:11.ipxe", "PXEClient", ""},
 		{"secure boot: bios keeps ipxe", sb, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001"), dhcpv4.OptClientArch(iana.INTEL_X86PC)}, "undionly.kpxe", "PXEClient", ""},
 		{"uefi http boot (16)", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001"), dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP)}, "http://10.77.0.1:8080/ipxe/ipxe.efi", "HTTPClient", ""},
 		{"uefi ia32 unsupported", p, []dhcpv4.Option{dhcpv4.OptClassIdentifier("PXEClient:Arch:00006:UNDI:003000"), dhcpv4.OptClientArch(iana.EFI_IA32)}, "", "", ReasonArch},

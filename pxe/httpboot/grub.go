@@ -22,6 +22,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/atomicfile"
+	"github.com/herdlab/herd/secureboot"
 	"github.com/herdlab/herd/site"
 )
 
@@ -35,6 +36,9 @@ const GrubCfgName = "grub/grub.cfg"
 // grub/grub.cfg written under <state>/secureboot/. Only with secure_boot: distro.
 func (s *Server) TFTPFile(name string) (string, bool) {
 	cfg := s.cfg.Load()
+	if cfg.SecureBoot == site.SecureBootHerd && name == secureboot.UKIFile {
+		return s.tftpUKI()
+	}
 	if cfg.SecureBoot != site.SecureBootDistro {
 		return "", false
 	}

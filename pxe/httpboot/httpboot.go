@@ -8,6 +8,8 @@
 //	POST /nodes/<name>/overlay       the runtime overlay, sealed to the enrolled node
 //	GET  /ipxe/<binary>              undionly.kpxe, snponly.efi, ipxe.efi from server.tftp_root
 //	                                 (UEFI HTTP boot fetches its first stage over HTTP)
+//	GET  /boot/<mac>.json            secure_boot: herd: the node's hints (uki.go)
+//	GET  /secureboot/<file>          secure_boot: herd: the signed UKI, certificates, key updates
 //	POST /events                     boot progress, signed by the node's enrolled key
 //	GET  /metrics, /healthz
 //
@@ -249,6 +251,12 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) string {
 	case p == "/events":
 		s.serveEvent(w, r)
 		return "events"
+	case strings.HasPrefix(p, "/boot/") && strings.HasSuffix(p, ".json"):
+		s.serveHints(w, r)
+		return "hints"
+	case strings.HasPrefix(p, "/secureboot/"):
+		s.serveSecureBoot(w, r)
+		return "secureboot"
 	case strings.HasPrefix(p, "/boot/"):
 		s.serveScript(w, r)
 		return "boot"
@@ -382,11 +390,11 @@ func BootSpec(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest
 		// copy through dm-verity with it instead of hashing it whole.
 		args = slices.Insert(args, slices.Index(args, "herd.sha256="+root.SHA256)+1, "herd.verity="+v.String())
 	}
-	if ka := strings.TrimSpace(node.KernelArgs); ka != "" {
+	if ka := strings.TrimSpace(cfg.KernelArgs + " " + node.KernelArgs); ka != "" {
 		// A newline would start a new iPXE command; iPXE would also expand
 		// ${...} itself. Neither belongs in a kernel command line.
 		if strings.ContainsFunc(ka, func(r rune) bool { return r < 0x20 || r == 0x7f }) || strings.Contains(ka, "${") {
-			return nil, fmt.Errorf("node %s: kernel_args holds a control character or ${...}, which iPXE would interpret", node.Name)
+			return nil, fmt.Errorf("node %s: kernel_args (site or node) holds a control character or ${...}, which iPXE would interpret", node.Name)
 		}
 		args = append(args, ka)
 	}
