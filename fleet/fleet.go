@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/nodeauth"
@@ -40,8 +41,18 @@ type Node struct {
 	// State is one of the State* constants.
 	State string            `json:"state"`
 	Seen  *inventory.Record `json:"seen,omitempty"`
-	// GPUs is null until nodes send authenticated GPU reports (not built yet).
+	// GPUs are from the node's latest status report (null: no report yet;
+	// [] a node that reports no GPU).
 	GPUs []GPU `json:"gpus"`
+	// Status is the node's latest signed status report (moved here from
+	// Seen, whose Status is always nil in a Node); nil until one arrives.
+	Status *nodestatus.Report `json:"status,omitempty"`
+	// Health is the report's verdict ("ready", "degraded: 0/1 GPUs"), ""
+	// without a report or while the node boots (the report is then of the
+	// previous boot).
+	Health string `json:"health,omitempty"`
+	// Busy: the latest report has a logged-in user or a GPU process.
+	Busy bool `json:"busy"`
 	// Identity is the node key (enrolled and/or pending fingerprint), set
 	// by AddIdentity; absent in live updates.
 	Identity *Identity `json:"identity,omitempty"`
@@ -91,15 +102,21 @@ func AddIdentity(nodes []Node, reg *nodeauth.Registry, now time.Time) {
 	}
 }
 
-// GPU is one GPU as a node reports it (reserved: no node reports GPUs yet).
+// GPU is one GPU as the node's latest status report shows it.
 type GPU struct {
-	Index          int          `json:"index"`
-	Model          string       `json:"model"`
-	MemoryUsedMiB  int          `json:"memory_used_mib"`
-	MemoryTotalMiB int          `json:"memory_total_mib"`
-	UtilPercent    int          `json:"utilization_percent"`
-	Health         string       `json:"health"`
-	Processes      []GPUProcess `json:"processes"`
+	Index          int     `json:"index"`
+	UUID           string  `json:"uuid"`
+	Model          string  `json:"model"`
+	PCIBus         string  `json:"pci_bus,omitempty"`
+	MemoryUsedMiB  int     `json:"memory_used_mib"`
+	MemoryTotalMiB int     `json:"memory_total_mib"`
+	UtilPercent    int     `json:"utilization_percent"`
+	TemperatureC   int     `json:"temperature_c"`
+	PowerW         float64 `json:"power_w"`
+	// Health is "ok", else what is wrong with this GPU ("2 uncorrected ECC
+	// errors", "persistence mode off", ...).
+	Health    string       `json:"health"`
+	Processes []GPUProcess `json:"processes"`
 }
 
 // GPUProcess is a process holding a GPU; User is empty unless the site
@@ -107,7 +124,54 @@ type GPU struct {
 type GPUProcess struct {
 	PID       int    `json:"pid"`
 	User      string `json:"user,omitempty"`
+	Name      string `json:"name,omitempty"`
 	MemoryMiB int    `json:"memory_mib"`
+}
+
+// GPUHealth is one GPU's verdict: "ok", or what is wrong with it.
+func GPUHealth(g nodestatus.GPU) string {
+	var bad []string
+	if g.ECCUncorrected > 0 {
+		bad = append(bad, fmt.Sprintf("%d uncorrected ECC errors", g.ECCUncorrected))
+	}
+	if g.RetiredPages > 0 {
+		bad = append(bad, fmt.Sprintf("%d retired pages", g.RetiredPages))
+	}
+	if !g.Persistence {
+		bad = append(bad, "persistence mode off")
+	}
+	if len(bad) == 0 {
+		return "ok"
+	}
+	return strings.Join(bad, ", ")
+}
+
+// addStatus moves r's status report onto v: Status, Health, Busy, GPUs.
+func (v *Node) addStatus() {
+	r := v.Seen
+	if r == nil || r.Status == nil {
+		return
+	}
+	cp := *r
+	v.Seen = &cp
+	v.Status, cp.Status = r.Status, nil
+	st := v.Status
+	v.Busy = st.Busy()
+	if v.State == StateUp {
+		v.Health = st.Health.String()
+	}
+	v.GPUs = make([]GPU, 0, len(st.GPUs))
+	for _, g := range st.GPUs {
+		out := GPU{Index: g.Index, UUID: g.UUID, Model: g.Model, PCIBus: g.PCIBus, MemoryUsedMiB: g.MemoryUsedMiB,
+			MemoryTotalMiB: g.MemoryTotalMiB, UtilPercent: g.UtilPercent, TemperatureC: g.TemperatureC, PowerW: g.PowerW,
+			Health: GPUHealth(g), Processes: []GPUProcess{}}
+		for _, p := range st.GPUProcesses {
+			if p.GPUUUID == g.UUID {
+				out.Processes = append(out.Processes, GPUProcess{PID: p.PID, User: p.User, Name: p.Name, MemoryMiB: p.MemoryMiB})
+			}
+		}
+		v.GPUs = append(v.GPUs, out)
+	}
 }
 
 // stateOf derives a node's state from its inventory record.
@@ -137,13 +201,16 @@ func Nodes(cfg *site.Config, inv *inventory.Inventory) []Node {
 			seen[r.MAC] = true
 		}
 		v.State = stateOf(v.Seen)
+		v.addStatus()
 		seen[n.MAC] = true
 		out = append(out, v)
 	}
 	for _, r := range inv.Records() {
 		if !seen[r.MAC] {
 			r := r
-			out = append(out, Node{Name: r.Name, MAC: r.MAC, Seen: &r, State: stateOf(&r)})
+			v := Node{Name: r.Name, MAC: r.MAC, Seen: &r, State: stateOf(&r)}
+			v.addStatus()
+			out = append(out, v)
 		}
 	}
 	return out
@@ -163,13 +230,27 @@ func sameMAC(a, b string) bool {
 	return a != "" && b != "" && strings.EqualFold(strings.ReplaceAll(a, "-", ":"), strings.ReplaceAll(b, "-", ":"))
 }
 
-// RedactGPUUsers removes user names from GPU processes unless allow is set
-// (the site setting dashboard.show_gpu_users), in place.
+// RedactGPUUsers removes user names from GPU processes and logged-in
+// sessions unless allow is set (the site setting dashboard.show_gpu_users),
+// in place (the shared status report is copied, never changed).
 func RedactGPUUsers(nodes []Node, allow bool) {
 	if allow {
 		return
 	}
 	for i := range nodes {
+		if st := nodes[i].Status; st != nil {
+			cp := *st
+			cp.Sessions = make([]nodestatus.Session, len(st.Sessions))
+			for j, s := range st.Sessions {
+				cp.Sessions[j] = nodestatus.Session{Since: s.Since}
+			}
+			cp.GPUProcesses = make([]nodestatus.GPUProcess, len(st.GPUProcesses))
+			for j, p := range st.GPUProcesses {
+				p.User = ""
+				cp.GPUProcesses[j] = p
+			}
+			nodes[i].Status = &cp
+		}
 		for g := range nodes[i].GPUs {
 			for p := range nodes[i].GPUs[g].Processes {
 				nodes[i].GPUs[g].Processes[p].User = ""
@@ -290,5 +371,6 @@ func FromRecord(cfg *site.Config, r inventory.Record) Node {
 	if n, ok := cfg.NodeByMAC(r.MAC); ok {
 		v.Name, v.IP, v.Image, v.KernelArgs, v.Configured, v.Interfaces = n.Name, n.IP, n.Image, n.KernelArgs, true, n.Interfaces
 	}
+	v.addStatus()
 	return v
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -65,5 +66,49 @@ func TestDiffSummaryString(t *testing.T) {
 	}
 	if got := Summarize(&diff.Result{}).String(); got != "same packages, kernel, driver and overlays" {
 		t.Errorf("empty diff: %q", got)
+	}
+}
+
+func TestNodeStatus(t *testing.T) {
+	inv, err := inventory.Load(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := "52:54:00:00:00:01"
+	cfg := &site.Config{Nodes: []site.Node{{Name: "a", MAC: mac}}}
+	now := time.Now().UTC()
+	rep := &nodestatus.Report{Node: "a", Image: "img",
+		Sessions:     []nodestatus.Session{{User: "alice", TTY: "pts/0", From: "10.0.0.5"}},
+		GPUs:         []nodestatus.GPU{{Index: 0, UUID: "GPU-1", Model: "Tesla T4", MemoryUsedMiB: 1032, MemoryTotalMiB: 15360, ECCUncorrected: 0, RetiredPages: 0, Persistence: true}},
+		GPUProcesses: []nodestatus.GPUProcess{{PID: 5762, User: "alice", Name: "python", GPUUUID: "GPU-1", MemoryMiB: 1005}},
+		Health:       nodestatus.Health{State: nodestatus.Degraded, Reason: "1/2 GPUs", ExpectedGPUs: 2, SeenGPUs: 1}}
+	inv.RecordEvent(inventory.Event{MAC: mac, Node: "a", Stage: "up", Percent: 100}, "10.0.0.1", now)
+	if err := inv.RecordStatus(mac, rep, "10.0.0.1", now); err != nil {
+		t.Fatal(err)
+	}
+	ns := Nodes(cfg, inv)
+	n := ns[0]
+	if n.Status == nil || n.Seen == nil || n.Seen.Status != nil || n.Seen.StatusTime.IsZero() {
+		t.Fatalf("status not moved from seen to the node: %+v", n)
+	}
+	if n.Health != "degraded: 1/2 GPUs" || !n.Busy || len(n.GPUs) != 1 || n.GPUs[0].Health != "ok" ||
+		len(n.GPUs[0].Processes) != 1 || n.GPUs[0].Processes[0].User != "alice" {
+		t.Errorf("node %+v gpus %+v", n, n.GPUs)
+	}
+	RedactGPUUsers(ns, false)
+	if ns[0].Status.Sessions[0].User != "" || ns[0].Status.GPUProcesses[0].User != "" || ns[0].GPUs[0].Processes[0].User != "" {
+		t.Errorf("user names left: %+v", ns[0].Status)
+	}
+	// The inventory's copy is untouched by the redaction.
+	if r, _ := inv.Get(mac); r.Status.Sessions[0].User != "alice" {
+		t.Error("redaction changed the stored report")
+	}
+	// A node booting again: its report is of the previous boot, no health.
+	inv.RecordEvent(inventory.Event{MAC: mac, Node: "a", Stage: "download", Percent: 10}, "10.0.0.1", now)
+	if n := Nodes(cfg, inv)[0]; n.Health != "" || n.Status == nil {
+		t.Errorf("booting node health %q", n.Health)
+	}
+	if g := GPUHealth(nodestatus.GPU{ECCUncorrected: 2, RetiredPages: -1}); g != "2 uncorrected ECC errors, persistence mode off" {
+		t.Errorf("GPUHealth %q", g)
 	}
 }

@@ -211,7 +211,8 @@ func (d *Dashboard) publish(c inventory.Change) {
 	}
 	d.mu.Lock()
 	tl, ok := d.timeline[c.Record.MAC]
-	if ok || len(d.timeline) < timelineNodes {
+	// Status reports come every minute: live updates, not timeline lines.
+	if c.Kind != "status" && (ok || len(d.timeline) < timelineNodes) {
 		if len(tl) >= timelineLen {
 			tl = append(tl[:0:0], tl[len(tl)-timelineLen+1:]...)
 		}
@@ -220,7 +221,11 @@ func (d *Dashboard) publish(c inventory.Change) {
 	d.seq++
 	seq := d.seq
 	d.mu.Unlock()
-	n := fleet.FromRecord(d.opt.Config(), c.Record)
+	cfg := d.opt.Config()
+	n := fleet.FromRecord(cfg, c.Record)
+	one := []fleet.Node{n}
+	fleet.RedactGPUUsers(one, cfg.Dashboard.ShowGPUUsers)
+	n = one[0]
 	d.broker.Publish(Message{ID: seq, Kind: c.Kind, Node: n, Event: c.Event})
 }
 

@@ -2,7 +2,8 @@
 // mountroot ROOTMNT`, run by the boot=herd script) it finds or fetches the
 // verified root image and mounts it at ROOTMNT; in the booted system
 // (`herd-boot report-up`, run by herd-up.service) it reports that the node
-// is up. It is built static (CGO_ENABLED=0) so it runs in any initramfs.
+// is up, and `herd-boot status` (herd-status.service) reports its users,
+// GPUs and health every minute. It is built static (CGO_ENABLED=0) so it runs in any initramfs.
 package main
 
 import (
@@ -22,6 +23,7 @@ const usage = `usage:
   herd-boot mountroot ROOTMNT   mount the node's root image at ROOTMNT (initramfs)
   herd-boot report-up           post stage "up" once the system has started
   herd-boot verity-watch        report and drop the cached image when dm-verity finds a bad block
+  herd-boot status [--once]     post signed status reports (sessions, GPUs, health) every minute
   herd-boot version
 `
 
@@ -42,6 +44,13 @@ func main() {
 		err = nodeboot.Mountroot(ctx, nodeboot.DefaultSystem(), os.Args[2])
 	case "report-up":
 		err = nodeboot.ReportUp(ctx, nodeboot.DefaultSystem())
+	case "status":
+		once := len(os.Args) == 3 && os.Args[2] == "--once"
+		if len(os.Args) > 3 || (len(os.Args) == 3 && !once) {
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(2)
+		}
+		err = nodeboot.RunStatus(ctx, nodeboot.DefaultSystem(), once)
 	case "verity-watch":
 		err = nodeboot.DefaultVerityWatch(ctx)
 	case "version":

@@ -70,7 +70,7 @@ func init() {
 				return enc.Encode(views)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tKEY")
+			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tHEALTH\tBUSY\tKEY")
 			for _, v := range views {
 				name := v.Name
 				if !v.Configured {
@@ -86,7 +86,7 @@ func init() {
 						stage = "up (degraded)"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, v.Identity)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, dash(v.Health), busyWord(v), v.Identity)
 			}
 			return tw.Flush()
 		},
@@ -136,6 +136,7 @@ func init() {
 					fmt.Fprintln(w, "seen:        never")
 				}
 				writeNodeNetworks(w, cfg, v)
+				writeNodeStatus(w, v)
 				return nil
 			}
 			return fmt.Errorf("no node %q in %s or the inventory", args[0], globals.config)
@@ -291,6 +292,74 @@ func writeNodeNetworks(w io.Writer, cfg *site.Config, v fleet.Node) {
 	for _, d := range r.Degraded {
 		fmt.Fprintf(w, "%s\n", d)
 	}
+}
+
+// busyWord is `herd node list`'s BUSY column: "-" without a report, else
+// "yes (2 users, 1 GPU process)" or "idle since 5m ago".
+func busyWord(v fleet.Node) string {
+	st := v.Status
+	switch {
+	case st == nil:
+		return "-"
+	case v.Busy:
+		users := map[string]bool{}
+		for _, s := range st.Sessions {
+			users[s.User] = true
+		}
+		return fmt.Sprintf("yes (%d users, %d GPU processes)", len(users), len(st.GPUProcesses))
+	case st.LastBusy.IsZero():
+		return "idle"
+	}
+	return "idle since " + ago(st.LastBusy)
+}
+
+// writeNodeStatus prints the node's latest status report: health, sessions,
+// GPUs with their processes, self-checks.
+func writeNodeStatus(w io.Writer, v fleet.Node) {
+	st := v.Status
+	if st == nil {
+		fmt.Fprintln(w, "status:      no report yet")
+		return
+	}
+	when := "-"
+	if v.Seen != nil {
+		when = ago(v.Seen.StatusTime)
+	}
+	fmt.Fprintf(w, "status:      reported %s (image %s, up %s)\n", when, short(st.Image), (time.Duration(st.UptimeSeconds) * time.Second).String())
+	fmt.Fprintf(w, "health:      %s\n", st.Health.String())
+	exp := "none set"
+	if st.Health.ExpectedGPUs >= 0 {
+		exp = fmt.Sprint(st.Health.ExpectedGPUs)
+	}
+	fmt.Fprintf(w, "gpus:        %d seen, expected %s\n", st.Health.SeenGPUs, exp)
+	for _, x := range st.Health.Xid {
+		fmt.Fprintf(w, "xid:         %s\n", x)
+	}
+	fmt.Fprintf(w, "busy:        %s\n", busyWord(v))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if len(st.Sessions) > 0 {
+		fmt.Fprintln(tw, "  USER\tTTY\tFROM\tSINCE")
+		for _, s := range st.Sessions {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", s.User, dash(s.TTY), dash(s.From), ago(s.Since))
+		}
+	}
+	if len(v.GPUs) > 0 {
+		fmt.Fprintln(tw, "  GPU\tMODEL\tMEMORY\tUTIL\tTEMP\tHEALTH\tPROCESSES")
+		for _, g := range v.GPUs {
+			var ps []string
+			for _, p := range g.Processes {
+				ps = append(ps, fmt.Sprintf("%d %s %s %dMiB", p.PID, dash(p.User), p.Name, p.MemoryMiB))
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%d/%d MiB\t%d%%\t%dC\t%s\t%s\n", g.Index, g.Model, g.MemoryUsedMiB, g.MemoryTotalMiB, g.UtilPercent, g.TemperatureC, g.Health, dash(strings.Join(ps, "; ")))
+		}
+	}
+	if len(st.Checks) > 0 {
+		fmt.Fprintln(tw, "  CHECK\tOK\tDETAIL")
+		for _, c := range st.Checks {
+			fmt.Fprintf(tw, "  %s\t%v\t%s\n", c.Name, c.OK, dash(c.Detail))
+		}
+	}
+	tw.Flush()
 }
 
 // knownNode checks that name is a node of herd.yaml.

@@ -5,7 +5,11 @@
 // only, so every side can import it without importing the others.
 package nodestatus
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Health states a node reports.
 const (
@@ -103,4 +107,108 @@ type Reply struct {
 	Reboot bool   `json:"reboot,omitempty"`
 	// Interval is how many seconds until the next report (0: the default).
 	Interval int `json:"interval,omitempty"`
+}
+
+// Bounds on a report the server accepts (a node's own agent stays far
+// inside them; anything over is refused, not truncated).
+const (
+	MaxBody      = 256 << 10 // bytes of one report's JSON
+	MaxSessions  = 256
+	MaxGPUs      = 64
+	MaxProcesses = 1024
+	MaxChecks    = 64
+	MaxXid       = 32
+	maxString    = 256
+)
+
+// DefaultInterval is the seconds between two reports when Reply.Interval is 0.
+const DefaultInterval = 60
+
+// String is the one-line verdict `herd node list` shows: "ready",
+// "degraded: 3/4 GPUs", "unknown: ...".
+func (h Health) String() string {
+	if h.State == "" {
+		return "-"
+	}
+	if h.Reason == "" {
+		return h.State
+	}
+	return h.State + ": " + h.Reason
+}
+
+// Validate checks a report's bounds and that its strings are single lines
+// of bounded length (they end up in tables, pages and logs).
+func (r *Report) Validate() error {
+	bad := func(field, s string) error {
+		if len(s) > maxString || strings.ContainsAny(s, "\x00\r\n") {
+			return fmt.Errorf("report field %s: longer than %d bytes or has control characters", field, maxString)
+		}
+		return nil
+	}
+	switch {
+	case len(r.Sessions) > MaxSessions:
+		return fmt.Errorf("report: %d sessions, at most %d", len(r.Sessions), MaxSessions)
+	case len(r.GPUs) > MaxGPUs:
+		return fmt.Errorf("report: %d GPUs, at most %d", len(r.GPUs), MaxGPUs)
+	case len(r.GPUProcesses) > MaxProcesses:
+		return fmt.Errorf("report: %d GPU processes, at most %d", len(r.GPUProcesses), MaxProcesses)
+	case len(r.Checks) > MaxChecks:
+		return fmt.Errorf("report: %d checks, at most %d", len(r.Checks), MaxChecks)
+	case len(r.Health.Xid) > MaxXid:
+		return fmt.Errorf("report: %d Xid lines, at most %d", len(r.Health.Xid), MaxXid)
+	}
+	switch r.Health.State {
+	case Ready, Degraded, Unknown:
+	default:
+		return fmt.Errorf("report field health.state: %q is not ready, degraded or unknown", r.Health.State)
+	}
+	check := [][2]string{{"node", r.Node}, {"image", r.Image}, {"health.reason", r.Health.Reason}}
+	for i, s := range r.Sessions {
+		p := fmt.Sprintf("sessions[%d].", i)
+		check = append(check, [2]string{p + "user", s.User}, [2]string{p + "tty", s.TTY}, [2]string{p + "from", s.From})
+	}
+	for i, g := range r.GPUs {
+		p := fmt.Sprintf("gpus[%d].", i)
+		check = append(check, [2]string{p + "uuid", g.UUID}, [2]string{p + "model", g.Model}, [2]string{p + "pci_bus", g.PCIBus}, [2]string{p + "driver", g.Driver})
+	}
+	for i, g := range r.GPUProcesses {
+		p := fmt.Sprintf("gpu_processes[%d].", i)
+		check = append(check, [2]string{p + "user", g.User}, [2]string{p + "name", g.Name}, [2]string{p + "gpu_uuid", g.GPUUUID})
+	}
+	for i, c := range r.Checks {
+		p := fmt.Sprintf("checks[%d].", i)
+		check = append(check, [2]string{p + "name", c.Name}, [2]string{p + "detail", c.Detail})
+	}
+	for i, x := range r.Health.Xid {
+		check = append(check, [2]string{fmt.Sprintf("health.xid[%d]", i), x})
+	}
+	for _, c := range check {
+		if err := bad(c[0], c[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NodeConfigPath is where the runtime overlay puts a node's NodeConfig
+// (relative to the node's root).
+const NodeConfigPath = "etc/herd/node.json"
+
+// NodeConfig is what the server tells a node about itself for its status
+// agent, in the runtime overlay (NodeConfigPath). Nothing in it is secret.
+type NodeConfig struct {
+	Node string `json:"node"`
+	// ExpectGPUs is the site's expectation for this node (nil: none set).
+	ExpectGPUs *ExpectGPUs `json:"expect_gpus,omitempty"`
+	// HomeRoot is where users' homes are automounted ("" : no NAS homes).
+	HomeRoot string `json:"home_root,omitempty"`
+	// LDAPGroup is a directory group every node must resolve ("" : no LDAP).
+	LDAPGroup string `json:"ldap_group,omitempty"`
+}
+
+// ExpectGPUs is how many GPUs a node should have, and optionally which
+// model (matched case-insensitively as a substring of nvidia-smi's name).
+type ExpectGPUs struct {
+	Count int    `json:"count"`
+	Model string `json:"model,omitempty"`
 }

@@ -1,6 +1,6 @@
 // Package initramfs puts herd's stateless boot path into an image tree: the
 // initramfs-tools hook and `boot=herd` script, the herd-boot agent and the
-// herd-up unit. The image builder calls Install before the image's own
+// herd-up, herd-verity and herd-status units. The image builder calls Install before the image's own
 // update-initramfs, so the initramfs it generates carries them.
 package initramfs
 
@@ -14,7 +14,7 @@ import (
 	"github.com/herdlab/herd/internal/atomicfile"
 )
 
-//go:embed files/hook files/script files/herd-up.service files/herd-verity.service
+//go:embed files/hook files/script files/herd-up.service files/herd-verity.service files/herd-status.service
 var files embed.FS
 
 // Paths inside the image tree, relative to its root.
@@ -26,11 +26,14 @@ const (
 	WantsLink   = "etc/systemd/system/multi-user.target.wants/herd-up.service"
 	VerityUnit  = "etc/systemd/system/herd-verity.service"
 	VerityWants = "etc/systemd/system/multi-user.target.wants/herd-verity.service"
+	StatusUnit  = "etc/systemd/system/herd-status.service"
+	StatusWants = "etc/systemd/system/multi-user.target.wants/herd-status.service"
 	unitTarget  = "/etc/systemd/system/herd-up.service"
 	embedHook   = "files/hook"
 	embedScript = "files/script"
 	embedUnit   = "files/herd-up.service"
 	embedVerity = "files/herd-verity.service"
+	embedStatus = "files/herd-status.service"
 )
 
 // Install writes the hook, boot script, agent and unit into chroot so that
@@ -68,6 +71,7 @@ func Install(chroot, agentPath string) error {
 		{embedScript, ScriptPath, 0o644},
 		{embedUnit, UnitPath, 0o644},
 		{embedVerity, VerityUnit, 0o644},
+		{embedStatus, StatusUnit, 0o644},
 	} {
 		data, err := files.ReadFile(f.src)
 		if err != nil {
@@ -80,7 +84,7 @@ func Install(chroot, agentPath string) error {
 			return err
 		}
 	}
-	for link, target := range map[string]string{WantsLink: unitTarget, VerityWants: "/" + VerityUnit} {
+	for link, target := range map[string]string{WantsLink: unitTarget, VerityWants: "/" + VerityUnit, StatusWants: "/" + StatusUnit} {
 		link = filepath.Join(chroot, link)
 		if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
 			return fmt.Errorf("initramfs: %w", err)

@@ -48,7 +48,7 @@ func TestInstallWritesHookScriptAgentAndUnit(t *testing.T) {
 	if err := Install(root, agent); err != nil {
 		t.Fatalf("second Install: %v", err)
 	}
-	for rel, mode := range map[string]os.FileMode{AgentPath: 0o755, HookPath: 0o755, ScriptPath: 0o644, UnitPath: 0o644, VerityUnit: 0o644} {
+	for rel, mode := range map[string]os.FileMode{AgentPath: 0o755, HookPath: 0o755, ScriptPath: 0o644, UnitPath: 0o644, VerityUnit: 0o644, StatusUnit: 0o644} {
 		st, err := os.Stat(filepath.Join(root, rel))
 		if err != nil {
 			t.Fatalf("%s: %v", rel, err)
@@ -59,6 +59,9 @@ func TestInstallWritesHookScriptAgentAndUnit(t *testing.T) {
 	}
 	if l, err := os.Readlink(filepath.Join(root, VerityWants)); err != nil || l != "/etc/systemd/system/herd-verity.service" {
 		t.Errorf("herd-verity.service not enabled: %q %v", l, err)
+	}
+	if l, err := os.Readlink(filepath.Join(root, StatusWants)); err != nil || l != "/etc/systemd/system/herd-status.service" {
+		t.Errorf("herd-status.service not enabled: %q %v", l, err)
 	}
 	if l, err := os.Readlink(filepath.Join(root, WantsLink)); err != nil || l != "/etc/systemd/system/herd-up.service" {
 		t.Errorf("wants link = %q, %v", l, err)

@@ -60,7 +60,7 @@ func testImage(t *testing.T, recipe string) bootImage {
 	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "gpg", "chroot", "unshare")
 	h := sha256.New()
 	fmt.Fprintln(h, sumFile(t, agent), strings.Join(fixturePackages, ","))
-	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/files/herd-verity.service", "../initramfs/initramfs.go"} {
+	for _, f := range []string{"../initramfs/files/hook", "../initramfs/files/script", "../initramfs/files/herd-up.service", "../initramfs/files/herd-verity.service", "../initramfs/files/herd-status.service", "../initramfs/initramfs.go"} {
 		if b, err := os.ReadFile(f); err == nil {
 			h.Write(b)
 		}

@@ -24,6 +24,7 @@ const (
 	PurposeEnroll  = "enroll"
 	PurposeOverlay = "overlay"
 	PurposeEvent   = "event"
+	PurposeStatus  = "status"
 )
 
 // maxHeader bounds the encoded Auth (a P-256 key and signature fit easily).

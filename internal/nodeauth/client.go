@@ -138,3 +138,10 @@ func (c *Client) Event(ctx context.Context, event []byte) error {
 	_, _, err := c.Post(ctx, "/events", PurposeEvent, event, nil)
 	return err
 }
+
+// Status posts one status report (its JSON) signed to /nodes/<name>/status
+// and returns the server's answer (a nodestatus.Reply as JSON).
+func (c *Client) Status(ctx context.Context, report []byte) ([]byte, error) {
+	out, _, err := c.Post(ctx, "/nodes/"+c.Node+"/status", PurposeStatus, report, nil)
+	return out, err
+}

@@ -6,6 +6,7 @@
 //	GET  /nodes/<name>/challenge     a single-use nonce for the node (identity.go)
 //	POST /nodes/<name>/enroll        the node presents its key: enrolled or pending
 //	POST /nodes/<name>/overlay       the runtime overlay, sealed to the enrolled node
+//	POST /nodes/<name>/status        the node's status report, signed (status.go)
 //	GET  /ipxe/<binary>              undionly.kpxe, snponly.efi, ipxe.efi from server.tftp_root
 //	                                 (UEFI HTTP boot fetches its first stage over HTTP)
 //	GET  /boot/<mac>.json            secure_boot: herd: the node's hints (uki.go)
@@ -42,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/cpio"
@@ -91,6 +93,10 @@ type Options struct {
 	// moves with every chunk written, so a slow link finishes and a reader
 	// that stops frees its slot.
 	WriteIdle time.Duration
+	// StatusReply answers a node's recorded status report (rollout asks a
+	// node to wall or reboot through it); nil: an empty Reply. It runs on
+	// the request path and must not block for long.
+	StatusReply func(node string, r *nodestatus.Report) nodestatus.Reply
 }
 
 // Server serves the HTTP boot routes; safe for concurrent use.
@@ -108,6 +114,7 @@ type Server struct {
 	queued   prometheus.Gauge
 	events   *prometheus.CounterVec
 	auth     *prometheus.CounterVec
+	statuses *prometheus.CounterVec
 
 	nonces   *nodeauth.Nonces
 	registry *nodeauth.Registry
@@ -151,12 +158,15 @@ func New(cfg *site.Config, opt Options) (*Server, error) {
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_node_auth_total", Help: "Signed node requests, by purpose and result (ok, refused).",
 		}, []string{"purpose", "result"}),
+		statuses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_status_reports_total", Help: "Signed node status reports recorded, by the health the node reported.",
+		}, []string{"health"}),
 		nonces:   nodeauth.NewNonces(nonceTTL, 4, 4096),
 		registry: nodeauth.OpenRegistry(opt.StateDir),
 	}
 	s.nonces.Now = opt.Now
 	if opt.Registry != nil {
-		for _, c := range []prometheus.Collector{s.requests, s.sent, s.active, s.queued, s.events, s.auth} {
+		for _, c := range []prometheus.Collector{s.requests, s.sent, s.active, s.queued, s.events, s.auth, s.statuses} {
 			if err := opt.Registry.Register(c); err != nil {
 				return nil, fmt.Errorf("register http metrics: %w", err)
 			}

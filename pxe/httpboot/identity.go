@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -52,7 +53,7 @@ func (s *Server) serveNode(w http.ResponseWriter, r *http.Request) string {
 	cfg := s.cfg.Load()
 	node, ok := cfg.NodeByName(name)
 	switch action {
-	case "challenge", "enroll", "overlay":
+	case "challenge", "enroll", "overlay", "status":
 	case "overlay.cpio":
 		// The address-checked overlay of herd before node identity: gone.
 		http.Error(w, "gone: the runtime overlay is only sealed to an enrolled node key (POST /nodes/<name>/overlay)", http.StatusGone)
@@ -89,14 +90,21 @@ func (s *Server) serveNode(w http.ResponseWriter, r *http.Request) string {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return action
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAuthBody))
+	limit := int64(maxAuthBody)
+	if action == "status" {
+		limit = nodestatus.MaxBody
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		http.Error(w, "request body: "+err.Error(), http.StatusRequestEntityTooLarge)
 		return action
 	}
-	if action == "enroll" {
+	switch action {
+	case "enroll":
 		s.serveEnroll(w, r, node, body)
-	} else {
+	case "status":
+		s.serveStatus(w, r, node, body)
+	default:
 		s.serveSealedOverlay(w, r, cfg, node, body)
 	}
 	return action

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/internal/atomicfile"
 )
 
@@ -141,6 +142,10 @@ type Record struct {
 	// ScriptServed is when the node last fetched its iPXE script, and which image it named.
 	ScriptServed time.Time `json:"script_served,omitzero"`
 	ScriptImage  string    `json:"script_image,omitempty"`
+	// Status is the node's latest signed status report (fleet/nodestatus),
+	// StatusTime when the server received it (the server's clock).
+	Status     *nodestatus.Report `json:"status,omitempty"`
+	StatusTime time.Time          `json:"status_time,omitzero"`
 }
 
 // Inventory is the set of records, loaded from and saved to <state>/nodes.json.
@@ -174,7 +179,7 @@ const (
 
 // Change is one update of a record, as passed to the Notify hook.
 type Change struct {
-	// Kind is "dhcp", "script" or "event".
+	// Kind is "dhcp", "script", "event" or "status".
 	Kind   string `json:"kind"`
 	Record Record `json:"record"`
 	// Event is the boot event that caused the change (Kind "event").
@@ -299,7 +304,7 @@ func confirmed(r *Record) bool {
 // active is r's most recent activity.
 func active(r *Record) time.Time {
 	t := r.LastDHCP
-	for _, u := range []time.Time{r.StageTime, r.ScriptServed, r.UpTime} {
+	for _, u := range []time.Time{r.StageTime, r.ScriptServed, r.UpTime, r.StatusTime} {
 		if u.After(t) {
 			t = u
 		}
@@ -447,6 +452,27 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 		case "error":
 			r.Errors++
 		}
+	})
+}
+
+// RecordStatus stores a node's latest status report (validated, from a
+// signed request) in the record of mac, received from address from at now.
+// Only the latest is kept; nodes.json follows within FlushInterval, so a
+// report a minute from every node costs a rewrite per FlushInterval at most.
+func (inv *Inventory) RecordStatus(mac string, rep *nodestatus.Report, from string, now time.Time) error {
+	if rep == nil {
+		return errors.New("inventory: no status report")
+	}
+	if err := rep.Validate(); err != nil {
+		return err
+	}
+	cp := *rep
+	return inv.update("status", nil, mac, func(r *Record) {
+		if cp.Node != "" {
+			r.Name = cp.Node
+		}
+		r.Address = from
+		r.Status, r.StatusTime = &cp, now.UTC()
 	})
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/herdlab/herd/directory"
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/pxe/tftp"
@@ -84,6 +85,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(httpAddr, tftpAddr string)
+	// StatusReply answers nodes' status reports (httpboot.Options.StatusReply;
+	// nil: an empty reply).
+	StatusReply func(node string, r *nodestatus.Report) nodestatus.Reply
 }
 
 // Validate refuses options `herd serve` cannot honour, naming the flag,
@@ -307,7 +311,7 @@ func Run(ctx context.Context, opt Options) error {
 	}
 	s.http, err = httpboot.New(cfg, httpboot.Options{
 		StateDir: opt.StateDir, Images: opt.Images, Render: opt.Render, Inventory: inv,
-		Log: opt.Log, Registry: reg, Gatherer: reg,
+		Log: opt.Log, Registry: reg, Gatherer: reg, StatusReply: opt.StatusReply,
 	})
 	if err != nil {
 		tconn.Close()
