@@ -16,6 +16,7 @@ import (
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/rollout"
 	"github.com/herdlab/herd/site"
 )
 
@@ -56,6 +57,24 @@ type Node struct {
 	// Identity is the node key (enrolled and/or pending fingerprint), set
 	// by AddIdentity; absent in live updates.
 	Identity *Identity `json:"identity,omitempty"`
+	// Rollout is the node's part in the latest rollout ("rebooting",
+	// "done: up on the new image, checks passed", ...), set by AddRollout.
+	Rollout string `json:"rollout,omitempty"`
+}
+
+// AddRollout fills in each node's rollout progress from st (nil: none).
+func AddRollout(nodes []Node, st *rollout.State) {
+	if st == nil {
+		return
+	}
+	for i := range nodes {
+		if n := st.Node(nodes[i].Name); n != nil {
+			nodes[i].Rollout = n.State
+			if n.Name == st.Canary {
+				nodes[i].Rollout += " (canary)"
+			}
+		}
+	}
 }
 
 // Identity is a node's key state (internal/nodeauth's registry).

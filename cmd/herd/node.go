@@ -15,6 +15,7 @@ import (
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/rollout"
 	"github.com/herdlab/herd/site"
 )
 
@@ -22,6 +23,9 @@ import (
 func nodeViews(cfg *site.Config, inv *inventory.Inventory) []fleet.Node {
 	ns := fleet.Nodes(cfg, inv)
 	fleet.AddIdentity(ns, nodeauth.OpenRegistry(globals.state), time.Now())
+	if st, err := rollout.Load(globals.state); err == nil {
+		fleet.AddRollout(ns, st)
+	}
 	return ns
 }
 
@@ -70,7 +74,14 @@ func init() {
 				return enc.Encode(views)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tHEALTH\tBUSY\tKEY")
+			// The ROLLOUT column appears once a rollout has run.
+			roll := ""
+			for _, v := range views {
+				if v.Rollout != "" {
+					roll = "\tROLLOUT"
+				}
+			}
+			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tHEALTH\tBUSY\tKEY"+roll)
 			for _, v := range views {
 				name := v.Name
 				if !v.Configured {
@@ -86,7 +97,11 @@ func init() {
 						stage = "up (degraded)"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, dash(v.Health), busyWord(v), v.Identity)
+				extra := ""
+				if roll != "" {
+					extra = "\t" + dash(v.Rollout)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, dash(v.Health), busyWord(v), v.Identity, extra)
 			}
 			return tw.Flush()
 		},
