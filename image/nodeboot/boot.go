@@ -37,6 +37,9 @@ type System struct {
 	// Root is the booted system's root, where report-up finds
 	// etc/herd/networks.json ("" means /).
 	Root string
+	// Reboot restarts the machine (secure boot key enrollment); nil:
+	// reboot(2).
+	Reboot func() error
 }
 
 func (s *System) root() string {
@@ -85,6 +88,10 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 		return err
 	}
 	mac, ifname := PrimaryMAC()
+	// A signed UKI's command line names no node: ask for the hints.
+	if h := s.fetchHints(ctx, p, mac); h != nil && len(h.Enroll) > 0 {
+		s.enrollAndReboot(ctx, p.Server, h.Enroll)
+	}
 	// Events wait in memory until the node key is enrolled, then go signed.
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console, Hold: true}
 	if ifname == "" {

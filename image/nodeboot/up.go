@@ -18,7 +18,7 @@ import (
 // has finished starting the system (multi-user reached), then posts stage
 // "up" with the running kernel, NVIDIA driver version and image id.
 func ReportUp(ctx context.Context, s *System) error {
-	p, err := ReadCmdline(s.Cmdline)
+	p, err := s.Params()
 	if err != nil {
 		return err
 	}

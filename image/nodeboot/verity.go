@@ -139,7 +139,7 @@ const BootedCacheImages = "/var/cache/herd/images"
 // cached copy, so the next boot downloads the image again instead of
 // failing on the same block. The running system keeps its open file.
 func VerityWatch(ctx context.Context, s *System, imagesDir string, every time.Duration) error {
-	p, err := ReadCmdline(s.Cmdline)
+	p, err := s.Params()
 	if err != nil {
 		return err
 	}
