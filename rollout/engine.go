@@ -141,9 +141,9 @@ func (e *Engine) Reply(node string, r *nodestatus.Report) nodestatus.Reply {
 			rep.Reboot = true
 			if r.Busy() {
 				rep.WallID = e.st.ID + "/" + n.Name + "/now"
-				rep.Wall = "herd: this node reboots NOW onto a new system image."
+				rep.Wall = "this node reboots NOW onto a new system image."
 				if d := e.st.Request.Deadline; !d.IsZero() && !e.opt.Now().Before(d) {
-					rep.Wall = "herd: this node reboots NOW onto a new system image (the deadline, " + d.UTC().Format("15:04 UTC") + ", has passed)."
+					rep.Wall = "this node reboots NOW onto a new system image (the deadline, " + d.UTC().Format("15:04 UTC") + ", has passed)."
 				}
 			}
 			if n.RebootSent.IsZero() {
@@ -156,7 +156,7 @@ func (e *Engine) Reply(node string, r *nodestatus.Report) nodestatus.Reply {
 }
 
 func (e *Engine) waitWall(n *NodeState) (string, string) {
-	msg := fmt.Sprintf("herd: this node will reboot onto a new system image (%s) once nobody is using it", short(e.st.Request.Image))
+	msg := fmt.Sprintf("this node will reboot onto a new system image (%s) once nobody is using it", short(e.st.Request.Image))
 	if d := e.st.Request.Deadline; !d.IsZero() {
 		msg += ", at the latest at " + d.UTC().Format("2006-01-02 15:04 UTC")
 	}

@@ -6,11 +6,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/sdnotify"
+	"github.com/herdlab/herd/power"
 	"github.com/herdlab/herd/pxe/server"
+	"github.com/herdlab/herd/rollout"
 )
 
 // serveDHCP is set by the DHCP wiring (serve_dhcp.go) when pxe/dhcp is built in.
@@ -29,7 +33,22 @@ func init() {
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			opt.Ready = func(httpAddr, tftpAddr string) { notifyReady(ctx, httpAddr, tftpAddr) }
-			err := server.Run(ctx, opt)
+			// The rollout engine answers the nodes' status reports and
+			// resumes a rollout a restart interrupted.
+			eng, err := rollout.Open(rollout.Options{StateDir: globals.state, Images: store.ReadOnly(globals.state),
+				Power: func(node string) (power.Controller, error) {
+					cfg, err := loadSiteParts(false, "nodes")
+					if err != nil {
+						return nil, err
+					}
+					return power.ForNode(cfg, node)
+				}})
+			if err != nil {
+				return err
+			}
+			opt.StatusReply = eng.Reply
+			go eng.Run(ctx, 5*time.Second)
+			err = server.Run(ctx, opt)
 			sdnotify.Notify("STOPPING=1")
 			return err
 		},
