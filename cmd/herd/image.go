@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/herdlab/herd/fleet"
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/diff"
 	"github.com/herdlab/herd/image/inspect"
 	"github.com/herdlab/herd/image/manifest"
@@ -330,6 +331,9 @@ func runImageDiff(cmd *cobra.Command, args []string) error {
 		return fmt.Errorf("diff: %w", err)
 	}
 	r := diff.Diff(a.Manifest, b.Manifest)
+	if t, err := chunks.TransferBetween(a.Dir, b.Dir); err == nil {
+		r.Download = t
+	}
 	if imageFlags.json {
 		return writeJSON(cmd.OutOrStdout(), r)
 	}

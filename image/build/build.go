@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/internal/atomicfile"
@@ -247,6 +248,18 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 		if err := os.Link(filepath.Join(packed, a), filepath.Join(staging, a)); err != nil {
 			return nil, fmt.Errorf("stage artifact %s: %w", a, err)
 		}
+	}
+	// The chunk index rides along (not an artifact: it is a function of
+	// rootfs.squashfs, and nodes check what they assemble against its sha256).
+	if ci, err := manifest.HashFile(filepath.Join(packed, chunks.IndexName)); err == nil {
+		if err := os.Link(filepath.Join(packed, chunks.IndexName), filepath.Join(staging, chunks.IndexName)); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", chunks.IndexName, err)
+		}
+		x, err := chunks.ReadIndexFile(filepath.Join(packed, chunks.IndexName))
+		if err != nil {
+			return nil, err
+		}
+		m.Chunks = &manifest.ChunkIndex{File: chunks.IndexName, Count: len(x.Chunks), SHA256: ci.SHA256}
 	}
 	fmt.Fprintf(b.log, "build finished in %.1fs\n", time.Since(start).Seconds())
 	id, err := b.opts.Store.Publish(staging, m)

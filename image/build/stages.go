@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/verity"
@@ -135,7 +136,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt")
+	packKey := hashKey(initKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt", "chunks-gear-16k-64k-256k")
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
@@ -435,6 +436,15 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 			return err
 		}
 		if err := os.WriteFile(filepath.Join(out, verityFile), vj, 0o644); err != nil {
+			return err
+		}
+		// The chunk index nodes fetch updates by (image/chunks).
+		idx, err := chunks.SplitFile(sq)
+		if err != nil {
+			return err
+		}
+		ib, _ := idx.MarshalBinary()
+		if err := os.WriteFile(filepath.Join(out, chunks.IndexName), ib, 0o644); err != nil {
 			return err
 		}
 		for src, dst := range map[string]string{"boot/vmlinuz-" + rel: manifest.Kernel, "boot/initrd.img-" + rel: manifest.Initrd} {

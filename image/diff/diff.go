@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/manifest"
 )
 
@@ -53,6 +54,10 @@ type Result struct {
 	// Size is what a node downloads: the artifacts' total bytes, old and
 	// new, so a recipe change's growth is seen before nodes take it.
 	Size SizeChange `json:"size"`
+
+	// Download is what a node caching A fetches to boot B (nil when an
+	// image has no chunk index); set by the caller, which reads the files.
+	Download *chunks.Transfer `json:"download,omitempty"`
 }
 
 // SizeChange is the images' artifact bytes (kernel, initrd, root image).
@@ -208,6 +213,10 @@ func (r *Result) WriteText(w io.Writer) error {
 	}
 	for _, c := range r.OverlaysChanged {
 		fmt.Fprintf(&b, "  ~ %s: %s\n", c.Path, strings.Join(c.What, ", "))
+	}
+	if d := r.Download; d != nil {
+		fmt.Fprintf(&b, "download: a node caching %s fetches %.1f MiB of %s's %.1f MiB (%.2f%%) in %d chunks\n",
+			r.A, float64(d.Bytes)/(1<<20), r.B, float64(d.ImageSize)/(1<<20), 100*d.Fraction, d.Chunks)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

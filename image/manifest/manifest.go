@@ -62,6 +62,16 @@ type Manifest struct {
 	// Verity describes the dm-verity hash tree appended to rootfs.squashfs
 	// (nil for images built without one: nodes hash those whole).
 	Verity *Verity `json:"verity,omitempty"`
+	// Chunks describes rootfs.index, the content-defined chunk list of
+	// rootfs.squashfs (image/chunks) nodes fetch updates by; nil without one.
+	Chunks *ChunkIndex `json:"chunks,omitempty"`
+}
+
+// ChunkIndex is the record of an image's chunk index file.
+type ChunkIndex struct {
+	File   string `json:"file"` // rootfs.index, next to rootfs.squashfs
+	Count  int    `json:"count"`
+	SHA256 string `json:"sha256"` // of the index file
 }
 
 // Verity is the record of rootfs.squashfs's dm-verity hash tree (image/verity).

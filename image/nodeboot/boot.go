@@ -310,6 +310,30 @@ func (s *System) cached(ctx context.Context, p *Params, rep *Reporter, dir Image
 	return "", false
 }
 
+// delta assembles the image from chunks of cached images plus the chunks
+// it fetches; false means download it whole.
+func (s *System) delta(ctx context.Context, p *Params, rep *Reporter, dir ImageDir) (string, bool) {
+	rep.Report(ctx, StageDownload, 0, "assembling %s from the cached images' chunks (index %s)", p.SHA256, p.Index)
+	last := -1
+	res, err := FetchDelta(ctx, s.Client, p.Index, p.Server+"/chunks", p.SHA256, dir, func(done, total int) {
+		if pct := done * 100 / total; pct/10*10 > last {
+			last = pct / 10 * 10
+			rep.Report(ctx, StageDownload, max(pct, 1), "%d of %d missing chunks", done, total)
+		}
+	})
+	switch {
+	case err == nil:
+		rep.Report(ctx, StageVerify, 100, "delta download verified (sha256 %s): fetched %d KiB (%.2f%% of %d MiB) in %d of %d chunks, the rest from cached images",
+			p.SHA256, res.Fetched>>10, 100*float64(res.Fetched)/float64(max(res.Size, 1)), res.Size/mib, res.FetchedChunks, res.Chunks)
+		return dir.Path(p.SHA256), true
+	case errors.Is(err, errNoSeed):
+		s.say("no cached image to assemble %s from: downloading it whole", p.SHA256)
+	default:
+		rep.Report(ctx, StageError, 0, "delta download failed (%v): downloading the image whole", err)
+	}
+	return "", false
+}
+
 // download fetches the image into dir, checked against its sha256, retrying
 // for ever.
 func (s *System) download(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
@@ -325,11 +349,22 @@ func (s *System) download(ctx context.Context, p *Params, rep *Reporter, dir Ima
 	if roundWait <= 0 {
 		roundWait = 30 * time.Second
 	}
+	if onSSD && p.Index != "" && p.Server != "" {
+		if img, ok := s.delta(ctx, p, rep, dir); ok {
+			return img, nil
+		}
+	}
 	for round := 1; ; round++ {
 		rep.Report(ctx, StageDownload, 0, "downloading %s", p.Image)
 		err := d.Fetch(ctx, p.Image, p.SHA256, dir)
 		if err == nil {
 			rep.Report(ctx, StageVerify, 100, "download verified (sha256 %s)", p.SHA256)
+			if onSSD && p.Index != "" {
+				// Kept so the next generation is fetched as a delta.
+				if err := SaveIndex(ctx, s.Client, p.Index, p.SHA256, dir); err != nil {
+					s.say("chunk index not kept (the next update downloads whole): %v", err)
+				}
+			}
 			return dir.Path(p.SHA256), nil
 		}
 		if ctx.Err() != nil {

@@ -132,6 +132,10 @@ func (c ImageDir) Prune(keep int, current string) ([]string, error) {
 		switch {
 		case strings.HasSuffix(name, ".squashfs"):
 			sha = strings.TrimSuffix(name, ".squashfs")
+		case strings.HasSuffix(name, ".index"):
+			sha = strings.TrimSuffix(name, ".index")
+		case strings.HasSuffix(name, ".delta"):
+			sha = "" // an unfinished delta assembly is never kept
 		case strings.HasSuffix(name, ".partial"):
 			sha = strings.TrimSuffix(name, ".partial")
 			if sha == current {

@@ -28,6 +28,9 @@ type Params struct {
 	// Verity (herd.verity) is the image's dm-verity root hash and data
 	// block count; nil for images built without a hash tree.
 	Verity *verity.Params
+	// Index (herd.index) is the URL of the image's chunk index: with it a
+	// node that caches an earlier image fetches only the chunks it lacks.
+	Index string
 }
 
 // DefaultKeep is used when herd.keep is absent.
@@ -79,6 +82,11 @@ func ParseCmdline(line string) (*Params, error) {
 				return nil, fmt.Errorf("kernel argument herd.verity: %w", err)
 			}
 			p.Verity = v
+		case "herd.index":
+			if err := checkURL(k, v); err != nil {
+				return nil, err
+			}
+			p.Index = v
 		case "herd.keep":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {

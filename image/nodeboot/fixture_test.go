@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/verity"
@@ -24,6 +25,7 @@ type bootImage struct {
 	Kernel, Initrd, Rootfs string
 	SHA256, ID             string
 	Verity                 string // herd.verity value ("" = no hash tree)
+	Index                  string // rootfs.index path ("" = none)
 }
 
 // ubuntuKeyFingerprint is the Ubuntu Archive Automatic Signing Key (2018);
@@ -65,7 +67,7 @@ func testImage(t *testing.T, recipe string) bootImage {
 			h.Write(b)
 		}
 	}
-	fmt.Fprintln(h, "verity-v1")
+	fmt.Fprintln(h, "verity-v1 chunks-v1")
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := filepath.Join("/var/tmp/herd-nodeboot-fixture", key)
 	if _, err := os.Stat(filepath.Join(dir, "ok")); err == nil {
@@ -119,6 +121,10 @@ func testImage(t *testing.T, recipe string) bootImage {
 	v, err := verity.Format(context.Background(), filepath.Join(out2, "rootfs.squashfs"), nil)
 	must(t, err)
 	must(t, (&manifest.Manifest{Verity: v}).Write(out2))
+	x, err := chunks.SplitFile(filepath.Join(out2, "rootfs.squashfs"))
+	must(t, err)
+	ib, _ := x.MarshalBinary()
+	must(t, os.WriteFile(filepath.Join(out2, chunks.IndexName), ib, 0o644))
 	must(t, os.WriteFile(filepath.Join(out2, "ok"), nil, 0o644))
 	os.RemoveAll(dir)
 	must(t, os.Rename(out2, dir))
@@ -129,6 +135,9 @@ func imageFromDir(t *testing.T, d string) bootImage {
 	img := bootImage{Kernel: filepath.Join(d, "vmlinuz"), Initrd: filepath.Join(d, "initrd.img"), Rootfs: filepath.Join(d, "rootfs.squashfs")}
 	img.SHA256 = sumFile(t, img.Rootfs)
 	img.ID = filepath.Base(d)
+	if _, err := os.Stat(filepath.Join(d, chunks.IndexName)); err == nil {
+		img.Index = filepath.Join(d, chunks.IndexName)
+	}
 	if m, err := manifest.Read(d); err == nil {
 		if v := verity.FromManifest(m); v != nil {
 			img.Verity = v.String()

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/nodeboot"
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/internal/nodeauth"
@@ -32,10 +33,12 @@ import (
 // image with Range support, records every request and every boot event.
 type imageHost struct {
 	img    bootImage
+	extra  map[string]bootImage // more images served by ID (delta test)
 	ln     net.Listener
 	srv    *http.Server
 	mu     sync.Mutex
 	log    []string
+	sent   map[string]int64 // response bytes by kind: rootfs, index, chunks
 	events []nodeboot.Event
 	// down makes the server broken: the image answers 503 and /events
 	// hangs (a server that accepts connections but never answers).
@@ -134,11 +137,51 @@ func (h *imageHost) identityRoutes(mux *http.ServeMux) {
 	})
 }
 
-func newImageHost(t *testing.T, img bootImage) *imageHost {
-	h := &imageHost{img: img}
+// countingWriter counts the response bytes of one request.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+func newImageHost(t *testing.T, img bootImage, extra ...bootImage) *imageHost {
+	h := &imageHost{img: img, extra: map[string]bootImage{img.ID: img}, sent: map[string]int64{}}
+	for _, e := range extra {
+		h.extra[e.ID] = e
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	h.ln = ln
+	// Chunks of every served image by sha256 (the server's /chunks/ is
+	// pxe/httpboot's, tested there; this stand-in reads them the same way).
+	type at struct {
+		path string
+		off  int64
+		size uint32
+	}
+	chunkAt := map[string]at{}
+	for _, im := range h.extra {
+		if im.Index == "" {
+			continue
+		}
+		x, err := chunks.ReadIndexFile(im.Index)
+		must(t, err)
+		for _, c := range x.Chunks {
+			chunkAt[c.Hex()] = at{im.Rootfs, c.Offset, c.Size}
+		}
+	}
+	count := func(kind string, w http.ResponseWriter, serve func(w http.ResponseWriter)) {
+		cw := &countingWriter{ResponseWriter: w}
+		serve(cw)
+		h.mu.Lock()
+		h.sent[kind] += cw.n
+		h.mu.Unlock()
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /images/{id}/rootfs.squashfs", func(w http.ResponseWriter, r *http.Request) {
 		h.record(r.Method + " " + r.URL.Path + " range=" + r.Header.Get("Range"))
@@ -149,11 +192,41 @@ func newImageHost(t *testing.T, img bootImage) *imageHost {
 			http.Error(w, "server broken on purpose", http.StatusServiceUnavailable)
 			return
 		}
-		if r.PathValue("id") != img.ID {
+		im, ok := h.extra[r.PathValue("id")]
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}
-		http.ServeFile(w, r, img.Rootfs)
+		count("rootfs", w, func(w http.ResponseWriter) { http.ServeFile(w, r, im.Rootfs) })
+	})
+	mux.HandleFunc("GET /images/{id}/rootfs.index", func(w http.ResponseWriter, r *http.Request) {
+		h.record(r.Method + " " + r.URL.Path)
+		im, ok := h.extra[r.PathValue("id")]
+		if !ok || im.Index == "" {
+			http.NotFound(w, r)
+			return
+		}
+		count("index", w, func(w http.ResponseWriter) { http.ServeFile(w, r, im.Index) })
+	})
+	mux.HandleFunc("GET /chunks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		h.record(r.Method + " " + r.URL.Path)
+		c, ok := chunkAt[r.PathValue("id")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		f, err := os.Open(c.path)
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		defer f.Close()
+		b := make([]byte, c.size)
+		if _, err := f.ReadAt(b, c.off); err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		count("chunks", w, func(w http.ResponseWriter) { w.Write(b) })
 	})
 	h.secret = secretOverlay(t)
 	h.identityRoutes(mux)
@@ -210,7 +283,7 @@ func (h *imageHost) record(s string) {
 // reset clears the request log and events between boots.
 func (h *imageHost) reset() {
 	h.mu.Lock()
-	h.log, h.events = nil, nil
+	h.log, h.events, h.sent = nil, nil, map[string]int64{}
 	h.mu.Unlock()
 }
 
@@ -310,6 +383,8 @@ type node struct {
 	noVerity bool
 	// readAll makes the probe read the whole root image device.
 	readAll bool
+	// img boots another image the host serves instead of the host's own.
+	img *bootImage
 }
 
 var reportRE = regexp.MustCompile(`HERDTEST (.*) END`)
@@ -324,7 +399,11 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	// with iPXE's two initrd lines: image initrd first, node overlay after.
 	// Each archive must start 4-byte aligned (iPXE page-aligns them), so
 	// the first is padded with zeros, which the kernel skips.
-	a, err := os.ReadFile(h.img.Initrd)
+	img := h.img
+	if n.img != nil {
+		img = *n.img
+	}
+	a, err := os.ReadFile(img.Initrd)
 	must(t, err)
 	b, err := os.ReadFile(overlay)
 	must(t, err)
@@ -336,11 +415,14 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		cache = "auto"
 	}
 	appendLine := strings.Join([]string{"boot=herd", "ip=dhcp",
-		"herd.image=" + base + "/images/" + h.img.ID + "/rootfs.squashfs", "herd.sha256=" + h.img.SHA256,
-		"herd.id=" + h.img.ID, "herd.node=node1", "herd.server=" + base, "herd.cache=" + cache, "herd.keep=2",
+		"herd.image=" + base + "/images/" + img.ID + "/rootfs.squashfs", "herd.sha256=" + img.SHA256,
+		"herd.id=" + img.ID, "herd.node=node1", "herd.server=" + base, "herd.cache=" + cache, "herd.keep=2",
 		"console=ttyS0,115200n8", "panic=-1", "herdtest.poweroff=1"}, " ")
-	if h.img.Verity != "" && !n.noVerity {
-		appendLine += " herd.verity=" + h.img.Verity
+	if img.Verity != "" && !n.noVerity {
+		appendLine += " herd.verity=" + img.Verity
+	}
+	if img.Index != "" {
+		appendLine += " herd.index=" + base + "/images/" + img.ID + "/rootfs.index"
 	}
 	if n.readAll {
 		appendLine += " herdtest.readall=1"
@@ -358,7 +440,7 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	}
 	args := []string{"-accel", accel(), "-cpu", "max", "-smp", "2", "-m", mem,
 		"-display", "none", "-monitor", "none", "-serial", "file:" + log, "-no-reboot",
-		"-kernel", h.img.Kernel, "-initrd", initrd, "-append", appendLine,
+		"-kernel", img.Kernel, "-initrd", initrd, "-append", appendLine,
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s:80-cmd:socat - TCP:127.0.0.1:%d", guestServer, h.port()),
 		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:68:65:01"}
 	if n.disk != "" {
@@ -629,7 +711,7 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 		if e := findEvent(evs, "error"); e == nil || !strings.Contains(e.Message, "dm-verity") {
 			t.Errorf("no error event about the verification: %+v", evs)
 		}
-		if !strings.Contains(rep["images"], img.SHA256) || !strings.HasPrefix(rep["lower"], "/dev/dm-") {
+		if !strings.Contains(rep["images"], img.SHA256+".squashfs") || !strings.HasPrefix(rep["lower"], "/dev/dm-") {
 			t.Errorf("image not cached again or not mapped: %v", rep)
 		}
 	})
@@ -674,7 +756,7 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 		if !found {
 			t.Errorf("no error event from herd-verity.service: %+v", evs)
 		}
-		if strings.Contains(rep["images"], img.SHA256) {
+		if strings.Contains(rep["images"], img.SHA256+".squashfs") {
 			t.Errorf("corrupt cached copy kept: %v", rep)
 		}
 		h.reset()
@@ -682,7 +764,7 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 		if log, _ := h.snapshot(); rootfsGets(log) == 0 {
 			t.Errorf("next boot did not download the image again: %v", log)
 		}
-		if !strings.Contains(rep["images"], img.SHA256) || !strings.HasPrefix(rep["lower"], "/dev/dm-") {
+		if !strings.Contains(rep["images"], img.SHA256+".squashfs") || !strings.HasPrefix(rep["lower"], "/dev/dm-") {
 			t.Errorf("image not cached and mapped again: %v", rep)
 		}
 	})

@@ -44,6 +44,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/herdlab/herd/fleet/nodestatus"
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/cpio"
@@ -118,10 +119,12 @@ type Server struct {
 
 	nonces   *nodeauth.Nonces
 	registry *nodeauth.Registry
+
+	chunks chunkMap // /chunks/: chunk sha256 → image file and offset
 }
 
 // Artifacts served from an image directory.
-var Artifacts = []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs, manifest.FileName}
+var Artifacts = []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs, manifest.FileName, chunks.IndexName}
 
 // New builds the server for cfg.
 func New(cfg *site.Config, opt Options) (*Server, error) {
@@ -273,6 +276,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) string {
 	case strings.HasPrefix(p, "/images/"):
 		s.serveImage(w, r)
 		return "images"
+	case strings.HasPrefix(p, "/chunks/"):
+		s.serveChunk(w, r)
+		return "chunks"
 	case strings.HasPrefix(p, "/nodes/"):
 		return s.serveNode(w, r)
 	case strings.HasPrefix(p, "/ipxe/"):
@@ -400,6 +406,11 @@ func BootSpec(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest
 		// copy through dm-verity with it instead of hashing it whole.
 		args = slices.Insert(args, slices.Index(args, "herd.sha256="+root.SHA256)+1, "herd.verity="+v.String())
 	}
+	if m.Chunks != nil {
+		// The node assembles the image from chunks it has and fetches the
+		// rest from /chunks/.
+		args = slices.Insert(args, slices.Index(args, "herd.id="+id), "herd.index="+img+"/"+m.Chunks.File)
+	}
 	if ka := strings.TrimSpace(cfg.KernelArgs + " " + node.KernelArgs); ka != "" {
 		// A newline would start a new iPXE command; iPXE would also expand
 		// ${...} itself. Neither belongs in a kernel command line.
@@ -506,6 +517,7 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 		writeGrubOrIPXE(w, grub, retryScript(cfg.ServerURL(), mac, "image "+want+" is not published"), grubRetry(cfg, mac, "image "+want+" is not published"))
 		return
 	}
+	s.loadChunks(id) // the node may ask /chunks/ for this image's pieces
 	render := Script
 	if grub {
 		render = GrubScript

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/internal/nodeauth"
@@ -724,5 +725,49 @@ func TestScriptRefusesInjection(t *testing.T) {
 	}
 	if _, err := Script(cfg, &site.Node{Name: "n1", KernelArgs: "nvidia.NVreg_X=1 quiet"}, "0123456789abcdef", m); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestChunkStore: an image with a chunk index gets herd.index in its
+// script and its chunks under /chunks/<sha256>; a chunk no image holds is
+// 404, and a chunk whose bytes changed on disk is refused, never served
+// under a name it no longer matches.
+func TestChunkStore(t *testing.T) {
+	f := newFixture(t, "ignore")
+	dir := filepath.Join(f.state, "images", f.id)
+	x, err := chunks.SplitFile(filepath.Join(dir, manifest.Rootfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, _ := x.MarshalBinary()
+	os.WriteFile(filepath.Join(dir, chunks.IndexName), ib, 0o644)
+	m, _ := manifest.Read(dir)
+	m.Chunks = &manifest.ChunkIndex{File: chunks.IndexName, Count: len(x.Chunks)}
+	m.Write(dir)
+
+	_, script := get(t, f.url+"/boot/52-54-00-aa-bb-01.ipxe")
+	if !strings.Contains(script, " herd.index="+f.url+"/images/"+f.id+"/rootfs.index ") {
+		t.Fatalf("script lacks herd.index:\n%s", script)
+	}
+	if code, body := get(t, f.url+"/images/"+f.id+"/rootfs.index"); code != 200 || body != string(ib) {
+		t.Fatalf("index: %d (%d bytes)", code, len(body))
+	}
+	rootfs, _ := os.ReadFile(filepath.Join(dir, manifest.Rootfs))
+	c := x.Chunks[len(x.Chunks)/2]
+	code, body := get(t, f.url+"/chunks/"+c.Hex())
+	if code != 200 || body != string(rootfs[c.Offset:c.Offset+int64(c.Size)]) {
+		t.Fatalf("chunk: %d, %d bytes", code, len(body))
+	}
+	for _, bad := range []string{strings.Repeat("0", 64), strings.ToUpper(c.Hex()), "../manifest.json", c.Hex()[:10]} {
+		if code, _ := get(t, f.url+"/chunks/"+bad); code != 404 {
+			t.Errorf("/chunks/%s: %d, want 404", bad, code)
+		}
+	}
+	// The image file changed under the server: the chunk is refused.
+	fh, _ := os.OpenFile(filepath.Join(dir, manifest.Rootfs), os.O_RDWR, 0)
+	fh.WriteAt([]byte{rootfs[c.Offset] ^ 0xff}, c.Offset)
+	fh.Close()
+	if code, body := get(t, f.url+"/chunks/"+c.Hex()); code == 200 {
+		t.Errorf("served %d bytes that no longer match the chunk's name", len(body))
 	}
 }

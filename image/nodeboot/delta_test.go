@@ -1,0 +1,185 @@
+package nodeboot
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/herdlab/herd/image/chunks"
+)
+
+// chunkServer serves an index and the chunks of one image over loopback,
+// counting the bytes of chunks sent; tamper lets a test change a chunk.
+type chunkServer struct {
+	url    string
+	mu     sync.Mutex
+	sent   int64
+	tamper func(id string, b []byte) []byte
+}
+
+func newChunkServer(t *testing.T, data []byte) *chunkServer {
+	t.Helper()
+	x, err := chunks.Split(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, _ := x.MarshalBinary()
+	byID := map[string]chunks.Chunk{}
+	for _, c := range x.Chunks {
+		byID[c.Hex()] = c
+	}
+	cs := &chunkServer{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /rootfs.index", func(w http.ResponseWriter, r *http.Request) { w.Write(ib) })
+	mux.HandleFunc("GET /chunks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		c, ok := byID[r.PathValue("id")]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		b := append([]byte(nil), data[c.Offset:c.Offset+int64(c.Size)]...)
+		cs.mu.Lock()
+		if cs.tamper != nil {
+			b = cs.tamper(c.Hex(), b)
+		}
+		cs.sent += int64(len(b))
+		cs.mu.Unlock()
+		w.Write(b)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	cs.url = "http://" + ln.Addr().String()
+	return cs
+}
+
+func shaHex(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// cacheWith puts an image and its index in a fresh ImageDir.
+func cacheWith(t *testing.T, data []byte) ImageDir {
+	t.Helper()
+	dir := ImageDir{Dir: t.TempDir()}
+	sha := shaHex(data)
+	if err := os.WriteFile(dir.Path(sha), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	x, _ := chunks.Split(bytes.NewReader(data))
+	ib, _ := x.MarshalBinary()
+	if err := os.WriteFile(dir.IndexPath(sha), ib, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func randBytes(n int) []byte { b := make([]byte, n); rand.Read(b); return b }
+
+// generations: N, and N+1 with 100 KiB inserted in the middle and 4 KiB
+// changed near the end.
+func generations() (old, next []byte) {
+	old = randBytes(8 << 20)
+	next = append(append(append([]byte(nil), old[:3<<20]...), randBytes(100<<10)...), old[3<<20:]...)
+	copy(next[7<<20:], randBytes(4096))
+	return old, next
+}
+
+func TestFetchDeltaFetchesOnlyWhatChanged(t *testing.T) {
+	old, next := generations()
+	cs := newChunkServer(t, next)
+	dir := cacheWith(t, old)
+	sha := shaHex(next)
+	res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(dir.Path(sha))
+	if err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("assembled image differs from generation N+1 (%v)", err)
+	}
+	if cs.sent != res.Fetched || res.Fetched+res.Reused != int64(len(next)) {
+		t.Errorf("accounting: sent %d, result %+v", cs.sent, res)
+	}
+	// 104 KiB changed: the chunks around the two edits, nothing more than
+	// a few average chunks.
+	if res.Fetched > 104<<10+6*chunks.AvgSize {
+		t.Errorf("fetched %d bytes of %d for a 104 KiB change", res.Fetched, len(next))
+	}
+	if _, err := chunks.ReadIndexFile(dir.IndexPath(sha)); err != nil {
+		t.Errorf("new image's index not kept for the next update: %v", err)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
+		t.Errorf("assembly file left: %v", leftovers)
+	}
+}
+
+// TestFetchDeltaAttacks: a server that sends a wrong chunk, and a seed on
+// the SSD whose bytes changed, never end in the cache: the wrong chunk
+// fails the delta (nothing placed), the damaged seed chunk is fetched.
+func TestFetchDeltaAttacks(t *testing.T) {
+	old, next := generations()
+	sha := shaHex(next)
+	t.Run("server sends other bytes for a chunk", func(t *testing.T) {
+		cs := newChunkServer(t, next)
+		cs.tamper = func(_ string, b []byte) []byte { b[0] ^= 1; return b }
+		dir := cacheWith(t, old)
+		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
+		if !errors.Is(err, ErrChecksum) {
+			t.Fatalf("tampered chunk: err = %v, want a checksum error", err)
+		}
+		if _, err := os.Stat(dir.Path(sha)); err == nil {
+			t.Fatal("an image built with a tampered chunk was placed in the cache")
+		}
+		if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
+			t.Errorf("assembly file left: %v", leftovers)
+		}
+	})
+	t.Run("seed image damaged on the SSD", func(t *testing.T) {
+		cs := newChunkServer(t, next)
+		dir := cacheWith(t, old)
+		f, _ := os.OpenFile(dir.Path(shaHex(old)), os.O_RDWR, 0)
+		f.WriteAt([]byte("corrupt"), 1<<20)
+		f.Close()
+		res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(dir.Path(sha)); !bytes.Equal(got, next) {
+			t.Fatal("assembled image took the damaged seed bytes")
+		}
+		if res.FetchedChunks < 2 {
+			t.Errorf("damaged seed chunk not fetched: %+v", res)
+		}
+	})
+	t.Run("the index lies about the image", func(t *testing.T) {
+		cs := newChunkServer(t, next)
+		dir := cacheWith(t, old)
+		wrong := strings.Repeat("0", 64)
+		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", wrong, dir, nil)
+		if !errors.Is(err, ErrChecksum) {
+			t.Fatalf("err = %v, want the final sha256 check to fail", err)
+		}
+		if _, err := os.Stat(dir.Path(wrong)); err == nil {
+			t.Fatal("an image whose sha256 is not the requested one was placed")
+		}
+	})
+	t.Run("no seed", func(t *testing.T) {
+		cs := newChunkServer(t, next)
+		dir := ImageDir{Dir: t.TempDir()}
+		if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil); !errors.Is(err, errNoSeed) {
+			t.Fatalf("err = %v, want errNoSeed", err)
+		}
+	})
+}
