@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/image/store"
@@ -195,6 +196,20 @@ func TestBuildMinimalImage(t *testing.T) {
 	}
 	if bytes.Contains(list, []byte("squashfs-root/etc/resolv.conf\n")) {
 		t.Errorf("the build host's resolv.conf leaked into the image")
+	}
+	// The initrd is its own artifact, never a second time inside the root
+	// image (a compressed archive new every generation: it would dominate
+	// every delta update).
+	if bytes.Contains(list, []byte("squashfs-root/boot/initrd.img")) {
+		t.Errorf("rootfs.squashfs carries the initrd")
+	}
+	// The chunk index nodes fetch updates by matches the root image.
+	if m.Chunks == nil || m.Chunks.File != chunks.IndexName {
+		t.Errorf("manifest lacks the chunk index: %+v", m.Chunks)
+	} else if x, err := chunks.ReadIndexFile(filepath.Join(dir, chunks.IndexName)); err != nil {
+		t.Error(err)
+	} else if y, err := chunks.SplitFile(sq); err != nil || len(x.Chunks) != m.Chunks.Count || x.Size != y.Size || len(x.Chunks) != len(y.Chunks) || x.Chunks[len(x.Chunks)-1] != y.Chunks[len(y.Chunks)-1] {
+		t.Errorf("rootfs.index does not match rootfs.squashfs (%v)", err)
 	}
 	lock, err := os.ReadFile(filepath.Join(filepath.Dir(minimal.recipe), "test-noble-minimal.lock"))
 	if err != nil {

@@ -247,6 +247,15 @@ func (s *System) setupCache(ctx context.Context, p *Params, rep *Reporter, mnt s
 func (s *System) obtain(ctx context.Context, p *Params, rep *Reporter, dir ImageDir, onSSD bool) (string, error) {
 	if onSSD {
 		if img, ok := s.cached(ctx, p, rep, dir); ok {
+			if _, err := os.Stat(dir.IndexPath(p.SHA256)); p.Index != "" && err != nil {
+				// Cached before it had an index kept (an older agent): keep
+				// one now, so the next generation is fetched as a delta.
+				ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				if err := SaveIndex(ictx, s.Client, p.Index, p.SHA256, dir); err != nil {
+					s.say("chunk index not kept (the next update downloads whole): %v", err)
+				}
+				cancel()
+			}
 			return img, nil
 		}
 	}
@@ -329,7 +338,9 @@ func (s *System) delta(ctx context.Context, p *Params, rep *Reporter, dir ImageD
 	case errors.Is(err, errNoSeed):
 		s.say("no cached image to assemble %s from: downloading it whole", p.SHA256)
 	default:
-		rep.Report(ctx, StageError, 0, "delta download failed (%v): downloading the image whole", err)
+		// Not an error stage: the whole download that follows still boots
+		// the node; the reason is in the message.
+		rep.Report(ctx, StageDownload, 0, "delta download failed (%v): downloading the image whole", err)
 	}
 	return "", false
 }

@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/internal/atomicfile"
@@ -161,8 +163,7 @@ func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, s
 			missing = append(missing, c)
 		}
 	}
-	var done atomic.Int64
-	total := len(missing)
+	done, total := 0, len(missing)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
@@ -190,10 +191,11 @@ func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, s
 				mu.Lock()
 				res.Fetched += int64(c.Size)
 				res.FetchedChunks++
-				mu.Unlock()
-				if n := done.Add(1); progress != nil {
-					progress(int(n), total)
+				done++
+				if progress != nil {
+					progress(done, total) // serialized: callers need no lock
 				}
+				mu.Unlock()
 			}
 		}()
 	}
@@ -239,9 +241,15 @@ feed:
 	return res, atomicfile.SyncDir(dir.Dir)
 }
 
-// fetchChunk GETs one chunk (three tries) and checks it against its ID.
+// chunkBusyWaits bounds how often one chunk waits out a busy server (503
+// with Retry-After) before the delta gives up for a whole download.
+const chunkBusyWaits = 60
+
+// fetchChunk GETs one chunk (three tries, plus waits while the server says
+// it is busy) and checks it against its ID.
 func fetchChunk(ctx context.Context, client *http.Client, url string, c chunks.Chunk) ([]byte, error) {
 	var last error
+	busy := 0
 	for try := 0; try < 3; try++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -257,6 +265,22 @@ func fetchChunk(ctx context.Context, client *http.Client, url string, c chunks.C
 		}
 		b, err := io.ReadAll(io.LimitReader(resp.Body, int64(c.Size)+1))
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable && busy < chunkBusyWaits {
+			// All download slots taken (server.max_http): wait as asked.
+			secs, perr := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After")))
+			if perr != nil || secs <= 0 {
+				secs = 1
+			}
+			busy++
+			try--
+			last = fmt.Errorf("GET %s: %s", url, resp.Status)
+			select {
+			case <-ctx.Done():
+				return nil, last
+			case <-time.After(time.Duration(min(secs, 30)) * time.Second):
+			}
+			continue
+		}
 		switch {
 		case resp.StatusCode != http.StatusOK:
 			last = fmt.Errorf("GET %s: %s", url, resp.Status)

@@ -25,6 +25,7 @@ type chunkServer struct {
 	mu     sync.Mutex
 	sent   int64
 	tamper func(id string, b []byte) []byte
+	busy   int // answer this many chunk requests 503 Retry-After: 1 first
 }
 
 func newChunkServer(t *testing.T, data []byte) *chunkServer {
@@ -49,6 +50,13 @@ func newChunkServer(t *testing.T, data []byte) *chunkServer {
 		}
 		b := append([]byte(nil), data[c.Offset:c.Offset+int64(c.Size)]...)
 		cs.mu.Lock()
+		if cs.busy > 0 {
+			cs.busy--
+			cs.mu.Unlock()
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
 		if cs.tamper != nil {
 			b = cs.tamper(c.Hex(), b)
 		}
@@ -112,9 +120,15 @@ func TestFetchDeltaFetchesOnlyWhatChanged(t *testing.T) {
 	if cs.sent != res.Fetched || res.Fetched+res.Reused != int64(len(next)) {
 		t.Errorf("accounting: sent %d, result %+v", cs.sent, res)
 	}
-	// 104 KiB changed: the chunks around the two edits, nothing more than
-	// a few average chunks.
-	if res.Fetched > 104<<10+6*chunks.AvgSize {
+	// Exactly the chunks of N+1 that N lacks, and those are only the ones
+	// around the two edits (104 KiB changed; each edit touches at most two
+	// chunks of at most MaxSize).
+	xo, _ := chunks.Split(bytes.NewReader(old))
+	xn, _ := chunks.Split(bytes.NewReader(next))
+	if want, _ := chunks.Missing(xn, xo); res.Fetched != want {
+		t.Errorf("fetched %d bytes, the new index lacks %d from the old", res.Fetched, want)
+	}
+	if res.Fetched > 104<<10+4*chunks.MaxSize {
 		t.Errorf("fetched %d bytes of %d for a 104 KiB change", res.Fetched, len(next))
 	}
 	if _, err := chunks.ReadIndexFile(dir.IndexPath(sha)); err != nil {
@@ -182,4 +196,21 @@ func TestFetchDeltaAttacks(t *testing.T) {
 			t.Fatalf("err = %v, want errNoSeed", err)
 		}
 	})
+}
+
+// TestFetchDeltaWaitsOutBusyServer: a server whose download slots are all
+// taken answers chunks 503 with Retry-After; the node waits and carries
+// on instead of giving up the delta after three tries.
+func TestFetchDeltaWaitsOutBusyServer(t *testing.T) {
+	old, next := generations()
+	cs := newChunkServer(t, next)
+	cs.busy = 8
+	dir := cacheWith(t, old)
+	sha := shaHex(next)
+	if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(dir.Path(sha)); !bytes.Equal(got, next) {
+		t.Fatal("assembled image differs")
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,14 +15,24 @@ import (
 	"github.com/herdlab/herd/image/manifest"
 )
 
+// MaxChunkImages is how many images' chunk indexes the server keeps in
+// memory for /chunks/ (the ones last named in boot scripts or current);
+// about 100 bytes per 64 KiB chunk, so a few MiB per image.
+const MaxChunkImages = 8
+
 // chunkMap finds a chunk by its sha256 in the published images whose
-// indexes the server has loaded: every image it named in a boot script,
+// indexes the server has loaded: the images it last named in boot scripts,
 // and the current one. There is no separate chunk store: a chunk is read
 // out of an image's rootfs.squashfs at the offset its index gives.
 type chunkMap struct {
 	mu     sync.Mutex
-	loaded map[string]bool
+	images []chunkImage // least recently used first, at most MaxChunkImages
 	byID   map[[32]byte]chunkAt
+}
+
+type chunkImage struct {
+	id, rootfs string
+	x          *chunks.Index
 }
 
 type chunkAt struct {
@@ -32,13 +41,56 @@ type chunkAt struct {
 	size uint32
 }
 
-// load adds the chunks of image id (a full ID) if it has an index.
+// rebuild remakes byID from images (the first image listing a chunk wins).
+// Call with mu held.
+func (c *chunkMap) rebuild() {
+	c.byID = map[[32]byte]chunkAt{}
+	for _, im := range c.images {
+		for _, ch := range im.x.Chunks {
+			if _, ok := c.byID[ch.ID]; !ok {
+				c.byID[ch.ID] = chunkAt{im.rootfs, ch.Offset, ch.Size}
+			}
+		}
+	}
+}
+
+// touch moves image id to the most recently used end; false if not loaded.
+// Call with mu held.
+func (c *chunkMap) touch(id string) bool {
+	for i, im := range c.images {
+		if im.id == id {
+			c.images = append(append(c.images[:i:i], c.images[i+1:]...), im)
+			return true
+		}
+	}
+	return false
+}
+
+// drop forgets the image whose rootfs is path (removed from the store).
+func (c *chunkMap) drop(path string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kept := c.images[:0]
+	for _, im := range c.images {
+		if im.rootfs != path {
+			kept = append(kept, im)
+		}
+	}
+	c.images = kept
+	c.rebuild()
+}
+
+// loadChunks makes the chunks of image id (a full ID) servable if it has
+// an index, evicting the least recently used image beyond MaxChunkImages.
 func (s *Server) loadChunks(id string) {
 	c := &s.chunks
+	if id == "" {
+		return
+	}
 	c.mu.Lock()
-	done := c.loaded[id]
+	done := c.touch(id)
 	c.mu.Unlock()
-	if done || id == "" {
+	if done {
 		return
 	}
 	full, dir, m, err := s.opt.Images.Resolve(id)
@@ -50,18 +102,26 @@ func (s *Server) loadChunks(id string) {
 		s.log.Warn("chunk index unreadable; nodes download this image whole", "image", id, "err", err)
 		return
 	}
-	rootfs := filepath.Join(dir, manifest.Rootfs)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.loaded == nil {
-		c.loaded, c.byID = map[string]bool{}, map[[32]byte]chunkAt{}
+	if c.touch(id) {
+		return // loaded meanwhile
 	}
+	c.images = append(c.images, chunkImage{id, filepath.Join(dir, manifest.Rootfs), x})
+	if len(c.images) > MaxChunkImages {
+		c.images = c.images[len(c.images)-MaxChunkImages:]
+		c.rebuild()
+		return
+	}
+	if c.byID == nil {
+		c.byID = map[[32]byte]chunkAt{}
+	}
+	im := c.images[len(c.images)-1]
 	for _, ch := range x.Chunks {
 		if _, ok := c.byID[ch.ID]; !ok {
-			c.byID[ch.ID] = chunkAt{rootfs, ch.Offset, ch.Size}
+			c.byID[ch.ID] = chunkAt{im.rootfs, ch.Offset, ch.Size}
 		}
 	}
-	c.loaded[id] = true
 }
 
 func (s *Server) lookupChunk(id [32]byte) (chunkAt, bool) {
@@ -71,9 +131,22 @@ func (s *Server) lookupChunk(id [32]byte) (chunkAt, bool) {
 	return at, ok
 }
 
+// findChunk looks a chunk up, loading the current image's index on a miss.
+func (s *Server) findChunk(id [32]byte) (chunkAt, bool) {
+	if at, ok := s.lookupChunk(id); ok {
+		return at, true
+	}
+	if cur, err := s.opt.Images.Current(); err == nil {
+		s.loadChunks(cur)
+	}
+	return s.lookupChunk(id)
+}
+
 // serveChunk answers GET /chunks/<sha256>: the chunk's bytes, checked
 // against its name before they leave (an image file changed on disk is
-// refused, not served), cacheable for ever.
+// refused, not served), cacheable for ever. Each request holds a download
+// slot (server.max_http) while it reads, so memory is bounded by
+// max_http × chunks.MaxSize.
 func (s *Server) serveChunk(w http.ResponseWriter, r *http.Request) {
 	if !onlyGet(w, r) {
 		return
@@ -86,19 +159,26 @@ func (s *Server) serveChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	var id [32]byte
 	copy(id[:], raw)
-	at, ok := s.lookupChunk(id)
+	at, ok := s.findChunk(id)
 	if !ok {
-		if cur, err := s.opt.Images.Current(); err == nil {
-			s.loadChunks(cur)
-		}
-		if at, ok = s.lookupChunk(id); !ok {
-			http.Error(w, "no published image holds chunk "+name, http.StatusNotFound)
-			return
+		http.Error(w, "no published image holds chunk "+name, http.StatusNotFound)
+		return
+	}
+	release, ok := s.acquire(w, r)
+	if !ok {
+		return
+	}
+	defer release()
+	f, err := os.Open(at.path)
+	if os.IsNotExist(err) {
+		// The image was removed (gc, rm): forget it and look again.
+		s.chunks.drop(at.path)
+		if at, ok = s.findChunk(id); ok {
+			f, err = os.Open(at.path)
 		}
 	}
-	f, err := os.Open(at.path)
-	if err != nil {
-		http.Error(w, "chunk's image missing", http.StatusNotFound)
+	if err != nil || !ok {
+		http.Error(w, "no published image holds chunk "+name, http.StatusNotFound)
 		return
 	}
 	defer f.Close()
