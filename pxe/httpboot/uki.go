@@ -39,7 +39,7 @@ type Hints struct {
 
 // UKICmdline is the signed UKI's command line for image id: the boot
 // contract's per-generation arguments (image URL, sha256, verity root hash,
-// id, server, keep) and the site's kernel_args; never a per-node value.
+// chunk index, id, server, keep) and the site's kernel_args; never a per-node value.
 func UKICmdline(cfg *site.Config, id string, m *manifest.Manifest) (string, error) {
 	root, ok := m.Artifacts[manifest.Rootfs]
 	if !ok || root.SHA256 == "" {
@@ -56,6 +56,10 @@ func UKICmdline(cfg *site.Config, id string, m *manifest.Manifest) (string, erro
 	}
 	if v := verity.FromManifest(m); v != nil {
 		args = slices.Insert(args, 4, "herd.verity="+v.String())
+	}
+	if m.Chunks != nil {
+		// Per generation too: the node fetches only the chunks it lacks.
+		args = slices.Insert(args, slices.Index(args, "herd.id="+id), "herd.index="+cfg.ServerURL()+"/images/"+id+"/"+m.Chunks.File)
 	}
 	if ka := strings.TrimSpace(cfg.KernelArgs); ka != "" {
 		if strings.ContainsFunc(ka, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
