@@ -198,6 +198,11 @@ func RenderRuntime(cfg *site.Config, node *site.Node, secrets RuntimeSecrets) ([
 		return nil, err
 	}
 	files = append(files, nets...)
+	nc, err := nodeConfigFile(cfg, node)
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, nc)
 	seen := map[string]bool{}
 	for _, k := range secrets.SSHHostKeys {
 		switch k.Type {

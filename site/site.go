@@ -52,6 +52,10 @@ type Config struct {
 	// storage); nodes join them through nodes[].interfaces.
 	Networks  map[string]Network `yaml:"networks"`
 	Dashboard Dashboard          `yaml:"dashboard"`
+	// ExpectGPUs is how many GPUs (and which model) every node should have;
+	// nodes[].expect_gpus overrides it. Unset: no expectation (a node then
+	// reports what it sees and stays ready).
+	ExpectGPUs *ExpectGPUs `yaml:"expect_gpus"`
 	// Overlays lists the system overlays baked into images, in order.
 	Overlays []string `yaml:"overlays"`
 
@@ -135,6 +139,8 @@ type Node struct {
 	// BMC is the node's baseboard management controller (power, console);
 	// nil: herd cannot power-control the node.
 	BMC *BMC `yaml:"bmc"`
+	// ExpectGPUs overrides the site's expect_gpus for this node.
+	ExpectGPUs *ExpectGPUs `yaml:"expect_gpus"`
 }
 
 // BMC protocols.
@@ -157,6 +163,25 @@ type BMC struct {
 	// CipherSuite is the RMCP+ cipher suite (ipmitool -C); 0 lets ipmitool
 	// choose (17 where the BMC offers it, else 3).
 	CipherSuite int `yaml:"cipher_suite"`
+}
+
+// ExpectGPUs is an expected GPU count and, optionally, model (matched
+// case-insensitively as part of nvidia-smi's product name, e.g. "1080 Ti").
+type ExpectGPUs struct {
+	Count int    `yaml:"count"`
+	Model string `yaml:"model"`
+}
+
+// MaxExpectGPUs bounds expect_gpus.count (a node report holds at most 64).
+const MaxExpectGPUs = 64
+
+// ExpectedGPUs is what node n should have: its own expect_gpus, else the
+// site's; nil when neither is set.
+func (c *Config) ExpectedGPUs(n *Node) *ExpectGPUs {
+	if n != nil && n.ExpectGPUs != nil {
+		return n.ExpectGPUs
+	}
+	return c.ExpectGPUs
 }
 
 // NAS is the lab's file server (NFS exports).
@@ -602,6 +627,12 @@ func (c *Config) validate(parts map[string]bool) error {
 		if n.BMC != nil {
 			validateBMC(bad, f+".bmc", n.BMC)
 		}
+		if n.ExpectGPUs != nil {
+			validateExpectGPUs(bad, f+".expect_gpus", n.ExpectGPUs)
+		}
+	}
+	if c.ExpectGPUs != nil {
+		validateExpectGPUs(bad, "expect_gpus", c.ExpectGPUs)
 	}
 	c.validateNetworks(bad, subnet)
 	checkDisk(bad, "cache.disk", c.Cache.Disk)
@@ -906,4 +937,17 @@ func (b *BMC) HostPort() (string, int, error) {
 		return "", 0, fmt.Errorf("%q is not a host name or IP address (with an optional :port)", b.Address)
 	}
 	return host, port, nil
+}
+
+// validateExpectGPUs checks one expect_gpus entry (site-wide or a node's).
+func validateExpectGPUs(bad func(field, format string, args ...any), f string, e *ExpectGPUs) {
+	if e.Count < 0 || e.Count > MaxExpectGPUs {
+		bad(f+".count", "%d is not a GPU count from 0 to %d", e.Count, MaxExpectGPUs)
+	}
+	if e.Model != "" && e.Count == 0 {
+		bad(f+".model", "a model %q with count 0: give the count of %s GPUs the node should have", e.Model, e.Model)
+	}
+	if len(e.Model) > 128 || strings.ContainsAny(e.Model, "\x00\r\n") {
+		bad(f+".model", "must be one line of at most 128 characters")
+	}
 }

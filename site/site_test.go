@@ -162,3 +162,35 @@ func TestBMCSettings(t *testing.T) {
 		})
 	}
 }
+
+func TestExpectGPUs(t *testing.T) {
+	src := "overlays: []\ndhcp: {mode: off}\nexpect_gpus: {count: 4, model: 1080 Ti}\nnodes:\n  - name: a\n    mac: '52:54:00:00:00:01'\n  - name: b\n    mac: '52:54:00:00:00:02'\n    expect_gpus: {count: 0}\n"
+	c, err := Parse("herd.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := c.ExpectedGPUs(&c.Nodes[0]); e == nil || e.Count != 4 || e.Model != "1080 Ti" {
+		t.Errorf("node a expects %+v", e)
+	}
+	if e := c.ExpectedGPUs(&c.Nodes[1]); e == nil || e.Count != 0 {
+		t.Errorf("node b expects %+v", e)
+	}
+	if c, _ := Parse("herd.yaml", []byte("overlays: []\ndhcp: {mode: off}\n")); c.ExpectedGPUs(nil) != nil {
+		t.Error("an expectation without expect_gpus")
+	}
+	head := "overlays: []\ndhcp: {mode: off}\nnodes:\n  - name: a\n    mac: '52:54:00:00:00:01'\n    expect_gpus:\n"
+	for _, c := range []struct{ name, src, want string }{
+		{"negative", head + "      count: -1\n", "herd.yaml:7:14: field nodes[0].expect_gpus.count: -1 is not a GPU count from 0 to 64"},
+		{"too many", "overlays: []\ndhcp: {mode: off}\nexpect_gpus:\n  count: 65\n", "herd.yaml:4:10: field expect_gpus.count: 65 is not a GPU count"},
+		{"model without count", head + "      model: A100\n", "herd.yaml:7:14: field nodes[0].expect_gpus.model: a model \"A100\" with count 0"},
+		{"unknown", head + "      count: 1\n      modle: A100\n", `field nodes[0].expect_gpus.modle: unknown field "modle"`},
+		{"not a number", head + "      count: four\n", "nodes[0].expect_gpus.count"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("herd.yaml", []byte(c.src))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}
