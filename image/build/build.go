@@ -225,6 +225,9 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 			packed = s.dir()
 		case "efi":
 			for _, a := range []string{manifest.Shim, manifest.Grub, manifest.Stub} {
+				if _, err := os.Stat(filepath.Join(s.dir(), a)); err != nil && a == manifest.Stub {
+					continue // optional: the recipe's components lack systemd-boot-efi
+				}
 				if err := os.Link(filepath.Join(s.dir(), a), filepath.Join(staging, a)); err != nil {
 					return nil, fmt.Errorf("stage artifact %s: %w", a, err)
 				}

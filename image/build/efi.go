@@ -19,7 +19,12 @@ import (
 
 // efiFile is one binary of the Secure Boot chain (secure_boot: distro): the
 // package that ships it, its path inside the package, and the artifact name.
-type efiFile struct{ pkg, path, artifact string }
+// An optional one is taken only when the recipe's components have its
+// package (systemd-boot-efi is in universe).
+type efiFile struct {
+	pkg, path, artifact string
+	optional            bool
+}
 
 // EFIFiles are taken from the image's own archive, never installed into the
 // image: Microsoft-signed shim (the "latest" build, the alternative
@@ -27,10 +32,10 @@ type efiFile struct{ pkg, path, artifact string }
 // Canonical-signed network GRUB, whose embedded prefix is /grub (it reads
 // (tftp,<server>)/grub/grub.cfg).
 var efiFiles = []efiFile{
-	{"shim-signed", "usr/lib/shim/shimx64.efi.signed.latest", manifest.Shim},
-	{"grub-efi-amd64-signed", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", manifest.Grub},
+	{"shim-signed", "usr/lib/shim/shimx64.efi.signed.latest", manifest.Shim, false},
+	{"grub-efi-amd64-signed", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", manifest.Grub, false},
 	// secure_boot: herd: the stub of herd's signed UKI (secureboot package).
-	{"systemd-boot-efi", "usr/lib/systemd/boot/efi/linuxx64.efi.stub", manifest.Stub},
+	{"systemd-boot-efi", "usr/lib/systemd/boot/efi/linuxx64.efi.stub", manifest.Stub, true},
 }
 
 // EFIPackages are the packages the efi stage takes its binaries from; they
@@ -56,7 +61,13 @@ func (b *builder) resolveEFI(ctx context.Context, keyring, stamp string, lock re
 		return nil, nil
 	}
 	var specs []string
-	for _, p := range EFIPackages() {
+	for _, f := range efiFiles {
+		p := f.pkg
+		if f.optional && !b.hasPackage(ctx, keyring, p) {
+			fmt.Fprintf(b.log, "efi: %s is not in the recipe's components (%s): the image gets no %s (secure_boot: herd needs it)\n",
+				p, strings.Join(b.recipe.Components, ", "), f.artifact)
+			continue
+		}
 		if v := lock[p]; v != "" {
 			specs = append(specs, p+"="+v)
 		} else {
@@ -81,7 +92,8 @@ func (b *builder) resolveEFI(ctx context.Context, keyring, stamp string, lock re
 	}
 	inst := parseInst(out)
 	got := map[string]string{}
-	for _, p := range EFIPackages() {
+	for _, spec := range specs {
+		p, _, _ := strings.Cut(spec, "=")
 		v, ok := inst[p]
 		if !ok {
 			return nil, fmt.Errorf("resolve the Secure Boot packages: apt would not take %s", p)
@@ -99,6 +111,12 @@ func (b *builder) resolveEFI(ctx context.Context, keyring, stamp string, lock re
 	return got, nil
 }
 
+// hasPackage says whether the build's apt indices know package p.
+func (b *builder) hasPackage(ctx context.Context, keyring, p string) bool {
+	out, err := b.aptTree(ctx, keyring, "apt-cache", "show", "--no-all-versions", p)
+	return err == nil && bytes.Contains(out, []byte("Package: "+p))
+}
+
 // aptTree runs an apt command against the build's apt tree (apt-tree/).
 func (b *builder) aptTree(ctx context.Context, keyring string, args ...string) ([]byte, error) {
 	return b.aptTreeIn(ctx, "", keyring, args...)
@@ -109,7 +127,10 @@ func (b *builder) aptTree(ctx context.Context, keyring string, args ...string) (
 func (b *builder) efi(ctx context.Context, out, keyring string, versions map[string]string) error {
 	debs := filepath.Join(b.state, "debs")
 	for _, f := range efiFiles {
-		v := versions[f.pkg]
+		v, ok := versions[f.pkg]
+		if !ok && f.optional {
+			continue
+		}
 		deb := filepath.Join(debs, fmt.Sprintf("%s_%s_amd64.deb", f.pkg, strings.ReplaceAll(v, ":", "%3a")))
 		if _, err := os.Stat(deb); err != nil {
 			// apt-get download writes into the working directory; a
