@@ -84,6 +84,10 @@ type LabConfig struct {
 	// Microsoft's keys (VMConfig.SecureBoot); the site needs
 	// `secure_boot: distro` (ExtraYAML) for them to boot.
 	SecureBoot bool
+	// SetupMode starts UEFI nodes with OVMF's Secure Boot build and its
+	// blank variable store (Setup Mode: no keys), for secure_boot: herd's
+	// enrollment path (VMConfig.SetupMode).
+	SetupMode bool
 }
 
 // Lab is a running lab.
@@ -437,6 +441,12 @@ func (l *Lab) Node(name string) (LabNode, bool) {
 // StartNode boots a QEMU node for reservation name on a new tap, with its SSD
 // at Dir/vms/<name>/ssd.qcow2 (kept across calls).
 func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error) {
+	return l.StartNodeArgs(ctx, name, uefi)
+}
+
+// StartNodeArgs is StartNode with extra QEMU arguments (e.g. -kernel and
+// -append, a loader handing the firmware a kernel and command line).
+func (l *Lab) StartNodeArgs(ctx context.Context, name string, uefi bool, extra ...string) (*VM, error) {
 	n, ok := l.Node(name)
 	if !ok {
 		return nil, fmt.Errorf("lab: no node %q in herd.yaml", name)
@@ -451,9 +461,9 @@ func (l *Lab) StartNode(ctx context.Context, name string, uefi bool) (*VM, error
 	}
 	dir := filepath.Join(l.Config.Dir, "vms", name)
 	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
-		SecureBoot: uefi && l.Config.SecureBoot,
-		Dir:        dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
-		Accel: os.Getenv("HERD_QEMU_ACCEL")})
+		SecureBoot: uefi && (l.Config.SecureBoot || l.Config.SetupMode), SetupMode: uefi && l.Config.SetupMode,
+		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
+		Accel: os.Getenv("HERD_QEMU_ACCEL"), Extra: extra})
 }
 
 // Logs names the lab's log files, for failure messages.

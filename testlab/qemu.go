@@ -46,6 +46,10 @@ type VMConfig struct {
 	// SecureBoot (with UEFI) boots OVMF's Secure Boot build with Microsoft's
 	// keys enrolled and Secure Boot enforced: only signed loaders run.
 	SecureBoot bool
+	// SetupMode (with SecureBoot) starts from OVMF's blank variable store
+	// instead: no PK, so the firmware is in Setup Mode and runs unsigned
+	// code until keys are enrolled (secure_boot: herd's enrollment path).
+	SetupMode bool
 	// Disk is the virtual SSD (qcow2); created blank with DiskSize when
 	// missing and kept across reboots and restarts. "" means no SSD.
 	Disk     string
@@ -191,7 +195,7 @@ func (c *VMConfig) prepare(ctx context.Context) error {
 		vars := filepath.Join(c.Dir, "OVMF_VARS.fd")
 		if _, err := os.Stat(vars); err != nil {
 			src := OVMFVars
-			if c.SecureBoot {
+			if c.SecureBoot && !c.SetupMode {
 				src = OVMFMSVars
 			}
 			b, err := os.ReadFile(src)

@@ -92,12 +92,14 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 	if h := s.fetchHints(ctx, p, mac); h != nil && len(h.Enroll) > 0 {
 		s.enrollAndReboot(ctx, p.Server, h.Enroll)
 	}
+	sb := s.SecureBootState()
+	s.say("%s", sb)
 	// Events wait in memory until the node key is enrolled, then go signed.
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console, Hold: true}
 	if ifname == "" {
 		rep.Report(ctx, StageNetwork, 0, "no interface got an IPv4 address from DHCP; check the cable, the switch port and herd's DHCP (herd serve)")
 	} else {
-		rep.Report(ctx, StageNetwork, 0, "%s (%s) is up; image %s", ifname, mac, p.Image)
+		rep.Report(ctx, StageNetwork, 0, "%s (%s) is up; image %s; %s", ifname, mac, p.Image, sb)
 	}
 
 	cacheMnt := filepath.Join(s.RunDir, "cache")
@@ -354,6 +356,12 @@ func (s *System) download(ctx context.Context, p *Params, rep *Reporter, dir Ima
 		rep.Report(ctx, StageDownload, pct, "%d of %d MiB", done/mib, total/mib)
 	}
 	d.Retry = func(attempt int, wait time.Duration, err error) {
+		if errors.Is(err, ErrChecksum) {
+			// Not the image the command line names (a swapped or corrupt
+			// download): refused, and the server hears of it.
+			rep.Report(ctx, StageError, 0, "image refused: %v; retrying in %s", err, wait)
+			return
+		}
 		s.say("download attempt %d failed: %v; retrying in %s", attempt, err, wait)
 	}
 	roundWait := s.RoundWait

@@ -286,3 +286,50 @@ func (s *System) enrollAndReboot(ctx context.Context, server string, updates []s
 
 // fsImmutableFL is FS_IMMUTABLE_FL of linux/fs.h.
 const fsImmutableFL = 0x00000010
+
+// efivarsDir returns the efivarfs directory, mounting efivarfs in the
+// initramfs (which does not) when the firmware is UEFI; "" on BIOS.
+func (s *System) efivarsDir() string {
+	if _, err := os.Stat(filepath.Join(s.SysRoot, "firmware/efi")); err != nil {
+		return ""
+	}
+	dir := filepath.Join(s.SysRoot, "firmware/efi/efivars")
+	if s.SysRoot == "/sys" {
+		if ents, err := os.ReadDir(dir); err == nil && len(ents) == 0 {
+			if err := unix.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+				s.say("mount efivarfs: %v", err)
+			}
+		}
+	}
+	return dir
+}
+
+// SecureBootState describes the firmware's Secure Boot state and the
+// kernel's lockdown for the console and the first boot event, e.g.
+// "secure boot: enabled, lockdown: integrity".
+func (s *System) SecureBootState() string {
+	dir := s.efivarsDir()
+	if dir == "" {
+		return "secure boot: no (BIOS boot)"
+	}
+	state := "unknown"
+	if b, err := os.ReadFile(filepath.Join(dir, "SecureBoot-"+efiGlobalGUID)); err == nil && len(b) == 5 {
+		state = map[bool]string{true: "enabled", false: "disabled"}[b[4] == 1]
+		if m, err := os.ReadFile(filepath.Join(dir, "SetupMode-"+efiGlobalGUID)); err == nil && len(m) == 5 && m[4] == 1 {
+			state += " (firmware in Setup Mode)"
+		}
+	}
+	sec := filepath.Join(s.SysRoot, "kernel/security")
+	lf := filepath.Join(sec, "lockdown")
+	if _, err := os.Stat(lf); err != nil && s.SysRoot == "/sys" {
+		unix.Mount("securityfs", sec, "securityfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	}
+	lock := "unknown"
+	if b, err := os.ReadFile(lf); err == nil {
+		// "none [integrity] confidentiality": the bracketed one is in force.
+		if i, j := strings.IndexByte(string(b), '['), strings.IndexByte(string(b), ']'); i >= 0 && j > i {
+			lock = string(b)[i+1 : j]
+		}
+	}
+	return "secure boot: " + state + ", lockdown: " + lock
+}

@@ -152,3 +152,17 @@ func TestEnrollKeysRefused(t *testing.T) {
 		}
 	})
 }
+
+func TestSecureBootState(t *testing.T) {
+	sys := fakeEFI(t, 0)
+	os.WriteFile(filepath.Join(sys, "firmware/efi/efivars/SecureBoot-"+efiGlobalGUID), []byte{6, 0, 0, 0, 1}, 0o644)
+	os.MkdirAll(filepath.Join(sys, "kernel/security"), 0o755)
+	os.WriteFile(filepath.Join(sys, "kernel/security/lockdown"), []byte("none [integrity] confidentiality\n"), 0o644)
+	s := &System{SysRoot: sys}
+	if got := s.SecureBootState(); got != "secure boot: enabled, lockdown: integrity" {
+		t.Errorf("got %q", got)
+	}
+	if got := (&System{SysRoot: t.TempDir()}).SecureBootState(); got != "secure boot: no (BIOS boot)" {
+		t.Errorf("BIOS: %q", got)
+	}
+}
