@@ -395,15 +395,25 @@ func forgetNode(cmd *cobra.Command, name, mac string) error {
 	if err := httpboot.ForgetNode(globals.state, name); err != nil {
 		return err
 	}
+	// The MAC is forgotten even when nodes.json lacks its record: a running
+	// herd serve may hold it in memory, not yet written.
+	macs := []string{}
+	if mac != "" {
+		macs = append(macs, mac)
+	}
 	inv, err := inventory.Load(globals.state)
 	if err != nil {
 		return err
 	}
 	for _, r := range inv.Records() {
 		if (mac != "" && sameMAC(r.MAC, mac)) || (mac == "" && r.Name == name) {
-			if err := inv.Forget(r.MAC); err != nil {
-				return err
-			}
+			macs = append(macs, r.MAC)
+		}
+	}
+	for _, m := range macs {
+		// Also tells a running herd serve (its inventory is in memory).
+		if err := inventory.ForgetIn(globals.state, m); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "forgot %s: enrolled key, SSH host keys and machine-id removed; it must enroll again\n", name)

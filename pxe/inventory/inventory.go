@@ -162,6 +162,10 @@ type Inventory struct {
 	timer     *time.Timer
 	writes    int
 	log       func(err error)
+	// forgetDir, when set (ServeForgets), holds ForgetIn requests;
+	// forgetSeen is its modification time when last read.
+	forgetDir  string
+	forgetSeen time.Time
 }
 
 // Bounds on what unauthenticated traffic can make the inventory hold.
@@ -225,6 +229,7 @@ func Load(stateDir string) (*Inventory, error) {
 func (inv *Inventory) Records() []Record {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	inv.applyForgetsLocked()
 	return inv.sortedLocked()
 }
 
@@ -250,6 +255,7 @@ func (inv *Inventory) Get(mac string) (Record, bool) {
 	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	inv.applyForgetsLocked()
 	r, ok := inv.recs[hw.String()]
 	if !ok {
 		return Record{}, false
@@ -278,6 +284,7 @@ func (inv *Inventory) update(kind string, ev *Event, mac string, fn func(r *Reco
 	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	inv.applyForgetsLocked()
 	key := hw.String()
 	r, ok := inv.recs[key]
 	if !ok {
@@ -365,6 +372,7 @@ func (inv *Inventory) flushLater() {
 }
 
 func (inv *Inventory) flushLocked() error {
+	inv.applyForgetsLocked()
 	if !inv.dirty {
 		return nil
 	}

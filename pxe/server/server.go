@@ -248,6 +248,10 @@ func Run(ctx context.Context, opt Options) error {
 	// nodes.json is rewritten at most every inventory.FlushInterval; what is
 	// pending is written when herd stops.
 	inv.OnWriteError(func(err error) { opt.Log.Error("nodes.json not written; retrying", "err", err) })
+	// `herd node forget|rm` reach this process's in-memory inventory.
+	forgetCtx, stopForgets := context.WithCancel(ctx)
+	defer stopForgets()
+	inv.ServeForgets(forgetCtx)
 	defer func() {
 		if err := inv.Flush(); err != nil {
 			opt.Log.Error("nodes.json not written at exit", "err", err)
