@@ -64,6 +64,27 @@ func init() {
 		},
 	}
 	check.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
-	ldapCmd.AddCommand(check)
+	rotate := &cobra.Command{
+		Use:   "rotate-bind",
+		Short: "Give the nodes' bind DN (ldap.bind_dn) a new random password, in the directory and in ldap.bind_password_file",
+		Long: "Give the nodes' bind DN a new random password, in the directory and in ldap.bind_password_file.\n" +
+			"Every enrolled node gets it with its secrets at its next boot; a forgotten node, or anyone holding\n" +
+			"an old copy, keeps only the old password, which the directory refuses from now on. Nodes running\n" +
+			"now cannot bind (SSSD serves from its cache) until they reboot.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := connectDirectory()
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			if err := d.RotateBindPassword(); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new password for %s set in the directory and in %s; nodes get it at their next boot\n", d.S.BindDN, d.S.BindPasswordFile)
+			return nil
+		},
+	}
+	ldapCmd.AddCommand(check, rotate)
 	root.AddCommand(ldapCmd)
 }
