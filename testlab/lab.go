@@ -88,6 +88,8 @@ type LabConfig struct {
 	// blank variable store (Setup Mode: no keys), for secure_boot: herd's
 	// enrollment path (VMConfig.SetupMode).
 	SetupMode bool
+	// ServeArgs are more flags for `herd serve`.
+	ServeArgs []string
 }
 
 // Lab is a running lab.
@@ -316,6 +318,7 @@ func (l *Lab) startServer(ctx context.Context) error {
 		return fmt.Errorf("lab: %w", err)
 	}
 	l.server = l.Netns.Command(context.Background(), l.Config.HerdBin, "-v", "--config", l.ConfigPath, "--state", l.StateDir, "serve")
+	l.server.Args = append(l.server.Args, l.Config.ServeArgs...)
 	l.server.Stdout, l.server.Stderr = log, log
 	l.server.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := l.server.Start(); err != nil {

@@ -22,6 +22,7 @@ var serveDHCP server.DHCPStarter
 
 func init() {
 	var opt server.Options
+	var checkTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Netboot the nodes: DHCP (per dhcp.mode), TFTP and HTTP; SIGHUP reloads herd.yaml, SIGTERM drains",
@@ -35,7 +36,7 @@ func init() {
 			opt.Ready = func(httpAddr, tftpAddr string) { notifyReady(ctx, httpAddr, tftpAddr) }
 			// The rollout engine answers the nodes' status reports and
 			// resumes a rollout a restart interrupted.
-			eng, err := rollout.Open(rollout.Options{StateDir: globals.state, Images: store.ReadOnly(globals.state),
+			eng, err := rollout.Open(rollout.Options{StateDir: globals.state, Images: store.ReadOnly(globals.state), CheckTimeout: checkTimeout,
 				Power: func(node string) (power.Controller, error) {
 					cfg, err := loadSiteParts(false, "nodes")
 					if err != nil {
@@ -59,6 +60,7 @@ func init() {
 	f.IntVar(&opt.HTTPPort, "http-port", 0, "bind HTTP to this port instead of server.http_port (scripts still name server.http_port)")
 	f.IntVar(&opt.TFTPPort, "tftp-port", 69, "TFTP port")
 	f.DurationVar(&opt.DrainTimeout, "drain-timeout", 0, "how long SIGTERM waits for transfers in flight (default 30s)")
+	f.DurationVar(&checkTimeout, "rollout-check-timeout", 0, "how long a rebooted node's checks may fail before the rollout counts it failed (default 10m)")
 	root.AddCommand(cmd)
 }
 
