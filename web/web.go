@@ -140,7 +140,8 @@ func New(opt Options) (*Dashboard, error) {
 		done:     make(chan struct{}),
 		pages:    map[string]*template.Template{},
 	}
-	funcs := template.FuncMap{"ago": d.ago, "short": short, "utc": utc, "size": fleet.HumanBytes, "uptime": d.uptime}
+	funcs := template.FuncMap{"ago": d.ago, "short": short, "utc": utc, "size": fleet.HumanBytes, "uptime": d.uptime,
+		"healthState": healthState}
 	for _, p := range []string{"nodes", "images", "node"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
@@ -290,6 +291,13 @@ func (d *Dashboard) nodes() ([]fleet.Node, *site.Config) {
 
 func (d *Dashboard) images() ([]fleet.Image, error) {
 	return fleet.Images(d.store, d.opt.Inventory.CountByImage())
+}
+
+// healthState is the first word of a health verdict ("degraded: 0/1 GPUs"
+// → "degraded"), for a CSS class.
+func healthState(h string) string {
+	s, _, _ := strings.Cut(h, ":")
+	return s
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -54,12 +54,73 @@
     }
     setField(row, "uptime", [n.state === "up" && r.up_time ? ago(r.up_time) : "-"]);
     if (!n.ip && r.last_dhcp_ip) setField(row, "address", [r.last_dhcp_ip]);
+    applyStatus(row, n);
+  }
+  function healthEl(h) {
+    return el("span", "health health-" + h.split(":")[0], h);
+  }
+  // The node's latest status report: health, busy and one line per GPU.
+  function applyStatus(row, n) {
+    if (!n.status) return;
+    setField(row, "health", [n.health ? healthEl(n.health) : "-"]);
+    setField(row, "busy", [n.busy ? el("b", "", "busy") : "idle"]);
+    var gpus = (n.gpus || []).map(function (g) {
+      var d = el("div", "gpu");
+      d.dataset.gpu = g.index;
+      d.appendChild(el("span", "model", g.model));
+      d.appendChild(document.createTextNode(" "));
+      d.appendChild(el("span", "mem", g.memory_used_mib + "/" + g.memory_total_mib + " MiB"));
+      d.appendChild(document.createTextNode(" "));
+      d.appendChild(el("span", "util", g.utilization_percent + "%"));
+      d.appendChild(document.createTextNode(" "));
+      var procs = g.processes || [];
+      d.appendChild(procs.length ? el("span", "procs", procs.length + " proc") : el("span", "free", "free"));
+      if (g.health !== "ok") { d.appendChild(document.createTextNode(" ")); d.appendChild(el("span", "warn", g.health)); }
+      return d;
+    });
+    setField(row, "gpus", gpus.length ? gpus : [el("span", "muted", "none")]);
+  }
+  // The node page's GPU table, rebuilt from the report.
+  function applyGPUTable(n) {
+    var tb = document.querySelector("#gpus tbody");
+    if (!tb || !n.status) return;
+    tb.textContent = "";
+    (n.gpus || []).forEach(function (g) {
+      var tr = el("tr");
+      tr.dataset.gpu = g.index; tr.dataset.uuid = g.uuid;
+      var cells = [["GPU", "", String(g.index)], ["Model", "model", g.model],
+        ["Memory", "memory", g.memory_used_mib + " / " + g.memory_total_mib + " MiB"],
+        ["Utilisation", "util", g.utilization_percent + "%"], ["Temperature", "temp", g.temperature_c + " \u00b0C"],
+        ["Power", "power", Math.round(g.power_w) + " W"], ["Health", "gpuhealth", g.health]];
+      cells.forEach(function (c) {
+        var td = el("td", "", c[2]);
+        td.dataset.label = c[0];
+        if (c[1]) td.dataset.field = c[1];
+        tr.appendChild(td);
+      });
+      var pt = el("td");
+      pt.dataset.label = "Processes"; pt.dataset.field = "procs";
+      var procs = g.processes || [];
+      if (!procs.length) pt.appendChild(el("span", "free", "free"));
+      procs.forEach(function (p) {
+        var d = el("div", "", p.pid + " " + (p.user ? p.user + " " : ""));
+        d.appendChild(el("code", "", p.name || ""));
+        d.appendChild(document.createTextNode(" " + p.memory_mib + " MiB"));
+        pt.appendChild(d);
+      });
+      tr.appendChild(pt);
+      tb.appendChild(tr);
+    });
+    var h = document.getElementById("health");
+    if (h && n.health) { h.textContent = ""; h.appendChild(healthEl(n.health)); }
   }
   function applyNodePage(m) {
     var n = m.node;
     if (n.mac !== document.body.dataset.mac) return;
     var st = document.getElementById("state");
     if (st) { st.textContent = n.state; st.className = "badge state-" + n.state; }
+    applyGPUTable(n);
+    if (m.kind === "status") return; // reports are not timeline lines
     var r = n.seen || {};
     var sg = document.getElementById("stage");
     if (sg && r.stage) sg.textContent = r.stage + " " + (r.percent || 0) + "% " + (r.message || "");
