@@ -60,6 +60,10 @@ type Node struct {
 	// Rollout is the node's part in the latest rollout ("rebooting",
 	// "done: up on the new image, checks passed", ...), set by AddRollout.
 	Rollout string `json:"rollout,omitempty"`
+	// NextDownload is what the node's next boot downloads (its pin or the
+	// current image, against the cache its last up event reported), set
+	// by AddNextDownload; nil when unknown.
+	NextDownload *Download `json:"next_download,omitempty"`
 }
 
 // AddRollout fills in each node's rollout progress from st (nil: none).

@@ -20,6 +20,7 @@ import (
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/pxe/inventory"
+	"github.com/herdlab/herd/site"
 )
 
 // imageCmd is the parent of every `herd image` subcommand; image_build.go
@@ -333,6 +334,17 @@ func runImageDiff(cmd *cobra.Command, args []string) error {
 	r := diff.Diff(a.Manifest, b.Manifest)
 	if t, err := chunks.TransferBetween(a.Dir, b.Dir); err == nil {
 		r.Download = t
+	}
+	// Per node: what its next boot of B downloads (names from herd.yaml
+	// when it can be read; the diff itself needs no site config).
+	if inv, err := inventory.Load(globals.state); err == nil {
+		cfg, err := loadSiteParts(true, "nodes")
+		if err != nil {
+			cfg = &site.Config{}
+		}
+		if p, err := fleet.NewPlanner(st); err == nil {
+			r.Nodes = fleet.NodeDownloads(fleet.Nodes(cfg, inv), p, b.ID)
+		}
 	}
 	if imageFlags.json {
 		return writeJSON(cmd.OutOrStdout(), r)

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/herdlab/herd/fleet"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
@@ -26,7 +27,25 @@ func nodeViews(cfg *site.Config, inv *inventory.Inventory) []fleet.Node {
 	if st, err := rollout.Load(globals.state); err == nil {
 		fleet.AddRollout(ns, st)
 	}
+	imgs := store.ReadOnly(globals.state)
+	if cur, err := imgs.Current(); err == nil {
+		if p, err := fleet.NewPlanner(imgs); err == nil {
+			fleet.AddNextDownload(ns, p, cur)
+		}
+	}
 	return ns
+}
+
+// nextBoot is a node's NEXT BOOT cell: what its next boot downloads of the
+// root image ("-" unknown).
+func nextBoot(d *fleet.Download) string {
+	switch {
+	case d == nil:
+		return "-"
+	case d.How == fleet.FetchCached:
+		return "cached"
+	}
+	return fmt.Sprintf("%s %s (%.1f%%)", fleet.HumanBytes(d.Bytes), d.How, 100*d.Fraction)
 }
 
 func ago(t time.Time) string {
@@ -81,7 +100,7 @@ func init() {
 					roll = "\tROLLOUT"
 				}
 			}
-			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tHEALTH\tBUSY\tKEY"+roll)
+			fmt.Fprintln(tw, "NAME\tSTATE\tMAC\tIP\tLAST DHCP\tSTAGE\tWHEN\tIMAGE\tBOOTS\tNEXT BOOT\tHEALTH\tBUSY\tKEY"+roll)
 			for _, v := range views {
 				name := v.Name
 				if !v.Configured {
@@ -101,7 +120,7 @@ func init() {
 				if roll != "" {
 					extra = "\t" + dash(v.Rollout)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, dash(v.Health), busyWord(v), v.Identity, extra)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s%s\n", name, v.State, v.MAC, dash(ip), dhcp, stage, when, img, boots, nextBoot(v.NextDownload), dash(v.Health), busyWord(v), v.Identity, extra)
 			}
 			return tw.Flush()
 		},

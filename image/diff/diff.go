@@ -58,6 +58,19 @@ type Result struct {
 	// Download is what a node caching A fetches to boot B (nil when an
 	// image has no chunk index); set by the caller, which reads the files.
 	Download *chunks.Transfer `json:"download,omitempty"`
+
+	// Nodes is, per node that reported its image cache, what its next
+	// boot of B downloads of the root image (set by the caller: fleet).
+	Nodes []NodeDownload `json:"nodes,omitempty"`
+}
+
+// NodeDownload is what one node downloads of B's root image, given the
+// images its last up event said it caches.
+type NodeDownload struct {
+	Node     string  `json:"node"`
+	How      string  `json:"how"` // cached, delta or whole
+	Bytes    int64   `json:"bytes"`
+	Fraction float64 `json:"fraction"`
 }
 
 // SizeChange is the images' artifact bytes (kernel, initrd, root image).
@@ -217,6 +230,12 @@ func (r *Result) WriteText(w io.Writer) error {
 	if d := r.Download; d != nil {
 		fmt.Fprintf(&b, "download: a node caching %s fetches %.1f MiB of %s's %.1f MiB (%.2f%%) in %d chunks\n",
 			r.A, float64(d.Bytes)/(1<<20), r.B, float64(d.ImageSize)/(1<<20), 100*d.Fraction, d.Chunks)
+	}
+	if len(r.Nodes) > 0 {
+		fmt.Fprintf(&b, "next boot of %s, per node (root image; kernel and initrd come every boot):\n", r.B)
+		for _, n := range r.Nodes {
+			fmt.Fprintf(&b, "  %s: %.1f MiB (%.2f%%, %s)\n", n.Node, float64(n.Bytes)/(1<<20), 100*n.Fraction, n.How)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

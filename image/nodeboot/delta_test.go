@@ -214,3 +214,22 @@ func TestFetchDeltaWaitsOutBusyServer(t *testing.T) {
 		t.Fatal("assembled image differs")
 	}
 }
+
+// TestCacheState: the up event's cache report lists the cached root images
+// (not partial downloads, indexes or assembly files), newest first; no
+// images directory is RAM mode.
+func TestCacheState(t *testing.T) {
+	if c := CacheState(filepath.Join(t.TempDir(), "missing")); c == nil || c.Disk || len(c.Images) != 0 {
+		t.Fatalf("no cache dir: %+v", c)
+	}
+	dir := ImageDir{Dir: t.TempDir()}
+	a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	for _, n := range []string{a + ".squashfs", a + ".index", b + ".squashfs", b + ".partial", strings.Repeat("c", 64) + ".delta", "notes.txt"} {
+		os.WriteFile(filepath.Join(dir.Dir, n), []byte("x"), 0o644)
+	}
+	dir.Touch(b)
+	c := CacheState(dir.Dir)
+	if !c.Disk || len(c.Images) != 2 || c.Images[0] != b || c.Images[1] != a {
+		t.Fatalf("cache report: %+v", c)
+	}
+}

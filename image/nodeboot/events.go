@@ -29,6 +29,16 @@ type Event struct {
 	// network that is not working.
 	Interfaces []Link   `json:"interfaces,omitempty"`
 	Degraded   []string `json:"degraded,omitempty"`
+	// Cache comes with "up": the images on the cache SSD, so the server
+	// can tell the admin what the next boot downloads.
+	Cache *CacheReport `json:"cache,omitempty"`
+}
+
+// CacheReport is the node's image cache in its up event: whether it has a
+// cache SSD and the sha256 of each cached root image.
+type CacheReport struct {
+	Disk   bool     `json:"disk"`
+	Images []string `json:"images,omitempty"`
 }
 
 // Stages of the boot contract.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -43,6 +44,7 @@ func ReportUp(ctx context.Context, s *System) error {
 		degraded = append(degraded, "degraded: cannot read the node's networks: "+err.Error())
 	}
 	ev.Interfaces, ev.Degraded = links, degraded
+	ev.Cache = CacheState(filepath.Join(s.root(), BootedCacheImages))
 	if len(degraded) > 0 {
 		ev.Message += "; " + strings.Join(degraded, "; ")
 	}
@@ -112,3 +114,22 @@ func NVIDIAVersion(sysRoot string) string {
 	}
 	return ""
 }
+
+// CacheState reports the image cache under dir (the booted system's
+// /var/cache/herd/images): no directory means no cache SSD (RAM mode).
+// At most inventory's bound of images is listed, most recently used first.
+func CacheState(dir string) *CacheReport {
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return &CacheReport{}
+	}
+	c := &CacheReport{Disk: true}
+	imgs, _ := ImageDir{Dir: dir}.Cached()
+	if len(imgs) > maxReportedImages {
+		imgs = imgs[:maxReportedImages]
+	}
+	c.Images = imgs
+	return c
+}
+
+// maxReportedImages is pxe/inventory.MaxCachedImages (the server refuses more).
+const maxReportedImages = 64

@@ -41,7 +41,20 @@ type Event struct {
 	// Interfaces and Degraded come with "up" (image/nodeboot.Link).
 	Interfaces []Link   `json:"interfaces,omitempty"`
 	Degraded   []string `json:"degraded,omitempty"`
+	// Cache comes with "up": the images the node holds on its SSD, so the
+	// server can say what its next boot downloads (nil: not reported).
+	Cache *Cache `json:"cache,omitempty"`
 }
+
+// Cache is what a node reports of its image cache: whether it has a cache
+// SSD, and the sha256 of each root image on it (rootfs.squashfs).
+type Cache struct {
+	Disk   bool     `json:"disk"`
+	Images []string `json:"images,omitempty"`
+}
+
+// MaxCachedImages bounds the images one up event may list.
+const MaxCachedImages = 64
 
 // Link is one of a node's network interfaces as it reported it.
 type Link struct {
@@ -110,6 +123,19 @@ func (e *Event) Validate() error {
 			return fmt.Errorf("event field degraded[%d]: longer than 256 bytes or has control characters", i)
 		}
 	}
+	if c := e.Cache; c != nil {
+		if len(c.Images) > MaxCachedImages {
+			return fmt.Errorf("event field cache.images: %d entries, at most %d", len(c.Images), MaxCachedImages)
+		}
+		if !c.Disk && len(c.Images) > 0 {
+			return fmt.Errorf("event field cache.images: %d images without a cache disk", len(c.Images))
+		}
+		for i, h := range c.Images {
+			if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+				return fmt.Errorf("event field cache.images[%d]: %q is not a lower-case hex sha256", i, h)
+			}
+		}
+	}
 	return nil
 }
 
@@ -136,6 +162,9 @@ type Record struct {
 	// links and what it found not working (e.g. "degraded: storage network down (...)").
 	Interfaces []Link   `json:"interfaces,omitempty"`
 	Degraded   []string `json:"degraded,omitempty"`
+	// Cache is the node's image cache as its last "up" event reported it
+	// (nil: never reported, e.g. an older agent).
+	Cache *Cache `json:"cache,omitempty"`
 	// Boots counts "up" events; Errors counts "error" events.
 	Boots  int `json:"boots"`
 	Errors int `json:"errors"`
@@ -457,6 +486,7 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 			r.Boots++
 			r.Image, r.Kernel, r.NVIDIA, r.UpTime = e.Image, e.Kernel, e.NVIDIA, t
 			r.Interfaces, r.Degraded = e.Interfaces, e.Degraded
+			r.Cache = e.Cache
 		case "error":
 			r.Errors++
 		}

@@ -204,3 +204,39 @@ func TestAttackForgedEventFlood(t *testing.T) {
 	}
 	t.Logf("10,000 events: %d rewrites in %s, nodes.json %d bytes", writes, elapsed.Round(time.Millisecond), st.Size())
 }
+
+// TestCacheKeptFromUp: the image cache an "up" event reports lands in the
+// record (for `herd node list`'s NEXT BOOT) and survives a reload; a node
+// cannot bloat the inventory with endless entries or put anything but
+// sha256s there.
+func TestCacheKeptFromUp(t *testing.T) {
+	dir := t.TempDir()
+	inv, _ := Load(dir)
+	sha := strings.Repeat("ab", 32)
+	if err := inv.RecordEvent(Event{MAC: "52:54:00:77:00:11", Node: "gpu01", Stage: "up", Cache: &Cache{Disk: true, Images: []string{sha}}}, "10.77.0.11", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := Load(dir)
+	if r, ok := again.Get("52:54:00:77:00:11"); !ok || r.Cache == nil || !r.Cache.Disk || len(r.Cache.Images) != 1 || r.Cache.Images[0] != sha {
+		t.Fatalf("record after reload: %+v", r)
+	}
+	many := make([]string, MaxCachedImages+1)
+	for i := range many {
+		many[i] = sha
+	}
+	for name, c := range map[string]*Cache{
+		"too many":           {Disk: true, Images: many},
+		"upper case":         {Disk: true, Images: []string{strings.ToUpper(sha)}},
+		"not hex":            {Disk: true, Images: []string{strings.Repeat("zz", 32)}},
+		"short":              {Disk: true, Images: []string{sha[:10]}},
+		"images without SSD": {Images: []string{sha}},
+		"path":               {Disk: true, Images: []string{"../" + sha[3:]}},
+	} {
+		if err := inv.RecordEvent(Event{MAC: "52:54:00:77:00:12", Stage: "up", Cache: c}, "", time.Now()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, ok := inv.Get("52:54:00:77:00:12"); ok {
+		t.Error("a refused event left a record")
+	}
+}
