@@ -56,7 +56,12 @@ type Engine struct {
 	st     *State
 	seen   map[string]seen
 	loaded time.Time
+	// cycling counts BMC power cycles in flight (WaitIdle).
+	cycling sync.WaitGroup
 }
+
+// WaitIdle waits for the BMC power cycles in flight (tests, shutdown).
+func (e *Engine) WaitIdle() { e.cycling.Wait() }
 
 // Open loads the rollout state (resuming an active rollout).
 func Open(opt Options) (*Engine, error) {
@@ -477,13 +482,29 @@ func (e *Engine) advanceNode(ctx context.Context, n *NodeState, now time.Time) {
 		cycle = now.Sub(n.RebootSent) > e.opt.UpTimeout
 	}
 	if n.PowerCycled.IsZero() && cycle {
-		n.PowerCycled = now
-		if err := e.cycle(ctx, n.Name); err != nil {
-			e.nodeFailed(n, "stopped reporting and the BMC fallback failed: "+err.Error())
-			return
-		}
-		n.Detail = "stopped reporting: power-cycled through its BMC"
-		e.log.Warn("node power-cycled through its BMC", "node", n.Name)
+		// The BMC may take a while (or time out): never while holding the
+		// lock that every status report waits for.
+		n.PowerCycled, n.Detail = now, "stopped reporting: power-cycling it through its BMC"
+		name := n.Name
+		e.cycling.Add(1)
+		go func() {
+			defer e.cycling.Done()
+			err := e.cycle(ctx, name)
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			m := e.st.Node(name)
+			if m == nil || !m.PowerCycled.Equal(now) || (m.State != NodeRebooting && m.State != NodeReverting) {
+				return
+			}
+			if err != nil {
+				e.nodeFailed(m, "stopped reporting and the BMC fallback failed: "+err.Error())
+			} else {
+				m.Detail = "stopped reporting: power-cycled through its BMC"
+				e.log.Warn("node power-cycled through its BMC", "node", name)
+			}
+			e.step(context.Background(), e.opt.Now())
+			e.save()
+		}()
 		return
 	}
 	if !n.PowerCycled.IsZero() && now.Sub(n.PowerCycled) > e.opt.UpTimeout {
@@ -491,7 +512,7 @@ func (e *Engine) advanceNode(ctx context.Context, n *NodeState, now time.Time) {
 	}
 }
 
-func (e *Engine) cycle(ctx context.Context, node string) error {
+func (e *Engine) cycle(_ context.Context, node string) error {
 	if e.opt.Power == nil {
 		return errors.New("no power control")
 	}
@@ -499,7 +520,7 @@ func (e *Engine) cycle(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	return c.Power(ctx, power.Cycle)
 }

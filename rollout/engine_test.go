@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,7 +67,9 @@ type sim struct {
 	e       *Engine
 	dir     string
 	events  []string // "reboot gpu01", "up gpu01 <img>"
-	maxBusy int      // most nodes down at once
+	mu      sync.Mutex
+	cycled  []string
+	maxBusy int // most nodes down at once
 }
 
 const bootTime = 4 * time.Minute
@@ -102,11 +105,26 @@ func (b fakeBMC) Power(ctx context.Context, action string) error {
 	if action != power.Cycle {
 		return fmt.Errorf("unexpected %s", action)
 	}
-	n := b.s.nodes[b.name]
-	n.cycles++
-	n.hung = false
-	b.s.down(n)
+	// The engine calls this from its own goroutine: the sim applies it
+	// on its next step.
+	b.s.mu.Lock()
+	b.s.cycled = append(b.s.cycled, b.name)
+	b.s.mu.Unlock()
 	return nil
+}
+
+// applyCycles power-cycles the nodes the BMC was asked to.
+func (s *sim) applyCycles() {
+	s.mu.Lock()
+	names := s.cycled
+	s.cycled = nil
+	s.mu.Unlock()
+	for _, name := range names {
+		n := s.nodes[name]
+		n.cycles++
+		n.hung = false
+		s.down(n)
+	}
 }
 
 func (s *sim) power(node string) (power.Controller, error) {
@@ -143,6 +161,8 @@ func (s *sim) submit(r Request) {
 // image), nodes due report, replies are obeyed, the engine ticks.
 func (s *sim) step() {
 	s.now = s.now.Add(10 * time.Second)
+	s.e.WaitIdle()
+	s.applyCycles()
 	down := 0
 	for _, name := range s.order {
 		n := s.nodes[name]
@@ -184,6 +204,7 @@ func (s *sim) step() {
 		s.maxBusy = down
 	}
 	s.e.Tick(context.Background())
+	s.e.WaitIdle()
 }
 
 // until steps until cond holds or limit passes (simulated time).
