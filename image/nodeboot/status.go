@@ -226,13 +226,17 @@ func (a *StatusAgent) Collect(ctx context.Context) *nodestatus.Report {
 		facts.Installed = strings.TrimSpace(string(out))
 	}
 	smiCheck := nodestatus.Check{Name: "nvidia-smi", OK: true}
-	if out, err := a.run(ctx, "", "nvidia-smi", "-q", "-x"); err != nil {
+	expectNone := cfg.ExpectGPUs == nil || cfg.ExpectGPUs.Count == 0
+	if n, known := a.pciGPUs(); known && n == 0 {
+		// Nothing for the driver to see: do not wake it every minute.
+		smiCheck.OK, smiCheck.Detail = expectNone, "no NVIDIA GPU on the PCI bus"
+	} else if out, err := a.run(ctx, "", "nvidia-smi", "-q", "-x"); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
 			smiCheck.Detail = "not installed"
-			smiCheck.OK = cfg.ExpectGPUs == nil || cfg.ExpectGPUs.Count == 0
+			smiCheck.OK = expectNone
 		} else {
 			facts.SMIErr = oneLine(err.Error())
-			smiCheck.OK, smiCheck.Detail = cfg.ExpectGPUs == nil || cfg.ExpectGPUs.Count == 0, facts.SMIErr
+			smiCheck.OK, smiCheck.Detail = expectNone, facts.SMIErr
 		}
 	} else if l, err := nvsmi.Parse(out); err != nil {
 		facts.SMIErr = err.Error()
@@ -282,6 +286,24 @@ func (a *StatusAgent) nodeConfig() (nodestatus.NodeConfig, error) {
 		return nodestatus.NodeConfig{}, fmt.Errorf("%s: %w", nodestatus.NodeConfigPath, err)
 	}
 	return c, nil
+}
+
+// pciGPUs counts NVIDIA display controllers (vendor 0x10de, class 0x03xxxx)
+// in sysfs; known is false when sysfs cannot be read.
+func (a *StatusAgent) pciGPUs() (n int, known bool) {
+	dir := filepath.Join(a.SysRoot, "bus/pci/devices")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, false
+	}
+	for _, e := range ents {
+		v, err1 := os.ReadFile(filepath.Join(dir, e.Name(), "vendor"))
+		c, err2 := os.ReadFile(filepath.Join(dir, e.Name(), "class"))
+		if err1 == nil && err2 == nil && strings.TrimSpace(string(v)) == "0x10de" && strings.HasPrefix(strings.TrimSpace(string(c)), "0x03") {
+			n++
+		}
+	}
+	return n, true
 }
 
 func (a *StatusAgent) loadedDriver() string {

@@ -222,6 +222,39 @@ func TestCollect(t *testing.T) {
 	}
 }
 
+// TestCollectNoGPUOnTheBus: sysfs shows no NVIDIA device (a VM, a node
+// whose GPU fell off the bus): nvidia-smi is not even run.
+func TestCollectNoGPUOnTheBus(t *testing.T) {
+	f := newFakeNode(t, nodestatus.NodeConfig{Node: "gpu1", ExpectGPUs: &nodestatus.ExpectGPUs{Count: 1}})
+	f.smi = smiFixture(t, "tesla-t4.xml")
+	sys := filepath.Join(f.root, "sys")
+	// A virtio NIC and a VGA card of another vendor, as QEMU shows them.
+	for dev, vc := range map[string][2]string{"0000:00:02.0": {"0x1234", "0x030000"}, "0000:00:03.0": {"0x1af4", "0x020000"}} {
+		d := filepath.Join(sys, "bus/pci/devices", dev)
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "vendor"), []byte(vc[0]+"\n"), 0o644)
+		os.WriteFile(filepath.Join(d, "class"), []byte(vc[1]+"\n"), 0o644)
+	}
+	a := &StatusAgent{Node: "gpu1", Root: f.root, SysRoot: sys, Exec: f.exec}
+	rep := a.Collect(context.Background())
+	if rep.Health.String() != "degraded: 0/1 GPUs" || len(rep.GPUs) != 0 {
+		t.Errorf("health %q, %d GPUs", rep.Health.String(), len(rep.GPUs))
+	}
+	for _, c := range f.calls {
+		if strings.HasPrefix(c, "nvidia-smi") {
+			t.Errorf("nvidia-smi run with no NVIDIA device on the bus")
+		}
+	}
+	// The same bus with an NVIDIA GPU on it: nvidia-smi is asked.
+	d := filepath.Join(sys, "bus/pci/devices", "0000:00:1e.0")
+	os.MkdirAll(d, 0o755)
+	os.WriteFile(filepath.Join(d, "vendor"), []byte("0x10de\n"), 0o644)
+	os.WriteFile(filepath.Join(d, "class"), []byte("0x030200\n"), 0o644)
+	if rep := a.Collect(context.Background()); len(rep.GPUs) != 1 {
+		t.Errorf("with a GPU on the bus: %d GPUs", len(rep.GPUs))
+	}
+}
+
 func TestCollectNoGPUExpectedOne(t *testing.T) {
 	f := newFakeNode(t, nodestatus.NodeConfig{Node: "gpu1", ExpectGPUs: &nodestatus.ExpectGPUs{Count: 1}})
 	f.smiErr = errors.New("exit status 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver")
