@@ -88,12 +88,12 @@ func Mountroot(ctx context.Context, s *System, rootmnt string) error {
 		return err
 	}
 	mac, ifname := PrimaryMAC()
+	sb := s.SecureBootState()
+	s.say("%s", sb)
 	// A signed UKI's command line names no node: ask for the hints.
 	if h := s.fetchHints(ctx, p, mac); h != nil && len(h.Enroll) > 0 {
 		s.enrollAndReboot(ctx, p.Server, h.Enroll)
 	}
-	sb := s.SecureBootState()
-	s.say("%s", sb)
 	// Events wait in memory until the node key is enrolled, then go signed.
 	rep := &Reporter{Server: p.Server, Node: p.Node, MAC: mac, Image: p.ID, Console: s.Console, Hold: true}
 	if ifname == "" {
