@@ -21,4 +21,11 @@ done
 echo
 echo "== summary ($out)"
 cat "$out"
+# Boot path v2 (issue 17) side by side: the cached reboot against a boot of
+# the same image from a local disk (goal: ratio <= 1.15), and the fraction of
+# the root image a node caching generation N downloads for (a) the same
+# image, (b) one package added, (c) a driver bump, (d) an overlay change.
+echo
+echo "== boot path v2: cached reboot / local disk, and delta download fractions"
+grep -E '^BENCH (boot-cached-to-login|delta-(same-image|one-package|driver-bump|overlay-only|e2e-one-package)):' "$out" || echo "(bench/boot.sh or bench/delta.sh printed none)"
 exit $status
