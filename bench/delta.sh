@@ -40,15 +40,24 @@ build() { # build NAME CONFIG RECIPE [--set ...] -> prints the image ID
 	echo "built $name in $((SECONDS - t0))s: $(grep -o 'stage [a-z]*: [a-z]*' "$work/$name.log" | tr '\n' ' ')" >&2
 	awk '/^image /{print $2; exit}' "$work/$name.log"
 }
-report() { # report NAME BASE-ID NEW-ID
+report() { # report NAME BASE-ID NEW-ID [NOTE]
 	"$HERD" --state "$STATE" --config /dev/null image diff "$2" "$3" --json > "$work/$1.json"
-	python3 - "$1" "$work/$1.json" <<'PY'
+	python3 - "$1" "$work/$1.json" "${4:-}" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[2])).get("download")
 if not d:
     print(f"{sys.argv[1]}: no chunk index in these images", file=sys.stderr); sys.exit(0)
-print(f"BENCH delta-{sys.argv[1]}: herd {d['bytes']}B reference(whole-image) {d['image_size']}B ratio {d['fraction']:.4f} ({d['chunks']} chunks)")
+note = f"; {sys.argv[3]}" if sys.argv[3] else ""
+print(f"BENCH delta-{sys.argv[1]}: herd {d['bytes']}B reference(whole-image) {d['image_size']}B ratio {d['fraction']:.4f} ({d['chunks']} chunks{note})")
 PY
+}
+# driver_share IMAGE-ID: the NVIDIA packages' share of the image's installed
+# size (dpkg's Installed-Size), the yardstick of goal (c).
+driver_share() {
+	unsquashfs -cat "$STATE/images/$1/rootfs.squashfs" var/lib/dpkg/status | awk '
+		/^Package: / { p = $2 }
+		/^Installed-Size: / { t += $2; if (p ~ /nvidia/) d += $2 }
+		END { if (t) printf "driver packages %.1f%% of the installed size: goal <= %.3f", 100 * d / t, d / t + 0.05 }'
 }
 
 base=$(build base "$work/herd.yaml" "$recipe")
@@ -66,7 +75,7 @@ fi
 bump_recipe="$work/recipes/ubuntu-noble-gpu-bump.yaml"
 sed 's/^name: ubuntu-noble-gpu$/name: ubuntu-noble-gpu-bump/' "$recipe" > "$bump_recipe"
 if bump=$(build bump "$work/herd.yaml" "$bump_recipe" --set "nvidia.branch=$DRIVER_BRANCH" --set "nvidia.version=$DRIVER_VERSION"); then
-	report driver-bump "$base" "$bump"
+	report driver-bump "$base" "$bump" "$(driver_share "$bump")"
 fi
 
 if ovl=$(build overlay "$work/herd-ntp.yaml" "$recipe"); then
