@@ -25,6 +25,7 @@ import (
 type initLab struct {
 	ns, campus *testlab.Netns
 	slapd      *testlab.Slapd
+	rival      *exec.Cmd // dnsmasq
 	state      string
 	dir        string
 	bin        string
@@ -63,9 +64,9 @@ func newInitLab(t *testing.T) *initLab {
 	if err := dns.Start(); err != nil {
 		t.Fatalf("start dnsmasq: %v", err)
 	}
+	l.rival = dns
 	t.Cleanup(func() {
-		dns.Process.Kill() // by the PID this test holds
-		dns.Wait()
+		l.stopRival()
 		if t.Failed() {
 			log, _ := os.ReadFile(filepath.Join(l.dir, "dnsmasq.log"))
 			if len(log) > 4000 {
@@ -107,6 +108,15 @@ func newInitLab(t *testing.T) *initLab {
 		})
 	})
 	return l
+}
+
+// stopRival ends dnsmasq (by the PID this test holds), once.
+func (l *initLab) stopRival() {
+	if l.rival != nil {
+		l.rival.Process.Kill()
+		l.rival.Wait()
+		l.rival = nil
+	}
 }
 
 // herd runs the herd binary inside herd's namespace.
@@ -306,6 +316,25 @@ func TestInit(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(filepath.Dir(cfg)); len(ents) != 0 {
 			t.Errorf("files left behind: %v", ents)
+		}
+	})
+
+	// Last: with the rival gone, the probe finds nobody and herd init
+	// proposes full mode, which doctor accepts too.
+	defer t.Run("no-rival-full-mode", func(t *testing.T) {
+		l.stopRival()
+		cfg := filepath.Join(t.TempDir(), "herd.yaml")
+		out, err := l.herd(flags(cfg)...)
+		if err != nil || !strings.Contains(out, "no other DHCP server answered") {
+			t.Fatalf("herd init without a rival (%v):\n%s", err, out)
+		}
+		c, err := site.Load(cfg, nil)
+		if err != nil || c.DHCP.Mode != site.DHCPFull || c.DHCP.Subnet != "10.79.0.0/24" {
+			data, _ := os.ReadFile(cfg)
+			t.Fatalf("without a rival: %v\n%s", err, data)
+		}
+		if out, err := l.herd("--config", cfg, "--state", l.state, "doctor"); err != nil || !strings.Contains(out, "PASS  other dhcp server: none answered on br0") {
+			t.Errorf("doctor on the full-mode file (%v):\n%s", err, out)
 		}
 	})
 
