@@ -21,6 +21,7 @@ const defaultRecipe = "recipes/ubuntu-noble-gpu.yaml"
 var imageBuildFlags struct {
 	set        []string
 	noCache    bool
+	rerun      []string
 	updateLock bool
 	agent      string
 	refresh    bool
@@ -66,6 +67,7 @@ versions. Progress goes to stderr, the image ID and a summary to stdout.`,
 			AgentPath:   imageBuildFlags.agent,
 			HerdVersion: version,
 			NoCache:     imageBuildFlags.noCache,
+			Rerun:       imageBuildFlags.rerun,
 			UpdateLock:  imageBuildFlags.updateLock,
 			Refresh:     imageBuildFlags.refresh,
 			IndexMaxAge: max(imageBuildFlags.indexAge, -1), // the flag's 0 means "always fetch", the API's "default"
@@ -101,6 +103,7 @@ func init() {
 	f := imageBuildCmd.Flags()
 	f.StringArrayVar(&imageBuildFlags.set, "set", nil, "override a recipe field, e.g. --set nvidia.version=580.178.04-0ubuntu0.24.04.1 (repeatable)")
 	f.BoolVar(&imageBuildFlags.noCache, "no-cache", false, "rebuild every stage, ignoring cached stage outputs")
+	f.StringArrayVar(&imageBuildFlags.rerun, "rerun", nil, "rebuild this stage and every stage built on it, ignoring their cached outputs (repeatable; stages: bootstrap, driver, packages, join, overlays, initramfs, pack, efi)")
 	f.BoolVar(&imageBuildFlags.updateLock, "update-lock", false, "ignore the recipe's lock file and write a new one from what the archive has now")
 	f.BoolVar(&imageBuildFlags.refresh, "refresh", false, "fetch the archive's package indices now, even when the cached ones are fresh")
 	f.DurationVar(&imageBuildFlags.indexAge, "index-max-age", build.DefaultIndexMaxAge, "reuse package indices fetched less than this long ago (0 or less: always fetch)")

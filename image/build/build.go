@@ -1,13 +1,17 @@
-// Package build turns a recipe into an image: stages bootstrap (mmdebstrap)
-// → packages (the pinned NVIDIA driver, post commands, apt pins) → overlays
-// → initramfs → pack (mksquashfs). Each stage's output is cached under
-// <state>/stages/<key>, where the key hashes the previous key, the stage's
-// definition and the exact package versions or files it puts in, so a driver
-// bump rebuilds only from the packages stage on and an unchanged recipe
-// returns the same image without redoing work.
+// Package build turns a recipe into an image. Stages: bootstrap
+// (mmdebstrap of the base set), then on the bootstrap each on its own:
+// driver (the pinned NVIDIA packages), packages (the recipe's packages) and
+// overlays (system overlay files); join stacks driver and packages, merges
+// the dpkg/apt/debconf files both changed and runs the post commands and
+// apt pins; initramfs (on bootstrap + overlays); pack (mksquashfs of every
+// layer). Each stage's output is cached under <state>/stages/<key>, where
+// the key hashes the keys of the stages it stands on, the stage's code and
+// the exact package versions or files it puts in, so a driver bump reruns
+// driver, join and pack, one added package reruns packages, join and pack,
+// and an unchanged recipe returns the same image without redoing work.
 //
-// Stages after bootstrap work on an overlayfs over the earlier stages'
-// layers and keep only their upper directory, so the cache stores each
+// Stages after bootstrap work on an overlayfs over the layers they stand on
+// and keep only their upper directory, so the cache stores each
 // change once. All mounts live in a private mount namespace of one thread
 // and all commands in their own PID namespace: a killed build leaves no
 // mount and no process behind, and the store's lock plus an atomic publish
@@ -23,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,6 +59,9 @@ type Options struct {
 	HerdVersion string
 	// NoCache rebuilds every stage even when a cached output exists.
 	NoCache bool
+	// Rerun rebuilds the named stages and every stage built on them, as a
+	// change to their inputs would (a driver bump: "driver").
+	Rerun []string
 	// UpdateLock ignores the recipe's lock file and rewrites it.
 	UpdateLock bool
 	// Refresh fetches the archive's package indices even when the cached
@@ -193,18 +201,41 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 	if err != nil {
 		return nil, err
 	}
+	for _, n := range b.opts.Rerun {
+		if !slices.ContainsFunc(stages, func(s *stage) bool { return s.name == n }) {
+			var names []string
+			for _, s := range stages {
+				names = append(names, s.name)
+			}
+			return nil, fmt.Errorf("--rerun %s: recipe %s has no such stage (it has %s)", n, r.Name, strings.Join(names, ", "))
+		}
+	}
 	m := &manifest.Manifest{
 		Created: time.Now().UTC(), Recipe: r.Name, RecipeSHA256: r.SHA256, HerdVersion: b.opts.HerdVersion,
 		Distribution: r.Distribution, Suite: r.Suite, KernelABI: r.KernelRelease(), NVIDIA: r.NVIDIAVersion(),
 		Overlays: files.Files(),
 	}
-	var layers []string // outputs of finished stages, top first
+	layers := map[string]string{} // finished stages' layer directories
+	replaced := map[string]bool{} // stages whose layer a later one replaces
+	rerun := map[string]bool{}
+	for _, n := range b.opts.Rerun {
+		rerun[n] = true
+	}
 	for _, s := range stages {
+		var lowers []string
+		for _, d := range s.deps {
+			if rerun[d] {
+				rerun[s.name] = true // built on a rerun stage: rerun too
+			}
+			if dir, ok := layers[d]; ok && !replaced[d] {
+				lowers = append(lowers, dir)
+			}
+		}
 		t0 := time.Now()
-		cached := !b.opts.NoCache && s.Verify()
+		cached := !b.opts.NoCache && !rerun[s.name] && s.Verify()
 		b.prog.start(s.name)
 		if !cached {
-			err = s.Run(ctx, layers)
+			err = s.Run(ctx, lowers)
 			s.Cleanup()
 		}
 		secs := time.Since(t0)
@@ -215,7 +246,12 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 		fmt.Fprintf(b.log, "stage %s key %s cached=%v %.1fs\n", s.name, s.key, cached, secs.Seconds())
 		m.Stages = append(m.Stages, manifest.Stage{Name: s.name, Key: s.key, Cached: cached, Seconds: secs.Seconds()})
 		if s.layer != "" {
-			layers = append([]string{filepath.Join(s.dir(), s.layer)}, layers...)
+			layers[s.name] = filepath.Join(s.dir(), s.layer)
+		}
+		if data, err := os.ReadFile(filepath.Join(s.dir(), replacesFile)); err == nil {
+			for _, n := range strings.Fields(string(data)) {
+				replaced[n] = true
+			}
 		}
 	}
 	var packed string

@@ -296,15 +296,17 @@ func TestNoChangeRebuildReusesIndices(t *testing.T) {
 	}
 }
 
-// Adding the NVIDIA driver (a driver-only change) reuses the bootstrap
-// stage and rebuilds from the packages stage on; the image then carries the
-// pinned driver.
+// Adding the NVIDIA driver (a driver-only change) reuses the bootstrap and
+// the packages stage and builds the driver stage; the image then carries
+// the pinned driver. A rerun of the driver stage (what a driver bump does)
+// reruns only the stages built on it: join and pack.
 func TestDriverChangeReusesBootstrap(t *testing.T) {
 	needBuild(t)
-	r := testRecipe(t, "test-noble-minimal", "components=[main,restricted]", "nvidia.branch=\"580\"", "nvidia.version=580.178.04-0ubuntu0.24.04.1")
+	sets := []string{"components=[main,restricted]", "packages=[less]"}
+	r := testRecipe(t, "test-noble-minimal", append(sets, "nvidia.branch=\"580\"", "nvidia.version=580.178.04-0ubuntu0.24.04.1")...)
 	// restricted only adds the driver's component; keep the bootstrap's
 	// definition the same by comparing against a main+restricted base build.
-	base, err := realBuild(t, testRecipe(t, "test-noble-minimal", "components=[main,restricted]"), Options{})
+	base, err := realBuild(t, testRecipe(t, "test-noble-minimal", sets...), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,24 +314,79 @@ func TestDriverChangeReusesBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := res.Manifest.Stages
-	if !st[0].Cached || st[0].Key != base.Manifest.Stages[0].Key {
-		t.Errorf("bootstrap not reused: %+v vs %+v", st[0], base.Manifest.Stages[0])
+	st, was := res.Manifest.Stages, base.Manifest.Stages
+	for _, n := range []string{"bootstrap", "packages", "overlays", "initramfs"} {
+		if s := stageNamed(t, st, n); !s.Cached || s.Key != stageNamed(t, was, n).Key {
+			t.Errorf("%s not reused: %+v vs %+v", n, s, stageNamed(t, was, n))
+		}
 	}
-	// The packages stage must be a different stage (its key covers the
-	// driver). It may still be marked cached: the test store persists across
-	// runs, so an earlier run may already have built this exact stage.
-	if st[1].Key == base.Manifest.Stages[1].Key {
-		t.Errorf("packages stage should differ for the driver: %+v vs %+v", st[1], base.Manifest.Stages[1])
+	// The test store persists across runs, so the driver stage may already
+	// be cached from an earlier run; its key is what must be new.
+	for _, n := range []string{"join", "pack"} {
+		if stageNamed(t, st, n).Key == stageNamed(t, was, n).Key {
+			t.Errorf("%s stage should differ for the driver", n)
+		}
 	}
 	if res.ID == base.ID {
 		t.Errorf("driver image has the same ID as the base image")
 	}
 	m := res.Manifest
 	if m.NVIDIA != "580.178.04-0ubuntu0.24.04.1" || m.Packages["nvidia-utils-580-server"] != "580.178.04-0ubuntu0.24.04.1" ||
-		m.Packages["linux-modules-nvidia-580-server-6.8.0-149-generic"] != "6.8.0-149.149" {
-		t.Errorf("driver not in manifest: nvidia=%q utils=%q", m.NVIDIA, m.Packages["nvidia-utils-580-server"])
+		m.Packages["linux-modules-nvidia-580-server-6.8.0-149-generic"] != "6.8.0-149.149" || m.Packages["less"] == "" {
+		t.Errorf("driver or packages not in manifest: nvidia=%q utils=%q less=%q", m.NVIDIA, m.Packages["nvidia-utils-580-server"], m.Packages["less"])
 	}
+	// The join merged the two layers: the image's dpkg database and linker
+	// cache know both, and the build-time SSH host keys are gone.
+	img := unpackRootfs(t, res, "var/lib/dpkg/status", "etc/ld.so.cache", "etc/ssh", "etc/passwd")
+	status, _ := os.ReadFile(filepath.Join(img, "var/lib/dpkg/status"))
+	for _, p := range []string{"less", "nvidia-utils-580-server", "libnvidia-compute-580-server", "systemd-sysv"} {
+		if !bytes.Contains(status, []byte("\nPackage: "+p+"\n")) && !bytes.HasPrefix(status, []byte("Package: "+p+"\n")) {
+			t.Errorf("dpkg status lacks %s", p)
+		}
+	}
+	if cache, _ := os.ReadFile(filepath.Join(img, "etc/ld.so.cache")); !bytes.Contains(cache, []byte("libnvidia-ml.so.1")) {
+		t.Errorf("ld.so.cache lacks the driver's libnvidia-ml.so.1")
+	}
+	if keys, _ := filepath.Glob(filepath.Join(img, "etc/ssh/ssh_host_*")); len(keys) > 0 {
+		t.Errorf("the image ships build-time SSH host keys: %v", keys)
+	}
+	if pw, _ := os.ReadFile(filepath.Join(img, "etc/passwd")); !bytes.Contains(pw, []byte("\nnvidia-persistenced:")) || !bytes.Contains(pw, []byte("\nsshd:")) {
+		t.Errorf("/etc/passwd lacks the driver's or the base's system user:\n%s", pw)
+	}
+
+	bump, err := realBuild(t, r, Options{Rerun: []string{"driver"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range bump.Manifest.Stages {
+		rerun := s.Name == "driver" || s.Name == "join" || s.Name == "pack"
+		if s.Cached == rerun {
+			t.Errorf("--rerun driver: stage %s cached=%v", s.Name, s.Cached)
+		}
+	}
+}
+
+// stageNamed finds a stage in a manifest's list.
+func stageNamed(t *testing.T, st []manifest.Stage, name string) manifest.Stage {
+	t.Helper()
+	for _, s := range st {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no stage %s in %+v", name, st)
+	return manifest.Stage{}
+}
+
+// unpackRootfs extracts paths of an image's rootfs into a temp dir.
+func unpackRootfs(t *testing.T, res *Result, paths ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "root")
+	args := append([]string{"-q", "-d", dir, filepath.Join(TestStateDir, "images", res.ID, manifest.Rootfs)}, paths...)
+	if out, err := exec.Command("unsquashfs", args...).CombinedOutput(); err != nil {
+		t.Fatalf("unsquashfs: %v: %s", err, out)
+	}
+	return dir
 }
 
 // A version that does not exist fails before anything is built, naming the
@@ -450,12 +507,11 @@ func tail(s string, n int) string {
 func TestPackIsReproducible(t *testing.T) {
 	res := minimalImage(t)
 	st := res.Manifest.Stages
-	layers := []string{
-		filepath.Join(TestStateDir, "stages", st[3].Key, "upper"),
-		filepath.Join(TestStateDir, "stages", st[2].Key, "upper"),
-		filepath.Join(TestStateDir, "stages", st[1].Key, "upper"),
-		filepath.Join(TestStateDir, "stages", st[0].Key, "root"),
+	var layers []string // pack's: initramfs, overlays, join, packages, bootstrap
+	for _, n := range []string{"initramfs", "overlays", "join", "packages"} {
+		layers = append(layers, filepath.Join(TestStateDir, "stages", stageNamed(t, st, n).Key, "upper"))
 	}
+	layers = append(layers, filepath.Join(TestStateDir, "stages", stageNamed(t, st, "bootstrap").Key, "root"))
 	r := testRecipe(t, "test-noble-minimal")
 	b := &builder{recipe: r, state: TestStateDir, log: io.Discard}
 	var sums []string
@@ -511,11 +567,13 @@ func TestPackageChangeReusesBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, was := res.Manifest.Stages, first.Manifest.Stages
-	if !st[0].Cached || st[0].Key != was[0].Key {
-		t.Errorf("bootstrap not reused: %+v vs %+v", st[0], was[0])
+	for _, n := range []string{"bootstrap", "overlays", "initramfs"} {
+		if s := stageNamed(t, st, n); !s.Cached || s.Key != stageNamed(t, was, n).Key {
+			t.Errorf("%s not reused: %+v vs %+v", n, s, stageNamed(t, was, n))
+		}
 	}
-	if st[1].Key == was[1].Key {
-		t.Errorf("packages stage should differ for the added package: %+v", st[1])
+	if s := stageNamed(t, st, "packages"); s.Key == stageNamed(t, was, "packages").Key {
+		t.Errorf("packages stage should differ for the added package: %+v", s)
 	}
 	lock, err := recipe.ReadLock(r.LockPath())
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -57,9 +58,9 @@ func planKeys(t *testing.T, fsys fs.FS) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := &resolution{pinned: recipe.Lock{}, base: map[string]string{}, all: map[string]string{}}
+	res := &resolution{pinned: recipe.Lock{}, base: map[string]string{}, users: map[string]string{}}
 	for _, p := range r.AllPinned() {
-		res.pinned[p.Name], res.all[p.Name] = "1.0", "1.0"
+		res.pinned[p.Name], res.base[p.Name] = "1.0", "1.0"
 	}
 	ss, err := (&builder{recipe: r}).plan(keyring, res, emptySet{}, testAgent(t))
 	if err != nil {
@@ -72,39 +73,34 @@ func planKeys(t *testing.T, fsys fs.FS) []string {
 	return keys
 }
 
-// A stage's key covers its own code: a change to the pack stage's code gives
-// the pack stage a new key and keeps the others; a change to code the
-// bootstrap reaches (mirrorArgs) gives every stage a new key; a comment
-// keeps every key.
+// A stage's key covers its own code and that of the stages it stands on:
+// a change to the pack stage's code gives the pack stage a new key and keeps
+// the others; a change to the join's changes join and pack; a change to code
+// the bootstrap reaches (mirrorArgs) gives every stage built on it a new
+// key; a comment keeps every key.
 func TestStageKeyCoversItsCode(t *testing.T) {
 	base := planKeys(t, nil)
-	// Stages from index from on must change, those before it must not.
-	index := func(stage string) int {
-		for i, k := range base {
-			if strings.HasPrefix(k, stage+"=") {
-				return i
-			}
-		}
-		t.Fatalf("no stage %s in %v", stage, base)
-		return -1
-	}
-	same := func(what string, got []string, from int) {
+	same := func(what string, got []string, changed ...string) {
 		t.Helper()
 		for i := range base {
-			want := i < from
-			if (got[i] == base[i]) != want {
-				t.Errorf("%s: stage %s key changed=%v, want changed=%v", what, strings.SplitN(base[i], "=", 2)[0], got[i] != base[i], !want)
+			name := strings.SplitN(base[i], "=", 2)[0]
+			want := slices.Contains(changed, name)
+			if (got[i] != base[i]) != want {
+				t.Errorf("%s: stage %s key changed=%v, want changed=%v", what, name, got[i] != base[i], want)
 			}
 		}
 	}
 	same("pack code", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (b *builder) pack(ctx context.Context, out string, lowers []string) error", "_ = 0"))), index("pack"))
+		insertInto("func (b *builder) pack(ctx context.Context, out string, lowers []string) error", "_ = 0"))), "pack")
+	same("join code", planKeys(t, sourcesWith(t, "join.go",
+		insertInto("func planJoin(users, driver, base string) (*joinPlan, error)", "_ = 0"))), "join", "pack")
+	tree := []string{"bootstrap", "packages", "join", "overlays", "initramfs", "pack"}
 	same("mirrorArgs code (reached by the bootstrap)", planKeys(t, sourcesWith(t, "keyring.go",
-		insertInto("func (b *builder) mirrorArgs() []string", "_ = 0"))), 0)
+		insertInto("func (b *builder) mirrorArgs() []string", "_ = 0"))), tree...)
 	same("shared stage machinery", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (s *stage) Verify() bool", "_ = 0"))), 0)
+		insertInto("func (s *stage) Verify() bool", "_ = 0"))), append(tree, "efi")...)
 	same("a comment in the bootstrap", planKeys(t, sourcesWith(t, "stages.go",
-		insertInto("func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, root string) error", "// only a comment\n"))), len(base))
+		insertInto("func (b *builder) bootstrap(ctx context.Context, keyring string, pins []string, root string) error", "// only a comment\n"))))
 	// And the embedded sources are this package's real files.
 	if _, err := fs.Stat(sources, "stages.go"); err != nil {
 		t.Fatal(err)

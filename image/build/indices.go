@@ -126,34 +126,32 @@ func (b *builder) fetchIndices(ctx context.Context, keyring string) error {
 
 // resolved is the cached answer of apt for one set of specs.
 type resolved struct {
-	Base map[string]string `json:"base"`
-	All  map[string]string `json:"all"`
+	Closure map[string]string `json:"closure"`
 }
 
 // refresh says the indices and resolutions must come from the archive now.
 func (b *builder) refresh() bool { return b.opts.Refresh || b.opts.UpdateLock }
 
-// loadResolved fills res from the resolution cache; false when absent.
-func (b *builder) loadResolved(key string, res *resolution) bool {
+// loadResolved returns the cached closure for key; nil when absent.
+func (b *builder) loadResolved(key string) map[string]string {
 	if b.refresh() {
-		return false
+		return nil
 	}
 	data, err := os.ReadFile(filepath.Join(b.resolvedDir(), key+".json"))
 	if err != nil {
-		return false
+		return nil
 	}
 	var c resolved
-	if json.Unmarshal(data, &c) != nil || len(c.All) == 0 {
-		return false
+	if json.Unmarshal(data, &c) != nil || len(c.Closure) == 0 {
+		return nil
 	}
-	res.base, res.all = c.Base, c.All
 	fmt.Fprintf(b.log, "package set resolved before against the same indices (%s)\n", key)
-	return true
+	return c.Closure
 }
 
-// saveResolved records res for key; a failure only costs the next build time.
-func (b *builder) saveResolved(key string, res *resolution) {
-	data, err := json.Marshal(resolved{Base: res.base, All: res.all})
+// saveResolved records a closure for key; a failure only costs the next build time.
+func (b *builder) saveResolved(key string, closure map[string]string) {
+	data, err := json.Marshal(resolved{Closure: closure})
 	if err == nil {
 		err = os.MkdirAll(b.resolvedDir(), 0o755)
 	}

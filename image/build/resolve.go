@@ -44,7 +44,9 @@ type pinWant struct{ version, source string }
 type resolution struct {
 	pinned  recipe.Lock       // every pinned package -> exact version
 	base    map[string]string // closure of the bootstrap packages (the recipe's base)
-	all     map[string]string // closure of everything
+	driver  map[string]string // closure of base + driver (the driver stage installs the difference)
+	users   map[string]string // closure of base + the recipe's packages (the packages stage)
+	all     map[string]string // union of the two: what the image carries
 	efi     map[string]string // Secure Boot packages (efi.go): taken apart, never installed
 	changed bool              // the lock file needs (re)writing
 }
@@ -132,21 +134,55 @@ func (b *builder) resolve(ctx context.Context, keyring string) (*resolution, err
 		return parseInst(out.Bytes()), nil
 	}
 	baseSpecs := spec(r.BasePackages())
-	stageSpecs := spec(append(r.ExtraPackages(), r.DriverPackages()...))
+	drvSpecs := spec(r.DriverPackages())
+	userSpecs := spec(r.ExtraPackages())
 	// apt's answer depends only on the indices and the specs: within one
-	// fetch of the indices it is kept (<state>/apt-resolved/), so a
-	// no-change rebuild does not run apt at all.
-	cacheKey := hashKey(idx.stamp, strings.Join(baseSpecs, " "), strings.Join(stageSpecs, " "))
-	if !b.loadResolved(cacheKey, res) {
-		if res.base, err = simulate(baseSpecs); err != nil {
+	// fetch of the indices each set's is kept (<state>/apt-resolved/), so a
+	// no-change rebuild does not run apt at all, and one added package
+	// resolves only the recipe's packages again.
+	reused := true
+	closure := func(specs []string) (map[string]string, error) {
+		key := hashKey(idx.stamp, strings.Join(specs, " "))
+		if c := b.loadResolved(key); c != nil {
+			return c, nil
+		}
+		reused = false
+		c, err := simulate(specs)
+		if err == nil {
+			b.saveResolved(key, c)
+		}
+		return c, err
+	}
+	if res.base, err = closure(baseSpecs); err != nil {
+		return nil, err
+	}
+	res.driver = res.base
+	if len(drvSpecs) > 0 {
+		if res.driver, err = closure(append(append([]string(nil), baseSpecs...), drvSpecs...)); err != nil {
 			return nil, err
 		}
-		if res.all, err = simulate(append(baseSpecs, stageSpecs...)); err != nil {
+	}
+	res.users = res.base
+	if len(userSpecs) > 0 {
+		if res.users, err = closure(append(append([]string(nil), baseSpecs...), userSpecs...)); err != nil {
 			return nil, err
 		}
-		b.saveResolved(cacheKey, res)
-	} else {
+	}
+	if reused {
 		fmt.Fprintf(b.opts.Progress, "package set: resolved before against these indices, reused\n")
+	}
+	// The driver and the packages stages install on the bootstrap each on
+	// their own: a package both pull in must come out the same in both.
+	res.all = map[string]string{}
+	for p, v := range res.driver {
+		res.all[p] = v
+	}
+	for _, p := range sortedKeys(res.users) {
+		v := res.users[p]
+		if dv, ok := res.driver[p]; ok && dv != v {
+			return nil, fmt.Errorf("package %s: the driver needs version %s, the recipe's packages %s: pin %s=%s under packages", p, dv, v, p, dv)
+		}
+		res.all[p] = v
 	}
 	for _, p := range r.AllPinned() {
 		got, ok := res.all[p.Name]

@@ -19,6 +19,7 @@ import (
 	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/image/verity"
 	"github.com/herdlab/herd/internal/atomicfile"
 	"github.com/herdlab/herd/internal/fsutil"
@@ -38,8 +39,9 @@ type stage struct {
 	b     *builder
 	name  string
 	key   string
-	layer string // "root", "upper", or "" for a stage whose output is not a tree
-	work  string // scratch dir under <state>/tmp while running
+	layer string   // "root", "upper", or "" for a stage whose output is not a tree
+	deps  []string // the stages whose layers this one is built on, top first
+	work  string   // scratch dir under <state>/tmp while running
 	run   func(ctx context.Context, out string, lowers []string) error
 }
 
@@ -107,21 +109,34 @@ func hashKey(parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil))[:24]
 }
 
-// plan computes every stage's key and work.
+// plan computes every stage's key and work. The stages form a small tree
+// over the bootstrap, not a chain, so a change reruns only what depends on
+// it:
+//
+//	bootstrap ─┬─ driver ───┐
+//	           ├─ packages ─┴─ join ─┐
+//	           └─ overlays ── initramfs ─┴─ pack
+//
+// driver (the NVIDIA packages) and packages (the recipe's packages, for the
+// lab's users) are each installed on the bootstrap alone and keyed by their
+// own pins; join stacks them, merges the few files both change (join.go) and
+// runs the post commands and apt pins. overlays and the initramfs are built
+// on the bootstrap too, so neither a new package nor a driver bump rebuilds
+// the initramfs. pack stacks every layer. Each stage lists the layers it
+// stands on (deps, top first); its key covers theirs.
 func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent string) ([]*stage, error) {
 	r := b.recipe
-	// The bootstrap installs the base set and is keyed by it alone; the
-	// packages stage installs the recipe's packages and the driver.
-	var basePins, stagePins []string
-	for _, p := range r.BasePackages() {
-		basePins = append(basePins, p.Name+"="+res.pinned[p.Name])
+	pins := func(pkgs []recipe.Package) []string {
+		var out []string
+		for _, p := range pkgs {
+			out = append(out, p.Name+"="+res.pinned[p.Name])
+		}
+		return out
 	}
-	for _, p := range append(r.ExtraPackages(), r.DriverPackages()...) {
-		stagePins = append(stagePins, p.Name+"="+res.pinned[p.Name])
-	}
+	basePins, drvPins, userPins := pins(r.BasePackages()), pins(r.DriverPackages()), pins(r.ExtraPackages())
 	var allPins []string
 	for _, p := range r.AllPinned() {
-		allPins = append(allPins, p.Name)
+		allPins = append(allPins, p.Name+"="+res.pinned[p.Name])
 	}
 	keyBytes, err := os.ReadFile(keyring)
 	if err != nil {
@@ -129,38 +144,65 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 	}
 	bootKey := hashKey(stageVersion, "bootstrap", r.Distribution, r.Suite, strings.Join(r.Components, ","), r.Mirror,
 		string(keyBytes), strings.Join(basePins, " "), digest(res.base))
-	pkgKey := hashKey(bootKey, "packages", strings.Join(stagePins, " "), digest(res.all), strings.Join(r.Post, "\x00"), strings.Join(allPins, " "))
-	ovlKey := hashKey(pkgKey, "overlays", filesDigest(files.Files()))
+	pkgKey := hashKey(bootKey, "packages", strings.Join(userPins, " "), digest(res.users))
+	joinParts := []string{pkgKey, "join", strings.Join(r.Post, "\x00"), strings.Join(allPins, " ")}
+	var drvKey string
+	if len(drvPins) > 0 {
+		drvKey = hashKey(bootKey, "driver", strings.Join(drvPins, " "), digest(res.driver))
+		joinParts = append(joinParts, drvKey)
+	}
+	joinKey := hashKey(joinParts...)
+	ovlKey := hashKey(bootKey, "overlays", filesDigest(files.Files()))
 	initDigest, err := initramfsDigest(agent, r.Initramfs.Modules)
 	if err != nil {
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt", "chunks-gear-16k-64k-256k")
+	packKey := hashKey(initKey, joinKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt", "chunks-gear-16k-64k-256k")
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
 			return b.bootstrap(ctx, keyring, basePins, filepath.Join(out, "root"))
 		}},
-		{name: "packages", key: pkgKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
-			return b.onOverlay(ctx, out, lowers, true, func(root string) error {
-				return b.packages(ctx, root, keyring, stagePins, res.pinned)
-			})
-		}},
-		{name: "overlays", key: ovlKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
-			return b.onOverlay(ctx, out, lowers, false, func(root string) error {
-				return files.Apply(root)
-			})
-		}},
-		{name: "initramfs", key: initKey, layer: "upper", run: func(ctx context.Context, out string, lowers []string) error {
-			return b.onOverlay(ctx, out, lowers, true, func(root string) error {
-				return b.initramfs(ctx, root, agent)
-			})
-		}},
-		{name: "pack", key: packKey, run: func(ctx context.Context, out string, lowers []string) error {
-			return b.pack(ctx, out, lowers)
-		}},
 	}
+	joinDeps := []string{"packages", "bootstrap"}
+	if drvKey != "" {
+		ss = append(ss, &stage{name: "driver", key: drvKey, layer: "upper", deps: []string{"bootstrap"},
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.onOverlay(ctx, out, lowers, true, func(root string) error {
+					return b.driver(ctx, root, keyring, drvPins)
+				})
+			}})
+		joinDeps = []string{"packages", "driver", "bootstrap"}
+	}
+	ss = append(ss,
+		&stage{name: "packages", key: pkgKey, layer: "upper", deps: []string{"bootstrap"},
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.onOverlay(ctx, out, lowers, true, func(root string) error {
+					return b.packages(ctx, root, keyring, userPins)
+				})
+			}},
+		&stage{name: "join", key: joinKey, layer: "upper", deps: joinDeps,
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.join(ctx, out, lowers, keyring, userPins, res.pinned)
+			}},
+		&stage{name: "overlays", key: ovlKey, layer: "upper", deps: []string{"bootstrap"},
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.onOverlay(ctx, out, lowers, false, func(root string) error {
+					return files.Apply(root)
+				})
+			}},
+		&stage{name: "initramfs", key: initKey, layer: "upper", deps: []string{"overlays", "bootstrap"},
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.onOverlay(ctx, out, lowers, true, func(root string) error {
+					return b.initramfs(ctx, root, agent)
+				})
+			}},
+		&stage{name: "pack", key: packKey, deps: append([]string{"initramfs", "overlays", "join"}, joinDeps...),
+			run: func(ctx context.Context, out string, lowers []string) error {
+				return b.pack(ctx, out, lowers)
+			}},
+	)
 	if res.efi != nil {
 		var v []string
 		for _, p := range sortedKeys(res.efi) {
@@ -171,17 +213,21 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 				return b.efi(ctx, out, keyring, res.efi)
 			}})
 	}
-	// Each key also covers the code of its stage and of every stage before
-	// it (codekey.go), so a changed herd never reuses a stale output.
-	code := ""
+	// Each key also covers the code of its stage and of every stage it
+	// stands on (codekey.go), so a changed herd never reuses a stale output.
+	code := map[string]string{}
 	for _, s := range ss {
 		s.b = b
 		c, err := stageCode(s.name)
 		if err != nil {
 			return nil, err
 		}
-		code = hashKey(code, s.name, c)
-		s.key = hashKey(s.key, code)
+		parts := []string{s.name, c}
+		for _, d := range s.deps {
+			parts = append(parts, code[d])
+		}
+		code[s.name] = hashKey(parts...)
+		s.key = hashKey(s.key, code[s.name])
 	}
 	return ss, nil
 }
@@ -308,12 +354,24 @@ func (b *builder) onOverlay(ctx context.Context, out string, lowers []string, ch
 	})
 }
 
-// packages installs the recipe's packages and the driver, pinned, with the image's own apt,
-// runs the recipe's post commands, and pins every pinned package (apt
-// preferences at priority 1001 plus apt-mark hold) so an `apt upgrade` on a
-// node cannot drift the kernel or the driver.
-func (b *builder) packages(ctx context.Context, root, keyring string, pins []string, pinned map[string]string) error {
-	r := b.recipe
+// driver installs the NVIDIA packages (pinned) on the bootstrap.
+func (b *builder) driver(ctx context.Context, root, keyring string, pins []string) error {
+	return b.install(ctx, root, keyring, pins)
+}
+
+// packages installs the recipe's packages (pinned) on the bootstrap.
+func (b *builder) packages(ctx context.Context, root, keyring string, pins []string) error {
+	return b.install(ctx, root, keyring, pins)
+}
+
+// install installs pinned packages with the image's own apt, from the
+// indices the resolve step fetched (no apt-get update: the image asks the
+// archive nothing the resolution did not see). It leaves no package index
+// or apt cache behind.
+func (b *builder) install(ctx context.Context, root, keyring string, pins []string) error {
+	if len(pins) == 0 {
+		return nil
+	}
 	var m mounts
 	defer m.unmountAll()
 	archives := filepath.Join(root, "var/cache/apt/archives")
@@ -337,23 +395,34 @@ func (b *builder) packages(ctx context.Context, root, keyring string, pins []str
 		return err
 	}
 	defer os.Remove(rcd)
-	if len(pins) > 0 {
-		// Seed the image's apt with the indices the resolve step fetched.
-		if err := os.MkdirAll(filepath.Join(root, "var/lib/apt/lists"), 0o755); err != nil {
-			return err
-		}
-		if out, err := exec.Command("cp", "-a", b.listsDir()+"/.", filepath.Join(root, "var/lib/apt/lists")+"/").CombinedOutput(); err != nil {
-			return fmt.Errorf("seed package indices: %v: %s", err, out)
-		}
-		// force-unsafe-io: dpkg skips its fsync per unpacked file. A build
-		// that dies leaves an unfinished stage, which is never used, so the
-		// syncs buy nothing here and cost most of the stage's time.
-		script := divertInitramfs + " && apt-get update -q && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io " +
-			strings.Join(pins, " ") + " && " + undivertInitramfs
-		if err := inChroot(ctx, b.log, root, script); err != nil {
-			return err
-		}
+	// Seed the image's apt with the indices the resolve step fetched.
+	if err := os.MkdirAll(filepath.Join(root, "var/lib/apt/lists"), 0o755); err != nil {
+		return err
 	}
+	if out, err := exec.Command("cp", "-a", b.listsDir()+"/.", filepath.Join(root, "var/lib/apt/lists")+"/").CombinedOutput(); err != nil {
+		return fmt.Errorf("seed package indices: %v: %s", err, out)
+	}
+	// force-unsafe-io: dpkg skips its fsync per unpacked file. A build
+	// that dies leaves an unfinished stage, which is never used, so the
+	// syncs buy nothing here and cost most of the stage's time.
+	script := divertInitramfs + " && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io " +
+		strings.Join(pins, " ") + " && " + undivertInitramfs +
+		// Package lists and apt's caches are only needed while building.
+		" && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin && mkdir -p /var/lib/apt/lists/partial"
+	if err := inChroot(ctx, b.log, root, script); err != nil {
+		return err
+	}
+	return m.unmountAll()
+}
+
+// finish runs the recipe's post commands in the joined tree, pins every
+// pinned package (apt preferences at priority 1001 plus apt-mark hold) so an
+// `apt upgrade` on a node cannot drift the kernel or the driver, and drops
+// the SSH host keys openssh-server's postinst made at build time: every node
+// would share them (a node gets its own from the runtime overlay, or makes
+// fresh ones at boot).
+func (b *builder) finish(ctx context.Context, root string, pinned map[string]string) error {
+	r := b.recipe
 	for i, c := range r.Post {
 		if err := inChroot(ctx, b.log, root, c); err != nil {
 			return fmt.Errorf("post[%d]: %w", i, err)
@@ -369,17 +438,13 @@ func (b *builder) packages(ctx context.Context, root, keyring string, pins []str
 	for _, n := range names {
 		fmt.Fprintf(&pref, "\nPackage: %s\nPin: version %s\nPin-Priority: 1001\n", n, pinned[n])
 	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/apt/preferences.d"), 0o755); err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(root, "etc/apt/preferences.d/herd-pins"), []byte(pref.String()), 0o644); err != nil {
 		return err
 	}
-	if err := inChroot(ctx, b.log, root, "apt-mark hold "+strings.Join(names, " ")+" >/dev/null"); err != nil {
-		return err
-	}
-	// Package lists are only needed while building; nodes do not keep them.
-	if err := inChroot(ctx, b.log, root, "rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial"); err != nil {
-		return err
-	}
-	return m.unmountAll()
+	return inChroot(ctx, b.log, root, "apt-mark hold "+strings.Join(names, " ")+" >/dev/null && rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub /var/cache/apt/*.bin")
 }
 
 // initramfs puts herd's boot path and module list into the tree and runs

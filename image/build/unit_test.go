@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -130,9 +131,10 @@ func TestMirrorArgs(t *testing.T) {
 	}
 }
 
-// The bootstrap is keyed by its base set alone: adding a package to the
-// recipe's packages (or changing the driver) changes the packages stage's
-// key and those after it, never the bootstrap's; a base change changes all.
+// Each stage is keyed by what it installs and the stages it stands on:
+// adding a package to the recipe's packages changes packages, join and pack
+// only; a driver change changes driver, join and pack only; a base change
+// changes all but efi.
 func TestPackageChangeKeepsBootstrapKey(t *testing.T) {
 	dir := t.TempDir()
 	keyring := filepath.Join(dir, "k.gpg")
@@ -140,41 +142,59 @@ func TestPackageChangeKeepsBootstrapKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	agent := testAgent(t)
-	keys := func(sets ...string) []string {
+	nvidia := []string{"components=[main,restricted]", "nvidia.branch=\"580\"", "nvidia.version=580.178.04-0ubuntu0.24.04.1"}
+	keys := func(sets ...string) map[string]string {
 		t.Helper()
-		r, err := recipe.Load("../../recipes/test-noble-minimal.yaml", sets)
+		bump := ""
+		if len(sets) == 1 && strings.HasPrefix(sets[0], "bump=") {
+			bump, sets = strings.TrimPrefix(sets[0], "bump="), nil
+		}
+		r, err := recipe.Load("../../recipes/test-noble-minimal.yaml", append(append([]string(nil), nvidia...), sets...))
 		if err != nil {
 			t.Fatal(err)
 		}
-		res := &resolution{pinned: recipe.Lock{}, base: map[string]string{}, all: map[string]string{}}
+		res := &resolution{pinned: recipe.Lock{}, base: map[string]string{}, driver: map[string]string{}, users: map[string]string{}}
 		for _, p := range r.AllPinned() {
 			res.pinned[p.Name] = "1.0"
-			res.all[p.Name] = "1.0"
+		}
+		// A driver bump: the same packages at another version.
+		for _, p := range r.DriverPackages() {
+			if bump != "" {
+				res.pinned[p.Name] = bump
+			}
 		}
 		for _, p := range r.BasePackages() {
-			res.base[p.Name] = "1.0"
+			res.base[p.Name] = res.pinned[p.Name]
+		}
+		for _, p := range r.DriverPackages() {
+			res.driver[p.Name] = res.pinned[p.Name]
+		}
+		for _, p := range r.ExtraPackages() {
+			res.users[p.Name] = res.pinned[p.Name]
 		}
 		ss, err := (&builder{recipe: r}).plan(keyring, res, emptySet{}, agent)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out []string
+		out := map[string]string{}
 		for _, s := range ss {
-			out = append(out, s.key)
+			out[s.name] = s.key
 		}
 		return out
 	}
 	plain := keys()
-	htop := keys("packages=[htop]")
-	if htop[0] != plain[0] {
-		t.Errorf("adding a package changed the bootstrap key: %s -> %s", plain[0], htop[0])
-	}
-	for i := 1; i < len(plain); i++ {
-		if htop[i] == plain[i] {
-			t.Errorf("adding a package kept stage %d's key %s", i, plain[i])
+	check := func(what string, got map[string]string, changed ...string) {
+		t.Helper()
+		for name, k := range plain {
+			want := slices.Contains(changed, name)
+			if (got[name] != k) != want {
+				t.Errorf("%s: stage %s key changed=%v, want %v", what, name, got[name] != k, want)
+			}
 		}
 	}
-	if base := keys("base=[systemd-sysv, initramfs-tools, udev, kmod, iproute2, htop]"); base[0] == plain[0] {
-		t.Errorf("adding a base package kept the bootstrap key %s", base[0])
-	}
+	check("one package added", keys("packages=[htop]"), "packages", "join", "pack")
+	check("driver bump", keys("bump=580.999"), "driver", "join", "pack")
+	check("post command", keys("post=[true]"), "join", "pack")
+	check("base package added", keys("base=[systemd-sysv, initramfs-tools, udev, kmod, iproute2, htop]"),
+		"bootstrap", "driver", "packages", "join", "overlays", "initramfs", "pack")
 }

@@ -31,13 +31,16 @@ type Recipe struct {
 	// Base are installed by the bootstrap stage with the kernel and apt: the
 	// system itself. Changing them reruns every stage.
 	Base []string `yaml:"base"`
-	// Packages are installed by the packages stage (with the driver) on top
-	// of the bootstrap, so adding one reruns that stage and those after it.
+	// Packages (the lab users' tools) are installed by the packages stage
+	// on the bootstrap, beside the driver stage: adding one reruns that
+	// stage, the join and the pack, never the bootstrap, the driver or the
+	// initramfs.
 	Packages []string `yaml:"packages"`
 	Overlays []string `yaml:"overlays"`
-	// Post are shell commands run in the image after the packages, before
-	// the overlays: they belong to the site-independent packages stage, so
-	// a site change never reruns them (and they cannot see overlay files).
+	// Post are shell commands run in the image after the packages and the
+	// driver, before the overlays: they belong to the site-independent join
+	// stage, so a site change never reruns them (and they cannot see
+	// overlay files).
 	Post      []string  `yaml:"post"`
 	Initramfs Initramfs `yaml:"initramfs"`
 
@@ -208,6 +211,8 @@ func (r *Recipe) validate() error {
 				bad(field, "package %q is listed twice (also in %s)", name, seen[name])
 			case name == "apt" && list.field == "packages":
 				bad(field, "apt is installed by the bootstrap stage: list it under base to pin it")
+			case r.NVIDIA != nil && (strings.HasPrefix(name, "nvidia-") || strings.HasPrefix(name, "linux-modules-nvidia-") || strings.HasPrefix(name, "libnvidia-")):
+				bad(field, "%s belongs to the NVIDIA driver, which nvidia: pins and the driver stage installs: remove it here", name)
 			}
 			seen[name] = list.field
 		}
@@ -252,8 +257,7 @@ func (r *Recipe) BasePackages() []Package {
 	return append(out, split(r.Base)...)
 }
 
-// ExtraPackages are the recipe's packages, installed by the packages stage
-// with the driver.
+// ExtraPackages are the recipe's packages, installed by the packages stage.
 func (r *Recipe) ExtraPackages() []Package { return split(r.Packages) }
 
 // split turns "name" / "name=version" entries into Packages.
@@ -267,7 +271,7 @@ func split(list []string) []Package {
 }
 
 // DriverPackages are the NVIDIA packages (precompiled signed modules for the
-// pinned kernel ABI, no DKMS), installed by the packages stage.
+// pinned kernel ABI, no DKMS), installed by the driver stage.
 func (r *Recipe) DriverPackages() []Package {
 	n := r.NVIDIA
 	if n == nil {

@@ -96,6 +96,7 @@ func TestRecipeErrors(t *testing.T) {
 		{"bad package", strings.Replace(good, "autofs,", "Auto FS,", 1), nil, "t.yaml:13:8: field base[0]"},
 		{"package in both lists", strings.Replace(good, "[htop]", "[htop, autofs]", 1), nil, "t.yaml:14:18: field packages[1]: package \"autofs\" is listed twice (also in base)"},
 		{"apt in packages", good, []string{"packages=[apt]"}, "field packages[0]: apt is installed by the bootstrap stage"},
+		{"driver in packages", strings.Replace(good, "[htop]", "[htop, nvidia-utils-580-server]", 1), nil, "t.yaml:14:18: field packages[1]: nvidia-utils-580-server belongs to the NVIDIA driver"},
 		{"bad --set syntax", good, []string{"nvidia.version"}, "--set: field nvidia.version: expected key=value"},
 		{"bad --set path", good, []string{"packages.7=x"}, "--set: field packages.7: \"7\" is not an index"},
 		{"bad --set type", good, []string{"kernel=1"}, "--set: field kernel: expected a mapping"},
