@@ -162,7 +162,7 @@ func TestBuildMinimalImage(t *testing.T) {
 			t.Errorf("stage %s key %q", s.Name, s.Key)
 		}
 	}
-	if strings.Join(names, ",") != "bootstrap,packages,overlays,initramfs,pack,efi" {
+	if strings.Join(names, ",") != "bootstrap,packages,join,overlays,initramfs,pack,efi" {
 		t.Errorf("stages %v", names)
 	}
 	for _, a := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
@@ -350,7 +350,7 @@ func TestDriverChangeReusesBootstrap(t *testing.T) {
 	if keys, _ := filepath.Glob(filepath.Join(img, "etc/ssh/ssh_host_*")); len(keys) > 0 {
 		t.Errorf("the image ships build-time SSH host keys: %v", keys)
 	}
-	if pw, _ := os.ReadFile(filepath.Join(img, "etc/passwd")); !bytes.Contains(pw, []byte("\nnvidia-persistenced:")) || !bytes.Contains(pw, []byte("\nsshd:")) {
+	if pw, _ := os.ReadFile(filepath.Join(img, "etc/passwd")); !bytes.Contains(pw, []byte("\nnvidia-persistenced:")) || !bytes.Contains(pw, []byte("\nsystemd-network:")) {
 		t.Errorf("/etc/passwd lacks the driver's or the base's system user:\n%s", pw)
 	}
 
