@@ -88,10 +88,6 @@ type seedChunk struct {
 // before it is written; the whole file against sha before it is renamed
 // into place (so a lying seed index or server costs only time).
 func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, sha string, dir ImageDir, progress func(done, total int)) (*DeltaResult, error) {
-	want, wantBytes, err := fetchIndex(ctx, client, indexURL)
-	if err != nil {
-		return nil, err
-	}
 	seeds := map[[32]byte]seedChunk{}
 	cached, _ := dir.Cached()
 	for _, s := range cached {
@@ -113,6 +109,10 @@ func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, s
 	}
 	if len(seeds) == 0 {
 		return nil, errNoSeed
+	}
+	want, wantBytes, err := fetchIndex(ctx, client, indexURL)
+	if err != nil {
+		return nil, err
 	}
 	part := dir.assembling(sha)
 	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
