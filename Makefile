@@ -25,7 +25,8 @@ APT_PACKAGES := \
 	kea-admin dnsmasq-base tftpd-hpa nginx-light wrk hyperfine \
 	chromium lintian systemd cryptsetup-bin \
 	openipmi ipmitool tmux \
-	sbsigntool systemd-boot-efi
+	sbsigntool systemd-boot-efi \
+	swtpm swtpm-tools tpm2-tools
 
 .PHONY: all deps build test e2e unit bench demo fuzz clean go deb
 

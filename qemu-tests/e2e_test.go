@@ -25,7 +25,7 @@ const (
 	defaultRecipe = "../recipes/ubuntu-noble-gpu.yaml"
 )
 
-// TestLab boots two nodes together — gpu01 with SeaBIOS, gpu02 with OVMF —
+// TestLab boots two nodes together — gpu01 with SeaBIOS and a TPM, gpu02 with OVMF —
 // against one server and NAS, then runs every check on gpu01, the basic
 // ones on gpu02, and reboots gpu01 to see the image come from its SSD.
 func TestLab(t *testing.T) {
@@ -41,7 +41,10 @@ func TestLab(t *testing.T) {
 	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img,
 		// gpu01 enrolls through `herd node approve` once its console shows
 		// its key; gpu02 through the lab's enrollment window (identity_test.go).
-		Approve: []string{"gpu01"}})
+		Approve: []string{"gpu01"},
+		// gpu01 has a TPM 2.0 (swtpm): its key is made in it and its SSD
+		// holds no private key (check node-key-enrolled).
+		TPM: []string{"gpu01"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -395,8 +395,37 @@ func checkNothingFailed(ctx context.Context, b *Booted) error {
 }
 
 // checkNodeKey: the node's key is on its cache SSD (0600, root), and it is
-// the key herd enrolled for the node, with the same fingerprint.
+// the key herd enrolled for the node, with the same fingerprint. A node
+// with a TPM (VMConfig.TPM) keeps its key in the TPM: the console says so,
+// its identity/ directory holds only the public half (the enrolled key)
+// and no private key is on the SSD's identity/ or in /run/herd/identity
+// (where a RAM-mode key would be).
 func checkNodeKey(ctx context.Context, b *Booted) error {
+	enrolled, err := b.Lab.EnrolledKey(ctx, b.Node.Name)
+	if err != nil {
+		return err
+	}
+	if b.VM.Config.TPM {
+		out, err := b.User.Sudo(ctx, "ls /sys/class/tpm/ && ssh-keygen -lf /var/cache/herd/identity/node.pub && "+
+			"echo private: $(grep -rlE 'PRIVATE KEY|^-----BEGIN' /var/cache/herd/identity /run/herd/identity 2>/dev/null)")
+		if err != nil {
+			return fmt.Errorf("TPM node key: %w: %s", err, out)
+		}
+		f := strings.Fields(out)
+		if !strings.Contains(out, "tpm0") {
+			return fmt.Errorf("the node sees no TPM (/sys/class/tpm): %s", out)
+		}
+		if !strings.Contains(out, " "+enrolled+" ") || !strings.Contains(out, "(ECDSA)") {
+			return fmt.Errorf("identity/node.pub is not the enrolled P-256 key %q: %s", enrolled, out)
+		}
+		if i := slices.Index(f, "private:"); i < 0 || i != len(f)-1 {
+			return fmt.Errorf("a TPM node keeps private key files: %s", out)
+		}
+		if !b.VM.Console.Contains(regexp.MustCompile(`node key ` + regexp.QuoteMeta(enrolled) + ` \(the TPM\)`)) {
+			return fmt.Errorf("the console does not say that key %s is in the TPM", enrolled)
+		}
+		return nil
+	}
 	out, err := b.User.Sudo(ctx, "stat -c %a:%U /var/cache/herd/identity/node.key && ssh-keygen -lf /var/cache/herd/identity/node.key")
 	if err != nil {
 		return fmt.Errorf("node key on the SSD: %w: %s", err, out)
@@ -404,10 +433,6 @@ func checkNodeKey(ctx context.Context, b *Booted) error {
 	f := strings.Fields(out)
 	if len(f) < 3 || f[0] != "600:root" {
 		return fmt.Errorf("node key on the SSD: %q, want mode 600 owned by root and its fingerprint", out)
-	}
-	enrolled, err := b.Lab.EnrolledKey(ctx, b.Node.Name)
-	if err != nil {
-		return err
 	}
 	if f[2] != enrolled {
 		return fmt.Errorf("node key %s on the SSD is not the enrolled key %q", f[2], enrolled)

@@ -80,6 +80,9 @@ type LabConfig struct {
 	// Approve names nodes left out of that window: BootNode approves each
 	// with `herd node approve NAME --fingerprint F` once its console shows F.
 	Approve []string
+	// TPM names nodes that get a TPM 2.0 (VMConfig.TPM, a real swtpm):
+	// their node key lives in it, not on their SSD.
+	TPM []string
 	// SecureBoot starts UEFI nodes with OVMF's Secure Boot build and
 	// Microsoft's keys (VMConfig.SecureBoot); the site needs
 	// `secure_boot: distro` (ExtraYAML) for them to boot.
@@ -465,6 +468,7 @@ func (l *Lab) StartNodeArgs(ctx context.Context, name string, uefi bool, extra .
 	dir := filepath.Join(l.Config.Dir, "vms", name)
 	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
 		SecureBoot: uefi && (l.Config.SecureBoot || l.Config.SetupMode), SetupMode: uefi && l.Config.SetupMode,
+		TPM: slices.Contains(l.Config.TPM, name),
 		Dir: dir, Disk: filepath.Join(dir, "ssd.qcow2"), DiskSize: "8G",
 		Accel: os.Getenv("HERD_QEMU_ACCEL"), Extra: extra})
 }

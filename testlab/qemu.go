@@ -69,9 +69,15 @@ type VMConfig struct {
 	// SerialTCP (host:port) makes the serial port a telnet server there (for
 	// a BMC's serial-over-LAN), still logged to serial.log; "" logs only.
 	SerialTCP string
+	// TPM attaches a TPM 2.0 (a real swtpm process started with QEMU, its
+	// state in Dir/tpm kept across restarts) as a tpm-tis device.
+	TPM bool
 	// Extra arguments appended to the command line.
 	Extra []string
 }
+
+// tpmSocket is swtpm's control socket for a VM with TPM.
+func (c VMConfig) tpmSocket() string { return filepath.Join(c.Dir, "tpm", "swtpm.sock") }
 
 // NIC is an extra network card: a tap, its MAC and the netdev id (for QMP
 // set_link; default net<N>).
@@ -87,6 +93,7 @@ type VM struct {
 	LogPath    string
 	Console    *Console
 	cmd        *exec.Cmd
+	tpm        *exec.Cmd // swtpm, when Config.TPM
 	done       chan struct{}
 	waitErr    error
 }
@@ -140,6 +147,10 @@ func (c VMConfig) Args() []string {
 		a = append(a,
 			"-drive", "if=none,id=ssd0,format=qcow2,cache=unsafe,file="+c.Disk,
 			"-device", "virtio-blk-pci,drive=ssd0,serial=herd-"+c.Name)
+	}
+	if c.TPM {
+		a = append(a, "-chardev", "socket,id=chrtpm,path="+c.tpmSocket(),
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
 	if c.NoReboot {
 		a = append(a, "-no-reboot")
@@ -239,6 +250,12 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
+	if c.TPM {
+		if v.tpm, err = startSWTPM(c, log); err != nil {
+			log.Close()
+			return nil, err
+		}
+	}
 	args := c.Args()
 	if c.Netns != nil {
 		v.cmd = c.Netns.Command(context.Background(), "qemu-system-x86_64", args...)
@@ -249,10 +266,11 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 	v.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	fmt.Fprintf(log, "# %s\n", strings.Join(v.cmd.Args, " "))
 	if err := v.cmd.Start(); err != nil {
+		v.stopTPM()
 		log.Close()
 		return nil, fmt.Errorf("qemu: start: %w", err)
 	}
-	go func() { v.waitErr = v.cmd.Wait(); log.Close(); close(v.done) }()
+	go func() { v.waitErr = v.cmd.Wait(); v.stopTPM(); log.Close(); close(v.done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := v.QMP("query-status"); err == nil {
@@ -266,6 +284,51 @@ func StartVM(ctx context.Context, c VMConfig) (*VM, error) {
 			return nil, fmt.Errorf("qemu exited at start: %v (log %s:\n%s)", v.waitErr, v.LogPath, tailFile(v.LogPath, 20))
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// startSWTPM starts the VM's software TPM 2.0 and waits for its socket.
+// --terminate ends it when QEMU closes the connection; stopTPM makes sure.
+func startSWTPM(c VMConfig, log *os.File) (*exec.Cmd, error) {
+	dir := filepath.Dir(c.tpmSocket())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("swtpm: %w", err)
+	}
+	os.Remove(c.tpmSocket())
+	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+dir,
+		"--ctrl", "type=unixio,path="+c.tpmSocket(), "--terminate",
+		"--log", "file="+filepath.Join(dir, "swtpm.log"))
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	fmt.Fprintf(log, "# %s\n", strings.Join(cmd.Args, " "))
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("swtpm (package swtpm): %w", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := os.Stat(c.tpmSocket()); err == nil {
+			return cmd, nil
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("swtpm made no socket %s (log %s)", c.tpmSocket(), filepath.Join(dir, "swtpm.log"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopTPM ends the VM's swtpm (by its PID) once QEMU is gone.
+func (v *VM) stopTPM() {
+	if v.tpm == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() { v.tpm.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		v.tpm.Process.Kill()
+		<-done
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/herdlab/herd/internal/tpmkey"
 )
 
 // System holds the paths and tools the agent uses; tests point them at
@@ -65,9 +67,20 @@ func DefaultSystem() *System {
 		OverlaySrc: "/herd/overlay",
 		CacheDir:   "/var/cache/herd",
 		Mke2fs:     mke2fs,
+		TPMKey:     defaultTPMKey,
 		Console:    os.Stderr,
 		Client:     &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 20 * time.Second, IdleConnTimeout: 30 * time.Second}},
 	}
+}
+
+// defaultTPMKey derives the node key in the machine's TPM 2.0 (package
+// tpmkey); os.ErrNotExist when it has none.
+func defaultTPMKey() (crypto.Signer, error) {
+	k, err := tpmkey.OpenDefault()
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
 }
 
 func (s *System) say(format string, args ...any) {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/internal/atomicfile"
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/internal/nodeauth"
 )
@@ -35,10 +36,32 @@ var (
 // booted system's "up" report: /run moves into the new root.
 const RunKeyFile = "identity/node.key"
 
-// nodeKey loads or creates the node key: identity/node.key on the cache
-// partition (mounted at cacheMnt) when there is one, else a key that lives
-// only in RAM (RunDir) and is lost at power-off. persistent says which.
+// PubFile is where a node with a cache SSD writes its key's public half
+// (authorized_keys form), next to KeyFile: `ssh-keygen -lf` on it prints
+// the fingerprint the server shows. A TPM node has only this file.
+const PubFile = "identity/node.pub"
+
+// nodeKey loads or creates the node key: in the TPM when the node has one
+// (even with an SSD: a TPM key cannot be copied off the machine), else
+// identity/node.key on the cache partition (mounted at cacheMnt) when there
+// is one, else a key that lives only in RAM (RunDir) and is lost at
+// power-off. persistent says whether it survives a power cycle.
 func (s *System) nodeKey(p *Params, cacheMnt string, onSSD bool) (k crypto.Signer, persistent bool, err error) {
+	if k := s.tpmKey(); k != nil {
+		if onSSD {
+			// The disk keeps no private key: one left from before the
+			// TPM was used is no longer this node's identity.
+			old := filepath.Join(cacheMnt, nodeauth.KeyFile)
+			if _, err := os.Stat(old); err == nil {
+				if err := os.Remove(old); err != nil {
+					return nil, false, fmt.Errorf("node key: %w", err)
+				}
+				s.say("removed the old file key %s: this node's key is in its TPM now (it needs approval once)", nodeauth.KeyFile)
+			}
+			s.writePub(filepath.Join(cacheMnt, PubFile), k)
+		}
+		return k, true, nil
+	}
 	if onSSD {
 		path := filepath.Join(cacheMnt, nodeauth.KeyFile)
 		k, created, err := nodeauth.LoadOrCreateFileKey(path, "herd-node@"+p.Node)
@@ -53,19 +76,14 @@ func (s *System) nodeKey(p *Params, cacheMnt string, onSSD bool) (k crypto.Signe
 			if k, _, err = nodeauth.LoadOrCreateFileKey(path, "herd-node@"+p.Node); err != nil {
 				return nil, false, err
 			}
+			s.writePub(filepath.Join(cacheMnt, PubFile), k)
 			return k, true, nil
 		}
 		if created {
 			s.say("made a new node key in %s on the cache SSD", nodeauth.KeyFile)
 		}
+		s.writePub(filepath.Join(cacheMnt, PubFile), k)
 		return k, true, nil
-	}
-	if s.TPMKey != nil {
-		if k, err := s.TPMKey(); err == nil {
-			return k, true, nil
-		} else {
-			s.say("no TPM key: %v", err)
-		}
 	}
 	k, err = nodeauth.GenerateFileKey()
 	if err != nil {
@@ -75,6 +93,37 @@ func (s *System) nodeKey(p *Params, cacheMnt string, onSSD bool) (k crypto.Signe
 		return nil, false, err
 	}
 	return k, false, nil
+}
+
+// tpmKey is the TPM's node key, nil when the node has no (usable) TPM; a
+// TPM that exists but fails is said on the console.
+func (s *System) tpmKey() crypto.Signer {
+	if s.TPMKey == nil {
+		return nil
+	}
+	k, err := s.TPMKey()
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			s.say("TPM present but no key from it (%v): using the disk or RAM instead", err)
+		}
+		return nil
+	}
+	return k
+}
+
+// writePub writes the key's public half for admins (a failure only costs
+// that convenience, so it is said, not returned).
+func (s *System) writePub(path string, k crypto.Signer) {
+	pub, err := nodeauth.PublicKey(k)
+	if err == nil {
+		err = os.MkdirAll(filepath.Dir(path), 0o700)
+	}
+	if err == nil {
+		err = atomicfile.WriteFile(path, []byte(nodeauth.MarshalPublic(pub)+"\n"), 0o644)
+	}
+	if err != nil {
+		s.say("node key: cannot write %s: %v", path, err)
+	}
 }
 
 // identity proves the node's key to the server and fetches its sealed
@@ -98,10 +147,11 @@ func (s *System) identity(ctx context.Context, p *Params, rep *Reporter, cacheMn
 	}
 	fp := nodeauth.Fingerprint(pub)
 	where := "identity/node.key on the cache SSD"
-	if !persistent {
-		where = "RAM only (no cache disk, no TPM): lost at power-off"
-	} else if !onSSD {
+	// File keys are Ed25519 (they have a Seed); the TPM's is P-256.
+	if _, isFile := key.(interface{ Seed() []byte }); !isFile && persistent {
 		where = "the TPM"
+	} else if !persistent {
+		where = "RAM only (no cache disk, no TPM): lost at power-off"
 	}
 	s.say("node key %s (%s)", fp, where)
 	c := &nodeauth.Client{Base: p.Server, Node: p.Node, Key: key, HTTP: s.Client}
@@ -239,21 +289,24 @@ func UnpackOverlay(data []byte, dst string) error {
 	return nil
 }
 
-// LoadBootedKey finds the node key in the booted system: on the cache SSD
-// (/var/cache/herd/identity/node.key) or, in RAM mode, under /run/herd.
+// LoadBootedKey finds the node key in the booted system: in the TPM, on
+// the cache SSD (/var/cache/herd/identity/node.key) or, in RAM mode, under
+// /run/herd — the order nodeKey chose it in.
 func LoadBootedKey(s *System) (crypto.Signer, string, error) {
 	var errs []string
+	if s.TPMKey != nil {
+		k, err := s.TPMKey()
+		if err == nil {
+			return k, "TPM", nil
+		}
+		errs = append(errs, err.Error())
+	}
 	for _, p := range []string{filepath.Join(s.CacheDir, nodeauth.KeyFile), filepath.Join(s.RunDir, RunKeyFile)} {
 		k, err := nodeauth.LoadFileKey(p)
 		if err == nil {
 			return k, p, nil
 		}
 		errs = append(errs, err.Error())
-	}
-	if s.TPMKey != nil {
-		if k, err := s.TPMKey(); err == nil {
-			return k, "TPM", nil
-		}
 	}
 	return nil, "", fmt.Errorf("no node key: %s", strings.Join(errs, "; "))
 }

@@ -3,6 +3,7 @@ package nodeboot
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/internal/nodeauth"
+	"github.com/herdlab/herd/internal/tpmkey"
+	"github.com/herdlab/herd/internal/tpmkey/swtpmtest"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -192,4 +195,118 @@ func TestUnpackOverlayRefusesEscapes(t *testing.T) {
 		}
 	}
 	_ = fs.ModePerm
+}
+
+// TestIdentityTPM: with a TPM (a real swtpm) the node's key is the TPM's
+// P-256 key even though it has a cache disk: the disk ends up holding only
+// its public half (an old file key is removed), the admin approves the
+// TPM key's fingerprint, a reboot gets the secrets with no admin action,
+// and a wiped disk changes nothing (the key is not on it); the booted
+// system's up report finds the same key.
+func TestIdentityTPM(t *testing.T) {
+	identityPoll = 50 * time.Millisecond
+	url, state := identityServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sock := swtpmtest.Start(t, t.TempDir())
+	console := &syncBuf{}
+	s := testSystem(t, console)
+	var opened []*tpmkey.Key
+	s.TPMKey = func() (crypto.Signer, error) {
+		// Each boot is a new process whose objects /dev/tpmrm0 flushes
+		// at exit; swtpm has no resource manager, so flush here.
+		for _, k := range opened {
+			k.Close()
+		}
+		k, err := tpmkey.Open(sock)
+		if err != nil {
+			return nil, err
+		}
+		opened = append(opened, k)
+		return k, nil
+	}
+	defer func() {
+		for _, k := range opened {
+			k.Close()
+		}
+	}()
+	p := &Params{Node: "gpu1", Server: url}
+	// A blank disk (no identity/ yet) writes node.pub too.
+	blank := t.TempDir()
+	ctxBlank, cancelBlank := context.WithTimeout(ctx, 2*time.Second)
+	s.identity(ctxBlank, p, &Reporter{Hold: true}, blank, true)
+	cancelBlank()
+	if _, err := os.Stat(filepath.Join(blank, PubFile)); err != nil {
+		t.Fatalf("a blank disk got no %s: %v", PubFile, err)
+	}
+	cache := t.TempDir()
+	// A file key from before the node had its TPM turned on.
+	if _, _, err := nodeauth.LoadOrCreateFileKey(filepath.Join(cache, nodeauth.KeyFile), "old"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *Identity, 1)
+	go func() { done <- s.identity(ctx, p, &Reporter{Hold: true}, cache, true) }()
+	reg := nodeauth.OpenRegistry(state)
+	var pending *nodeauth.Pending
+	for pending == nil {
+		if ctx.Err() != nil {
+			t.Fatalf("no pending key; console:\n%s", console.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+		pending, _ = reg.PendingKey("gpu1")
+	}
+	k, err := tpmkey.Open(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpub, _ := nodeauth.PublicKey(k)
+	k.Close()
+	if pending.Fingerprint != nodeauth.Fingerprint(tpub) {
+		t.Fatalf("pending %s is not the TPM's key %s", pending.Fingerprint, nodeauth.Fingerprint(tpub))
+	}
+	if _, err := reg.Approve("gpu1", pending.Fingerprint); err != nil {
+		t.Fatal(err)
+	}
+	if id := <-done; id == nil || id.Overlay == nil {
+		t.Fatalf("no overlay after approval:\n%s", console.String())
+	}
+	if !strings.Contains(console.String(), "(the TPM)") {
+		t.Errorf("the console does not say the key is in the TPM:\n%s", console.String())
+	}
+	noPrivateKey := func(dir string) {
+		t.Helper()
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("PRIVATE KEY")) {
+					t.Errorf("%s holds a private key", p)
+				}
+			}
+			return nil
+		})
+	}
+	noPrivateKey(cache)
+	noPrivateKey(s.RunDir)
+	pubText, err := os.ReadFile(filepath.Join(cache, PubFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pk, err := nodeauth.ParsePublic(string(pubText)); err != nil || nodeauth.Fingerprint(pk) != pending.Fingerprint {
+		t.Fatalf("%s: %q %v", PubFile, pubText, err)
+	}
+	// Reboot, and then a wiped disk: the TPM's key is enrolled either way.
+	for _, c := range []string{cache, t.TempDir()} {
+		if id := s.identity(ctx, p, &Reporter{Hold: true}, c, true); id == nil || id.Overlay == nil {
+			t.Fatalf("boot with cache %s got no overlay:\n%s", c, console.String())
+		}
+	}
+	if pk, _ := reg.PendingKey("gpu1"); pk != nil {
+		t.Fatalf("a key is pending again: %+v", pk)
+	}
+	bk, where, err := LoadBootedKey(s)
+	if err != nil || where != "TPM" {
+		t.Fatalf("booted key: %s %v", where, err)
+	}
+	if bp, _ := nodeauth.PublicKey(bk); !nodeauth.SameKey(bp, tpub) {
+		t.Fatal("the booted system's key is not the TPM's")
+	}
 }
