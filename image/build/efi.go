@@ -60,6 +60,21 @@ func (b *builder) resolveEFI(ctx context.Context, keyring, stamp string, lock re
 	if !b.wantsEFI() {
 		return nil, nil
 	}
+	// The answer depends only on the indices and the lock: cached per fetch
+	// of the indices, so a no-change rebuild runs no apt at all.
+	var all []string
+	for _, f := range efiFiles {
+		all = append(all, f.pkg+"="+lock[f.pkg])
+	}
+	cache := filepath.Join(b.resolvedDir(), "efi-"+hashKey(stamp, strings.Join(all, " "))+".json")
+	if !b.refresh() {
+		if data, err := os.ReadFile(cache); err == nil {
+			var m map[string]string
+			if json.Unmarshal(data, &m) == nil && len(m) > 0 {
+				return m, nil
+			}
+		}
+	}
 	var specs []string
 	for _, f := range efiFiles {
 		p := f.pkg
@@ -72,15 +87,6 @@ func (b *builder) resolveEFI(ctx context.Context, keyring, stamp string, lock re
 			specs = append(specs, p+"="+v)
 		} else {
 			specs = append(specs, p)
-		}
-	}
-	cache := filepath.Join(b.resolvedDir(), "efi-"+hashKey(stamp, strings.Join(specs, " "))+".json")
-	if !b.refresh() {
-		if data, err := os.ReadFile(cache); err == nil {
-			var m map[string]string
-			if json.Unmarshal(data, &m) == nil && len(m) == len(specs) {
-				return m, nil
-			}
 		}
 	}
 	out, err := b.aptTree(ctx, keyring, append([]string{"apt-get", "install", "-s", "-q", "--no-install-recommends"}, specs...)...)
