@@ -17,6 +17,7 @@ import (
 	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/image/nodeboot"
 	"github.com/herdlab/herd/internal/browser"
+	"github.com/herdlab/herd/internal/nodeauth"
 )
 
 // gpuNode is a node's status agent (image/nodeboot.StatusAgent, the code
@@ -227,6 +228,71 @@ func TestGPURowsFromRealReports(t *testing.T) {
 					t.Errorf("%s leaks %s", p, what)
 				}
 			}
+		}
+	}
+}
+
+// TestStatusAgentRunOnce runs `herd-boot status --once`'s code
+// (nodeboot.RunStatus) as a node would, from its kernel command line and
+// node key file, with this machine's real commands (no nvidia-smi, no
+// logind here) against a running herd serve: the node expected to have a
+// GPU reports `degraded: 0/1 GPUs`, the one expected to have none `ready`,
+// as `herd node list` shows them.
+func TestStatusAgentRunOnce(t *testing.T) {
+	l := startLab(t, "")
+	for name, expect := range map[string]int{"gpu01": 1, "gpu02": 0} {
+		l.postEvent(t, name, "up", 100, "booted")
+		d := t.TempDir()
+		// The kernel command line the server's boot script gives the node.
+		cmdline := ""
+		for _, line := range strings.Split(string(l.get(t, "/boot/"+macs[name]+".ipxe")), "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[0] == "kernel" {
+				cmdline = strings.Join(f[2:], " ")
+			}
+		}
+		if !strings.Contains(cmdline, "herd.node="+name) {
+			t.Fatalf("%s's boot script has no kernel line for it: %q", name, cmdline)
+		}
+		os.WriteFile(filepath.Join(d, "cmdline"), []byte(cmdline+"\n"), 0o644)
+		os.MkdirAll(filepath.Join(d, "cache/identity"), 0o700)
+		if err := nodeauth.SaveFileKey(filepath.Join(d, "cache", nodeauth.KeyFile), l.nodes[name].Key, name); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(nodestatus.NodeConfig{Node: name, ExpectGPUs: &nodestatus.ExpectGPUs{Count: expect}})
+		os.MkdirAll(filepath.Join(d, "root/etc/herd"), 0o755)
+		os.WriteFile(filepath.Join(d, "root", nodestatus.NodeConfigPath), b, 0o644)
+		var console bytes.Buffer
+		s := &nodeboot.System{Cmdline: filepath.Join(d, "cmdline"), SysRoot: filepath.Join(d, "sys"), DevRoot: filepath.Join(d, "dev"),
+			RunDir: filepath.Join(d, "run"), CacheDir: filepath.Join(d, "cache"), Root: filepath.Join(d, "root"), Console: &console}
+		if err := nodeboot.RunStatus(context.Background(), s, true); err != nil {
+			t.Fatalf("%s: herd-boot status --once: %v\n%s", name, err, console.String())
+		}
+	}
+	var out []byte
+	l.waitFor(t, "herd node list to show both reports", func() bool {
+		var err error
+		out, err = exec.Command(l.herd, "--config", l.cfg, "--state", l.state, "node", "list").CombinedOutput()
+		return err == nil && strings.Count(string(out), "idle") == 2
+	})
+	t.Logf("herd node list:\n%s", out)
+	for name, health := range map[string]string{"gpu01": "degraded: 0/1 GPUs", "gpu02": "ready"} {
+		line := ""
+		for _, s := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(s, name+" ") {
+				line = s
+			}
+		}
+		if !strings.Contains(line, health) {
+			t.Errorf("herd node list row of %s %q lacks %q\n%s", name, line, health, out)
+		}
+	}
+	var n fleet.Node
+	if err := json.Unmarshal(l.get(t, "/api/v1/nodes/gpu01"), &n); err != nil || n.Status == nil {
+		t.Fatalf("gpu01: %v %+v", err, n)
+	}
+	for _, c := range n.Status.Checks {
+		if c.Name == "nvidia-smi" && (c.OK || c.Detail != "not installed") {
+			t.Errorf("nvidia-smi check on a machine without it: %+v", c)
 		}
 	}
 }
