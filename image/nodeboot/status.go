@@ -66,8 +66,11 @@ func RunStatus(ctx context.Context, s *System, once bool) error {
 	key, _, err := LoadBootedKey(s)
 	if err != nil {
 		// Without the node key nothing can be signed; the server would
-		// refuse every report. Say so and stop (the unit does not restart).
-		return fmt.Errorf("status reports cannot be signed: %w", err)
+		// refuse every report. Say so and stop cleanly (no restart loop).
+		if s.Console != nil {
+			fmt.Fprintf(s.Console, "herd: node %s: %v: status reports cannot be signed and are not sent\n", p.Node, err)
+		}
+		return nil
 	}
 	a := &StatusAgent{Node: p.Node, Image: p.ID, Root: s.root(), SysRoot: s.SysRoot, Kmsg: filepath.Join(s.DevRoot, "kmsg"),
 		StateFile: filepath.Join(s.RunDir, "status-state.json"), Console: s.Console,

@@ -322,3 +322,18 @@ func TestApplyReply(t *testing.T) {
 		t.Errorf("walls %d reboots %d, want 2 1", walls, reboots)
 	}
 }
+
+// TestRunStatusWithoutKey: a node without a key (none on the SSD, no TPM)
+// says why and stops cleanly: no report is sent, and no restart loop.
+func TestRunStatusWithoutKey(t *testing.T) {
+	d := t.TempDir()
+	os.WriteFile(filepath.Join(d, "cmdline"), []byte("boot=herd herd.image=http://127.0.0.1:1/images/x/rootfs.squashfs herd.sha256="+strings.Repeat("0", 64)+" herd.server=http://127.0.0.1:1 herd.node=gpu1 herd.id=x\n"), 0o644)
+	var console strings.Builder
+	s := &System{Cmdline: filepath.Join(d, "cmdline"), CacheDir: filepath.Join(d, "cache"), RunDir: filepath.Join(d, "run"), Console: &console}
+	if err := RunStatus(context.Background(), s, false); err != nil {
+		t.Fatalf("RunStatus without a key: %v", err)
+	}
+	if !strings.Contains(console.String(), "status reports cannot be signed") {
+		t.Errorf("console %q", console.String())
+	}
+}
