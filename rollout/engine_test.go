@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -490,5 +491,12 @@ func TestNewRequest(t *testing.T) {
 	}
 	if _, err := ParseDeadline("tomorrow", now); err == nil {
 		t.Fatal("tomorrow parsed")
+	}
+}
+
+func TestStateOmitsUnsetTimes(t *testing.T) {
+	b, err := json.Marshal(NodeState{Name: "gpu01", State: NodePending})
+	if err != nil || strings.Contains(string(b), "0001-01-01") {
+		t.Fatalf("%s %v", b, err)
 	}
 }

@@ -59,7 +59,7 @@ type Request struct {
 	Batch    int      `json:"batch"`
 	WhenIdle bool     `json:"when_idle"`
 	// Deadline: busy nodes are rebooted at the latest then (zero: none).
-	Deadline time.Time `json:"deadline,omitempty"`
+	Deadline time.Time `json:"deadline,omitzero"`
 	// HoldDegraded treats a node reporting degraded health after its reboot
 	// as failing its checks.
 	HoldDegraded bool `json:"hold_degraded,omitempty"`
@@ -74,7 +74,7 @@ type State struct {
 	Request Request   `json:"request"`
 	Phase   string    `json:"phase"`
 	Started time.Time `json:"started"`
-	Ended   time.Time `json:"ended,omitempty"`
+	Ended   time.Time `json:"ended,omitzero"`
 	Canary  string    `json:"canary,omitempty"`
 	// Undone is set when a failed canary undid the promote.
 	Undone bool        `json:"undone,omitempty"`
@@ -91,12 +91,12 @@ type NodeState struct {
 	Target string `json:"target,omitempty"`
 	// RebootAsked: the engine decided to reboot it; RebootSent: a reply
 	// carried Reboot to the node; PowerCycled: the BMC fallback was used.
-	RebootAsked time.Time `json:"reboot_asked,omitempty"`
-	RebootSent  time.Time `json:"reboot_sent,omitempty"`
-	PowerCycled time.Time `json:"power_cycled,omitempty"`
+	RebootAsked time.Time `json:"reboot_asked,omitzero"`
+	RebootSent  time.Time `json:"reboot_sent,omitzero"`
+	PowerCycled time.Time `json:"power_cycled,omitzero"`
 	// Up is the first report from the new boot.
-	Up       time.Time `json:"up,omitempty"`
-	WallSent time.Time `json:"wall_sent,omitempty"`
+	Up       time.Time `json:"up,omitzero"`
+	WallSent time.Time `json:"wall_sent,omitzero"`
 	Detail   string    `json:"detail,omitempty"`
 }
 
