@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/go-ldap/ldap/v3"
 )
@@ -38,6 +39,15 @@ func (d *Dir) RotateBindPassword() error {
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return fmt.Errorf("rotate bind password: %w", err)
+	}
+	// Same owner as before: herd serve --user reads it as its own user.
+	if st, err := os.Stat(path); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			if err := os.Chown(tmp, int(sys.Uid), int(sys.Gid)); err != nil {
+				os.Remove(tmp)
+				return fmt.Errorf("rotate bind password: %w", err)
+			}
+		}
 	}
 	if err := d.setPasswordDN(dn, pw); err != nil {
 		os.Remove(tmp)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/go-ldap/ldap/v3"
@@ -47,6 +48,8 @@ func TestRotateBind(t *testing.T) {
 	conn.Close()
 	bindFile := filepath.Join(dir, "ldap-bind.secret")
 	os.WriteFile(bindFile, []byte(oldPw+"\n"), 0o600)
+	// Owned by the user herd serve runs as (--user): it must stay so.
+	os.Chown(bindFile, 65534, 65534)
 	if !whoamiOK(t, s.URI(), bindDN, oldPw) {
 		t.Fatal("the fixture's bind password does not work")
 	}
@@ -66,8 +69,8 @@ func TestRotateBind(t *testing.T) {
 		t.Fatal(err)
 	}
 	newPw := strings.TrimSpace(string(b))
-	if st, _ := os.Stat(bindFile); st.Mode().Perm() != 0o600 {
-		t.Errorf("%s mode %v", bindFile, st.Mode())
+	if st, _ := os.Stat(bindFile); st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != 65534 {
+		t.Errorf("%s mode %v owner %d, want 0600 and its owner before (65534)", bindFile, st.Mode(), st.Sys().(*syscall.Stat_t).Uid)
 	}
 	if len(newPw) < 24 || newPw == oldPw {
 		t.Fatalf("new bind password %d bytes", len(newPw))

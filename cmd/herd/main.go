@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/herdlab/herd/pxe/server"
 	"github.com/herdlab/herd/site"
 )
 
@@ -68,7 +69,15 @@ func loadSiteParts(missingOK bool, parts ...string) (*site.Config, error) {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := root.ExecuteContext(ctx); err != nil {
+	err := root.ExecuteContext(ctx)
+	// What a root command wrote among herd serve's files goes to the user
+	// herd serve runs as (the state dir's owner).
+	if globals.state != "" {
+		if gerr := server.GiveToStateOwner(globals.state); gerr != nil {
+			fmt.Fprintln(os.Stderr, "herd:", gerr)
+		}
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "herd:", err)
 		var ec interface{ ExitCode() int }
 		if errors.As(err, &ec) {

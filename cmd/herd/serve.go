@@ -56,6 +56,7 @@ func init() {
 	}
 	f := cmd.Flags()
 	f.BoolVar(&opt.Force, "force", false, "start DHCP even if another DHCP server answers on the interface")
+	f.StringVar(&opt.User, "user", "", "started as root: become this unprivileged user (owner of the state dir) once the ports are bound")
 	f.StringVar(&opt.Listen, "listen", "", "address TFTP and HTTP bind to (default server.address)")
 	f.IntVar(&opt.HTTPPort, "http-port", 0, "bind HTTP to this port instead of server.http_port (scripts still name server.http_port)")
 	f.IntVar(&opt.TFTPPort, "tftp-port", 69, "TFTP port")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/herdlab/herd/directory"
 	"github.com/herdlab/herd/fleet/nodestatus"
+	"github.com/herdlab/herd/internal/privdrop"
 	"github.com/herdlab/herd/pxe/httpboot"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/pxe/tftp"
@@ -73,7 +74,10 @@ type Options struct {
 	// TFTPPort is the TFTP port (default 69).
 	TFTPPort int
 	Force    bool
-	Log      *slog.Logger
+	// User, when herd serve starts as root, is the unprivileged user it
+	// becomes once its sockets are bound (privilegePlan).
+	User string
+	Log  *slog.Logger
 	// DHCP starts the DHCP service; nil means herd was built without it,
 	// and only dhcp.mode off can run.
 	DHCP DHCPStarter
@@ -238,6 +242,10 @@ func Run(ctx context.Context, opt Options) error {
 		// Boot scripts name the server by this address; without it nodes cannot come back.
 		return cfg.Doc.Errorf("server.address", "required by herd serve (the address nodes reach the server at)")
 	}
+	drop, err := privilegePlan(opt)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(opt.StateDir, 0o755); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -389,6 +397,30 @@ func Run(ctx context.Context, opt Options) error {
 		}
 	}
 
+	// Every privileged socket is open: stop being root before serving
+	// anything (DHCP, already answering, changes user with the process).
+	if drop != nil {
+		// What this process made in the state dir so far (as root) is
+		// handed over first.
+		err := GiveToStateOwner(opt.StateDir)
+		if err == nil {
+			err = privdrop.Drop(*drop)
+		}
+		if err == nil {
+			// What serve reads per request must be readable as the user.
+			err = checkSecrets(cfg)
+		}
+		if err != nil {
+			hln.Close()
+			tconn.Close()
+			if dln != nil {
+				dln.Close()
+			}
+			s.stopDHCP()
+			return fmt.Errorf("dropping root for user %s: %w", drop.Name, err)
+		}
+		opt.Log.Info("dropped root after binding the ports", "user", drop.Name, "uid", drop.UID, "gid", drop.GID)
+	}
 	errc := make(chan error, 3)
 	go func() {
 		if err := s.tftp.Serve(tconn); err != nil {
