@@ -1,0 +1,301 @@
+package qemutests
+
+// Delta updates and per-read verification on TestLab's lab, after gpu01's
+// reboot from its SSD (HACKING.md "Boot path v2", "Verification per read"):
+// generation N+1 of the lab's recipe (one package added) becomes current
+// and gpu01, which caches N, boots it fetching only the chunks N lacks;
+// then one byte of the cached N+1 changes on the SSD, a read of the file
+// there fails with EIO, the node reports it, and its next boot re-fetches
+// the image and comes up.
+//
+// RAM mode (a node with no disk) is covered by image/nodeboot's
+// TestQEMUNoDiskBootsFromRAM, which boots the agent with no disk.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/verity"
+	"github.com/herdlab/herd/testlab"
+)
+
+func init() {
+	labAfterReboot = append(labAfterReboot, labExtra{name: "delta-update-and-verity", run: deltaChecks})
+}
+
+// deltaPackage is the one package generation N+1 adds to the lab's recipe.
+const deltaPackage = "tree"
+
+// nextGeneration builds the lab's recipe with deltaPackage added (same
+// site, so the same overlays) into the test store and returns its image
+// directory.
+func nextGeneration(t *testing.T, herd string) string {
+	t.Helper()
+	src, err := os.ReadFile(defaultRecipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := strings.Replace(string(src), "\npackages:\n", "\npackages:\n  - "+deltaPackage+"\n", 1)
+	r = strings.Replace(r, "\nname: ubuntu-noble-gpu\n", "\nname: ubuntu-noble-gpu-delta\n", 1)
+	if r == string(src) || !strings.Contains(r, "name: ubuntu-noble-gpu-delta\n") || strings.Count(r, "  - "+deltaPackage+"\n") != 1 {
+		t.Fatalf("cannot derive generation N+1 from %s (is %s already in it?)", defaultRecipe, deltaPackage)
+	}
+	tmp := t.TempDir()
+	recipe := filepath.Join(tmp, "ubuntu-noble-gpu-delta.yaml")
+	site := filepath.Join(tmp, "herd.yaml")
+	if err := os.WriteFile(recipe, []byte(r), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := testlab.WriteLabSite(site); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, recipe, site, filepath.Join(tmp, "build.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// accessRE matches herd serve's access log line (-v) of one request.
+var accessRE = regexp.MustCompile(`msg="http request" .*\bremote=(\S+) method=GET path=(\S+) .*\bstatus=(\d+) bytes=(\d+)`)
+
+// fetched sums what the server sent ip for an image: chunk requests, the
+// image's rootfs.squashfs and its rootfs.index; rootfs counts its requests.
+func fetched(log, ip, id string) (chunkBytes, rootfsBytes, indexBytes int64, chunkReqs, rootfsReqs int) {
+	for _, l := range strings.Split(log, "\n") {
+		m := accessRE.FindStringSubmatch(l)
+		if m == nil || m[1] != ip {
+			continue
+		}
+		n, _ := strconv.ParseInt(m[4], 10, 64)
+		switch {
+		case strings.HasPrefix(m[2], "/chunks/"):
+			chunkBytes += n
+			chunkReqs++
+		case m[2] == "/images/"+id+"/"+manifest.Rootfs:
+			rootfsBytes += n
+			rootfsReqs++
+		case m[2] == "/images/"+id+"/rootfs.index":
+			indexBytes += n
+		}
+	}
+	return
+}
+
+func deltaChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted) {
+	g := nodes["gpu01"]
+	herd := lab.Config.HerdBin
+	nextDir := nextGeneration(t, herd)
+	m, err := manifest.Read(nextDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Chunks == nil {
+		t.Fatalf("generation N+1 (%s) has no chunk index", nextDir)
+	}
+	// Into the lab's store through image/store's Import (hard links), then
+	// current through the admin's command.
+	next, err := testlab.LinkImage(ctx, nextDir, lab.StateDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == lab.ImageID {
+		t.Fatalf("generation N+1 has the same ID as N (%s): %s was not added", next, deltaPackage)
+	}
+	if out, err := lab.Herd(ctx, "", "image", "promote", next); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := lab.Herd(ctx, "", "image", "diff", lab.ImageID, next); err == nil {
+		t.Logf("herd image diff N N+1:\n%s", out)
+	}
+	rootfs := filepath.Join(lab.StateDir, "images", next, manifest.Rootfs)
+	st, err := os.Stat(rootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := st.Size()
+
+	runsNext := func(t *testing.T) {
+		t.Helper()
+		out, err := g.User.Run(ctx, "cat /proc/cmdline; command -v "+deltaPackage)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if !strings.Contains(out, "herd.id="+next+" ") || !strings.Contains(out, "/"+deltaPackage+"\n") {
+			t.Fatalf("gpu01 does not run generation N+1 (%s with %s):\n%s", next, deltaPackage, out)
+		}
+	}
+
+	t.Run("one-package-update-fetches-under-5-percent", func(t *testing.T) {
+		before := len(lab.ServerLogText())
+		if err := g.Reboot(ctx); err != nil {
+			t.Fatal(err)
+		}
+		since := lab.ServerLogText()[before:]
+		cb, rb, ib, cn, rn := fetched(since, g.Node.IP, next)
+		total := cb + rb + ib
+		frac := float64(total) / float64(size)
+		t.Logf("gpu01 fetched %d bytes for N+1 (%d chunk requests: %d bytes; rootfs: %d requests, %d bytes; index %d bytes) of a %d-byte image: %.3f%%",
+			total, cn, cb, rn, rb, ib, size, 100*frac)
+		fmt.Printf("BENCH delta-e2e-one-package: herd %dB reference(full image) %dB ratio %.4f\n", total, size, frac)
+		if cn == 0 {
+			t.Errorf("no /chunks/ request from gpu01: the update was not fetched as a delta")
+		}
+		if frac >= 0.05 {
+			t.Errorf("a one-package update fetched %.2f%% of the image, want < 5%%", 100*frac)
+		}
+		runsNext(t)
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("flipped-byte-is-EIO-reported-and-recovered", func(t *testing.T) {
+		v := verity.FromManifest(m)
+		if v == nil {
+			t.Fatal("generation N+1 has no dm-verity tree")
+		}
+		path, off := storedBytes(t, rootfs, int64(v.DataBlocks)*verity.BlockSize)
+		cached := "/var/cache/herd/images/" + m.Artifacts[manifest.Rootfs].SHA256 + ".squashfs"
+		orig, err := g.User.Sudo(ctx, fmt.Sprintf("od -An -tu1 -j %d -N1 %s", off, cached))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, orig)
+		}
+		b, err := strconv.Atoi(strings.TrimSpace(orig))
+		if err != nil {
+			t.Fatalf("byte at %d of %s: %q", off, cached, orig)
+		}
+		// One byte, through the SSD's file system, then no cached copy of
+		// the block anywhere above it: the next read comes from the SSD.
+		if out, err := g.User.Sudo(ctx, fmt.Sprintf(`printf '\%03o' | dd of=%s bs=1 seek=%d count=1 conv=notrunc status=none && sync && echo 3 > /proc/sys/vm/drop_caches`, b^0x5a, cached, off)); err != nil {
+			t.Fatalf("flip a byte: %v\n%s", err, out)
+		}
+		before := len(lab.ServerLogText())
+		out, err := g.User.Run(ctx, "cat /"+path+" > /dev/null")
+		if err == nil || !strings.Contains(err.Error(), "Input/output error") {
+			t.Fatalf("reading /%s after a byte of its data changed on the SSD: err %v, want an I/O error (dm-verity)\n%s", path, err, out)
+		}
+		// herd-verity.service reports it (signed) and drops the file.
+		deadline := time.Now().Add(2 * time.Minute)
+		var since string
+		for {
+			since = lab.ServerLogText()[before:]
+			if regexp.MustCompile(`msg="boot event" .*\bnode=gpu01 .*\bstage=error .*dm-verity`).MatchString(since) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no dm-verity error event from gpu01 at the server within 2 minutes:\n%s", testlab.TailLines([]byte(since), 20))
+			}
+			time.Sleep(2 * time.Second)
+		}
+		if out, err := g.User.Sudo(ctx, "test ! -e "+cached+" && echo gone"); err != nil || out != "gone\n" {
+			t.Errorf("the corrupt cached image was not removed: %v %q", err, out)
+		}
+		before = len(lab.ServerLogText())
+		if err := g.Reboot(ctx); err != nil {
+			t.Fatal(err)
+		}
+		since = lab.ServerLogText()[before:]
+		cb, rb, ib, cn, rn := fetched(since, g.Node.IP, next)
+		t.Logf("recovery boot fetched %d bytes in %d chunk requests, %d bytes of rootfs in %d requests, index %d bytes", cb, cn, rb, rn, ib)
+		if cn+rn == 0 {
+			t.Errorf("the next boot did not fetch the image again")
+		}
+		runsNext(t)
+		if out, err := g.User.Run(ctx, "cat /"+path+" | wc -c"); err != nil {
+			t.Errorf("after recovery, /%s: %v %s", path, err, out)
+		}
+	})
+}
+
+// storedBytes finds a file of the image whose data the squashfs holds
+// verbatim (a zstd-compressed kernel module: squashfs stores such blocks
+// uncompressed), returns its path and the offset in the image file of one
+// byte of its data, inside the dm-verity data area (below limit). The 64
+// bytes around it occur nowhere else in the image, so changing that byte
+// changes this file's data and nothing else.
+func storedBytes(t *testing.T, rootfs string, limit int64) (string, int64) {
+	t.Helper()
+	out, err := exec.Command("unsquashfs", "-ll", rootfs, "usr/lib/modules").Output()
+	if err != nil {
+		t.Fatalf("unsquashfs -ll: %v", err)
+	}
+	type cand struct {
+		path string
+		size int64
+	}
+	var cands []cand
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 6 || !strings.HasPrefix(f[0], "-") || !strings.HasSuffix(f[len(f)-1], ".ko.zst") {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[2], 10, 64)
+		if n >= 1<<20 && !strings.Contains(f[len(f)-1], "nvidia") {
+			cands = append(cands, cand{strings.TrimPrefix(f[len(f)-1], "squashfs-root/"), n})
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].size > cands[j].size })
+	for i, c := range cands {
+		if i == 8 {
+			break
+		}
+		data, err := exec.Command("unsquashfs", "-cat", rootfs, c.path).Output()
+		if err != nil || len(data) < 1<<20 {
+			continue
+		}
+		window := data[300000 : 300000+64]
+		offs := findAll(t, rootfs, window)
+		if len(offs) == 1 && offs[0]+32 < limit {
+			return c.path, offs[0] + 32
+		}
+	}
+	t.Fatalf("no kernel module of %s is stored verbatim (tried %d)", rootfs, min(len(cands), 8))
+	return "", 0
+}
+
+// findAll returns the offsets of pat in the file (at most two).
+func findAll(t *testing.T, path string, pat []byte) []int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 16<<20)
+	var offs []int64
+	var base int64 // file offset of buf[0]
+	keep := 0
+	for {
+		n, err := io.ReadFull(f, buf[keep:])
+		n += keep
+		for i := 0; ; {
+			j := bytes.Index(buf[i:n], pat)
+			if j < 0 {
+				break
+			}
+			offs = append(offs, base+int64(i+j))
+			if len(offs) > 1 {
+				return offs
+			}
+			i += j + 1
+		}
+		if err != nil {
+			return offs
+		}
+		keep = len(pat) - 1
+		copy(buf, buf[n-keep:n])
+		base += int64(n - keep)
+	}
+}
