@@ -279,8 +279,16 @@ func (b *builder) build(ctx context.Context, staging, agent string) (*Result, er
 	if got := m.Packages["linux-image-"+r.KernelRelease()]; got == "" {
 		return nil, fmt.Errorf("the image has no linux-image-%s installed", r.KernelRelease())
 	}
-	if err := checkModuleSigners(filepath.Join(packed, manifest.Rootfs), r.KernelRelease(), r.NVIDIA != nil); err != nil {
-		return nil, err
+	// The pack stage's output never changes, so its modules are checked
+	// once (a no-change rebuild skips reading the image again).
+	signed := filepath.Join(packed, "signers-checked")
+	if _, err := os.Stat(signed); err != nil {
+		if err := checkModuleSigners(filepath.Join(packed, manifest.Rootfs), r.KernelRelease(), r.NVIDIA != nil); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(signed, []byte(r.KernelRelease()+"\n"), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	for _, a := range []string{manifest.Kernel, manifest.Initrd, manifest.Rootfs} {
 		// Hard links: images are immutable and so are stage outputs.
