@@ -38,13 +38,17 @@ func TestLab(t *testing.T) {
 
 	img := suiteImage(t, herd)
 	dir := labDir(t)
-	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img,
+	cfg := testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img,
 		// gpu01 enrolls through `herd node approve` once its console shows
 		// its key; gpu02 through the lab's enrollment window (identity_test.go).
 		Approve: []string{"gpu01"},
 		// gpu01 has a TPM 2.0 (swtpm): its key is made in it and its SSD
 		// holds no private key (check node-key-enrolled).
-		TPM: []string{"gpu01"}})
+		TPM: []string{"gpu01"}}
+	for _, f := range labConfigure {
+		f(&cfg)
+	}
+	lab, err := testlab.StartLab(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +192,11 @@ type labExtra struct {
 
 // labExtras are run by TestLab in the order they were registered.
 var labExtras []labExtra
+
+// labConfigure adjust TestLab's LabConfig before the lab starts (registered
+// from init() beside a labExtra that needs a site setting at boot, such as
+// a node's expect_gpus); they must not change what the image is built from.
+var labConfigure []func(*testlab.LabConfig)
 
 // labAfterReboot are run by TestLab after gpu01 rebooted from its SSD cache
 // (only gpu01 is up then), in the order they were registered: what must

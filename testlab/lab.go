@@ -46,6 +46,9 @@ type LabNode struct {
 	StorageIP  string
 	// KernelArgs is the node's kernel_args in herd.yaml.
 	KernelArgs string
+	// NodeYAML is more of the node's herd.yaml entry, each line indented
+	// four spaces (e.g. "    expect_gpus: {count: 1}\n").
+	NodeYAML string
 }
 
 // LabConfig describes a whole lab: namespace, bridge, NAS (nfs-ganesha +
@@ -279,6 +282,7 @@ ldap:
 		if n.KernelArgs != "" {
 			fmt.Fprintf(&b, "    kernel_args: %q\n", n.KernelArgs)
 		}
+		b.WriteString(n.NodeYAML)
 		b.WriteString(storageInterfaceYAML(c, n))
 	}
 	b.WriteString(storageYAML(c))
