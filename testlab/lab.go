@@ -279,9 +279,15 @@ ldap:
 	fmt.Fprintf(&b, "sudo:\n  group: %s\ncache:\n  disk: %s\nnodes:\n", site.SudoGroup, c.Cache)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    mac: %q\n    ip: %s\n", n.Name, n.MAC, n.IP)
-		if n.KernelArgs != "" {
-			fmt.Fprintf(&b, "    kernel_args: %q\n", n.KernelArgs)
+		// no_timer_check on every lab node: under TCG on a loaded host the
+		// kernel's IO-APIC timer check can fail ("IO-APIC + timer doesn't
+		// work!" panic or a hang after "Freeing initrd memory", seen in
+		// TestLab and TestRollout); a real server never runs that slowly.
+		args := n.KernelArgs
+		if !strings.Contains(args, "no_timer_check") {
+			args = strings.TrimSpace("no_timer_check " + args)
 		}
+		fmt.Fprintf(&b, "    kernel_args: %q\n", args)
 		b.WriteString(n.NodeYAML)
 		b.WriteString(storageInterfaceYAML(c, n))
 	}

@@ -417,7 +417,7 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	appendLine := strings.Join([]string{"boot=herd", "ip=dhcp",
 		"herd.image=" + base + "/images/" + img.ID + "/rootfs.squashfs", "herd.sha256=" + img.SHA256,
 		"herd.id=" + img.ID, "herd.node=node1", "herd.server=" + base, "herd.cache=" + cache, "herd.keep=2",
-		"console=ttyS0,115200n8", "panic=-1", "herdtest.poweroff=1"}, " ")
+		"console=ttyS0,115200n8", "no_timer_check", "panic=-1", "herdtest.poweroff=1"}, " ")
 	if img.Verity != "" && !n.noVerity {
 		appendLine += " herd.verity=" + img.Verity
 	}
@@ -428,7 +428,7 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		appendLine += " herdtest.readall=1"
 	}
 	if n.local {
-		appendLine = "root=/dev/vda rw console=ttyS0,115200n8 panic=-1 herdtest.poweroff=1"
+		appendLine = "root=/dev/vda rw console=ttyS0,115200n8 no_timer_check panic=-1 herdtest.poweroff=1"
 	}
 	if n.untilLogin {
 		appendLine = strings.TrimSuffix(appendLine, " herdtest.poweroff=1")
