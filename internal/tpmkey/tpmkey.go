@@ -56,6 +56,13 @@ func Template() tpm2.TPMTPublic {
 			SensitiveDataOrigin: true,
 			UserWithAuth:        true,
 			SignEncrypt:         true,
+			// NoDA: the key's authValue is empty (nothing to guess), so
+			// dictionary-attack protection guards nothing, while a TPM in
+			// DA lockout — reached after a few resets without an orderly
+			// TPM shutdown, i.e. a node power-cycled by its BMC or a
+			// rollout — would refuse every signature for up to
+			// lockoutRecovery and leave the node without its secrets.
+			NoDA: true,
 		},
 		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 			Scheme: tpm2.TPMTECCScheme{

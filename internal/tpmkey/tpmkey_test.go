@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,5 +134,48 @@ func TestTPMKeyStableAndBound(t *testing.T) {
 	}
 	if _, err := Open(filepath.Join(t.TempDir(), "none")); err == nil || !strings.Contains(err.Error(), ErrNoTPM.Error()) {
 		t.Fatalf("a missing TPM: %v", err)
+	}
+}
+
+// TestTPMKeySignsInDALockout: a TPM in dictionary-attack lockout (what a
+// node's TPM reaches after a few resets without an orderly shutdown, seen in
+// TestLab as gpu01 retrying TPM_RC_LOCKOUT for 20 minutes after its resets)
+// refuses every DA-protected key; the node key must still sign. A decoy key
+// with a password, asked with the wrong one, drives the real swtpm there.
+func TestTPMKeySignsInDALockout(t *testing.T) {
+	k, err := Open(startSWTPM(t, t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	decoy := Template()
+	decoy.ObjectAttributes.NoDA = false
+	label := sha256.Sum256([]byte("decoy"))
+	decoy.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{X: tpm2.TPM2BECCParameter{Buffer: label[:]}})
+	cp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHOwner,
+		InSensitive:   tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{UserAuth: tpm2.TPM2BAuth{Buffer: []byte("right")}}},
+		InPublic:      tpm2.New2B(decoy),
+	}.Execute(k.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm2.FlushContext{FlushHandle: cp.ObjectHandle}.Execute(k.tpm)
+	digest := sha256.Sum256([]byte("herd"))
+	locked := false
+	for i := 0; i < 64 && !locked; i++ {
+		_, err := tpm2.Sign{
+			KeyHandle:  tpm2.AuthHandle{Handle: cp.ObjectHandle, Name: cp.Name, Auth: tpm2.PasswordAuth([]byte("wrong"))},
+			Digest:     tpm2.TPM2BDigest{Buffer: digest[:]},
+			InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA, Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256})},
+			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+		}.Execute(k.tpm)
+		locked = err != nil && errors.Is(err, tpm2.TPMRCLockout)
+	}
+	if !locked {
+		t.Fatal("the decoy never put the TPM into DA lockout")
+	}
+	if _, err := k.Sign(nil, digest[:], crypto.SHA256); err != nil {
+		t.Fatalf("the node key in a TPM in DA lockout: %v", err)
 	}
 }
