@@ -44,17 +44,36 @@ type Planner struct {
 
 // NewPlanner lists st's images for Download.
 func NewPlanner(st *store.Store) (*Planner, error) {
-	imgs, err := st.List()
-	if err != nil {
+	p := &Planner{st: st, idx: map[string]*chunks.Index{}}
+	if err := p.Refresh(); err != nil {
 		return nil, err
 	}
-	p := &Planner{st: st, bySHA: map[string]store.Image{}, idx: map[string]*chunks.Index{}}
+	return p, nil
+}
+
+// Refresh lists the store's images again (one published or removed since);
+// chunk indexes already read are kept for the images still listed, as an
+// image ID's files never change. A long-lived reader (the dashboard)
+// refreshes before each answer instead of reading every index again.
+func (p *Planner) Refresh() error {
+	imgs, err := p.st.List()
+	if err != nil {
+		return err
+	}
+	bySHA, ids := map[string]store.Image{}, map[string]bool{}
 	for _, im := range imgs {
+		ids[im.ID] = true
 		if a, ok := im.Manifest.Artifacts[manifest.Rootfs]; ok && a.SHA256 != "" {
-			p.bySHA[a.SHA256] = im
+			bySHA[a.SHA256] = im
 		}
 	}
-	return p, nil
+	for id := range p.idx {
+		if !ids[id] {
+			delete(p.idx, id)
+		}
+	}
+	p.bySHA = bySHA
+	return nil
 }
 
 // index is image im's chunk index, nil when it has none.

@@ -89,6 +89,11 @@ type Dashboard struct {
 	broker *pubsub.Broker[Message]
 	store  *store.Store
 
+	// planner says what each node's next boot downloads (next_download);
+	// plannerMu serializes its use (it caches chunk indexes).
+	plannerMu sync.Mutex
+	planner   *fleet.Planner
+
 	mu       sync.Mutex
 	seq      uint64
 	timeline map[string][]Entry // by MAC, oldest first
@@ -285,8 +290,31 @@ func (d *Dashboard) nodes() ([]fleet.Node, *site.Config) {
 	cfg := d.opt.Config()
 	ns := fleet.Nodes(cfg, d.opt.Inventory)
 	fleet.AddIdentity(ns, nodeauth.OpenRegistry(d.opt.StateDir), time.Now())
+	d.addNextDownload(ns)
 	fleet.RedactGPUUsers(ns, cfg.Dashboard.ShowGPUUsers)
 	return ns, cfg
+}
+
+// addNextDownload fills in what each node's next boot downloads, as `herd
+// node list` does (fleet.AddNextDownload against the current image).
+func (d *Dashboard) addNextDownload(ns []fleet.Node) {
+	cur, err := d.store.Current()
+	if err != nil || cur == "" {
+		return
+	}
+	d.plannerMu.Lock()
+	defer d.plannerMu.Unlock()
+	if d.planner == nil {
+		d.planner, err = fleet.NewPlanner(d.store)
+	} else {
+		err = d.planner.Refresh()
+	}
+	if err != nil {
+		d.log.Warn("next boot downloads", "err", err)
+		d.planner = nil
+		return
+	}
+	fleet.AddNextDownload(ns, d.planner, cur)
 }
 
 func (d *Dashboard) images() ([]fleet.Image, error) {
