@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -389,6 +390,9 @@ type node struct {
 
 var reportRE = regexp.MustCompile(`HERDTEST (.*) END`)
 
+// consoleSeq numbers the console copies HERD_BENCH_CONSOLE_DIR keeps.
+var consoleSeq atomic.Int32
+
 // boot runs a QEMU node (TCG) until it powers itself off and returns the
 // serial console and the test probe's key=value report.
 func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[string]string) {
@@ -459,6 +463,21 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	var login, kernel time.Duration
 	var reported time.Time // when the probe's report appeared (untilLogin)
 	stopped := false
+	// stamped is the console with the host's seconds since power-on before
+	// each line (kept for HERD_BENCH_CONSOLE_DIR: where a boot spends its
+	// time, as the serial console cannot say it itself).
+	var stamped strings.Builder
+	seen := 0
+	stamp := func(b []byte) {
+		for {
+			i := bytes.IndexByte(b[seen:], '\n')
+			if i < 0 {
+				return
+			}
+			fmt.Fprintf(&stamped, "%7.2f %s\n", time.Since(start).Seconds(), strings.TrimRight(string(b[seen:seen+i]), "\r"))
+			seen += i + 1
+		}
+	}
 wait:
 	for {
 		select {
@@ -466,6 +485,7 @@ wait:
 			break wait
 		case <-time.After(200 * time.Millisecond):
 			b, _ := os.ReadFile(log)
+			stamp(b)
 			if kernel == 0 && strings.Contains(string(b), "Linux version ") {
 				kernel = time.Since(start)
 			}
@@ -491,6 +511,13 @@ wait:
 	}
 	out := qout.String()
 	console, _ := os.ReadFile(log)
+	stamp(console)
+	if d := os.Getenv("HERD_BENCH_CONSOLE_DIR"); d != "" {
+		name := fmt.Sprintf("%s-%d.log", strings.ReplaceAll(t.Name(), "/", "-"), consoleSeq.Add(1))
+		if err := os.WriteFile(filepath.Join(d, name), []byte(stamped.String()), 0o644); err != nil {
+			t.Logf("console copy: %v", err)
+		}
+	}
 	if err != nil {
 		t.Fatalf("qemu: %v: %s\nconsole:\n%s", err, out, tail(console))
 	}
