@@ -63,7 +63,8 @@ grep '^  stages:' "$work/same.log"
 id_cold=$(awk '/^image /{print $2; exit}' "$work/cold.log")
 id_same=$(awk '/^image /{print $2; exit}' "$work/same.log")
 echo "no-change rebuild: image $id_same (cold build: $id_cold)"
-echo "BENCH build-no-change: herd ${same}s reference(herd cold build) ${cold}s ratio $(ratio "$same" "$cold")"
+sameid=no; [ "$id_same" != "$id_cold" ] || sameid=yes
+echo "BENCH build-no-change: herd ${same}s reference(herd cold build) ${cold}s ratio $(ratio "$same" "$cold") (same image ID: $sameid; goal <= 5 s)"
 
 if grep -q '^nvidia:' "$recipe"; then
 	t0=$(now)
@@ -71,7 +72,7 @@ if grep -q '^nvidia:' "$recipe"; then
 	t1=$(now)
 	bump=$(secs "$t0" "$t1")
 	grep '^  stages:' "$work/bump.log"
-	echo "BENCH build-driver-bump: herd ${bump}s reference(herd cold build) ${cold}s ratio $(ratio "$bump" "$cold")"
+	echo "BENCH build-driver-bump: herd ${bump}s reference(herd cold build) ${cold}s ratio $(ratio "$bump" "$cold") (goal <= 0.25)"
 fi
 
 # One more package (jq: small, in main, not in the default image) in the
