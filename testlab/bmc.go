@@ -147,47 +147,38 @@ set_working_mc 0x20
 		return nil, fmt.Errorf("bmc: start ipmi_sim: %w", err)
 	}
 	go func() { b.cmd.Wait(); log.Close(); close(b.done) }()
-	if err := b.waitReady(ctx, 20*time.Second); err != nil {
+	if err := b.waitPing(ctx, 20*time.Second); err != nil {
 		b.Stop()
 		return nil, fmt.Errorf("bmc: %w (log %s:\n%s)", err, b.LogPath, tailFile(b.LogPath, 20))
 	}
 	return b, nil
 }
 
-// waitReady sends RMCP presence pings (ASF, the IPMI LAN discovery message)
+// waitPing sends RMCP presence pings (ASF, the IPMI LAN discovery message)
 // to the LAN port until one is answered.
-func (b *BMC) waitReady(ctx context.Context, timeout time.Duration) error {
+func (b *BMC) waitPing(ctx context.Context, timeout time.Duration) error {
 	ping := []byte{0x06, 0x00, 0xff, 0x06, 0x00, 0x00, 0x11, 0xbe, 0x80, 0x00, 0x00, 0x00}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := b.Config.Netns.Do(func() error {
-			c, err := net.Dial("udp", b.Config.Addr)
-			if err != nil {
+	return waitReady(ctx, timeout, 200*time.Millisecond, b.done,
+		func() error {
+			return b.Config.Netns.Do(func() error {
+				c, err := net.Dial("udp", b.Config.Addr)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if _, err := c.Write(ping); err != nil {
+					return err
+				}
+				c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				buf := make([]byte, 64)
+				_, err = c.Read(buf)
 				return err
-			}
-			defer c.Close()
-			if _, err := c.Write(ping); err != nil {
-				return err
-			}
-			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-			buf := make([]byte, 64)
-			_, err = c.Read(buf)
-			return err
-		})
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
+			})
+		},
+		func(err error) error {
 			return fmt.Errorf("ipmi_sim did not answer an RMCP ping on %s: %w", b.Config.Addr, err)
-		}
-		select {
-		case <-b.done:
-			return errors.New("ipmi_sim exited at start")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		},
+		func() error { return errors.New("ipmi_sim exited at start") })
 }
 
 // QEMUPID is the pid of the node's QEMU (a child of ipmi_sim), 0 when the

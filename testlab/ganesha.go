@@ -177,29 +177,18 @@ func stopProcess(cmd *exec.Cmd, done chan struct{}, grace time.Duration) error {
 // waitTCP dials addr inside ns until it connects, the deadline passes, or
 // exited closes (the server died).
 func waitTCP(ctx context.Context, ns *Netns, addr string, timeout time.Duration, exited <-chan struct{}) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := ns.Do(func() error {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		})
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("connect %s: %w", addr, err)
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("process exited before %s accepted connections", addr)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return waitReady(ctx, timeout, 200*time.Millisecond, exited,
+		func() error {
+			return ns.Do(func() error {
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
+		},
+		func(err error) error { return fmt.Errorf("connect %s: %w", addr, err) },
+		func() error { return fmt.Errorf("process exited before %s accepted connections", addr) })
 }
 
 // tailFile returns the last n lines of a file, or a note why it cannot.

@@ -341,23 +341,20 @@ func (l *Lab) startServer(ctx context.Context) error {
 	l.serverDone = make(chan struct{})
 	go func() { l.server.Wait(); log.Close(); close(l.serverDone) }()
 	url := fmt.Sprintf("http://%s:%d/metrics", LabServer, LabHTTP)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, _, err := l.HTTPGet(url)
-		if err == nil && code == 200 {
-			return nil
-		}
-		if time.Now().After(deadline) {
+	return waitReady(ctx, 30*time.Second, 200*time.Millisecond, l.serverDone,
+		func() error {
+			code, _, err := l.HTTPGet(url)
+			if err == nil && code != 200 {
+				err = fmt.Errorf("HTTP %d", code)
+			}
+			return err
+		},
+		func(err error) error {
 			return fmt.Errorf("lab: herd serve not answering %s: %v (log %s:\n%s)", url, err, l.ServerLog, tailFile(l.ServerLog, 30))
-		}
-		select {
-		case <-l.serverDone:
+		},
+		func() error {
 			return fmt.Errorf("lab: herd serve exited (log %s:\n%s)", l.ServerLog, tailFile(l.ServerLog, 30))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+		})
 }
 
 // HTTPGet fetches url from inside the lab namespace.

@@ -294,24 +294,16 @@ func (s *Slapd) dial(uri string) (*ldap.Conn, error) {
 // waitBind polls with an admin bind until it works, slapd exits or the
 // deadline passes.
 func (s *Slapd) waitBind(ctx context.Context, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		conn, err := s.Admin()
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
+	return waitReady(ctx, timeout, 100*time.Millisecond, s.done,
+		func() error {
+			conn, err := s.Admin()
+			if err == nil {
+				conn.Close()
+			}
 			return err
-		}
-		select {
-		case <-s.done:
-			return errors.New("slapd exited")
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		},
+		func(err error) error { return err },
+		func() error { return errors.New("slapd exited") })
 }
 
 // Stop ends slapd by its PID (SIGTERM, then SIGKILL) and waits for it.
