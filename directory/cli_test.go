@@ -2,7 +2,6 @@ package directory_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -109,17 +108,9 @@ func whoamiOK(t *testing.T, uri, dn, pw string) bool {
 
 func TestHerdUserGroupCommands(t *testing.T) {
 	bin := testenv.Bin(t, "HERD_BIN")
-	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd", "ldapwhoami")
+	testenv.RequireCommands(t, "ldapwhoami")
 	dir := t.TempDir()
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: filepath.Join(dir, "slapd"), TLS: true, DebugLevel: "stats"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
-	pwFile := filepath.Join(dir, "admin.secret")
-	if err := s.WriteAdminPassword(pwFile); err != nil {
-		t.Fatal(err)
-	}
+	s, pwFile := directory.StartTestSlapd(t, dir, testlab.SlapdConfig{TLS: true, DebugLevel: "stats"})
 	cfg := filepath.Join(dir, "herd.yaml")
 	writeSite(t, cfg, s, s.URI(), "starttls", s.CAFile, pwFile)
 	h := &herdRun{t: t, bin: bin, cfg: cfg, state: filepath.Join(dir, "state")}

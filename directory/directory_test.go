@@ -18,13 +18,15 @@ import (
 	"github.com/herdlab/herd/testlab"
 )
 
-// startDirectory starts a real slapd on a loopback port and returns its
-// settings with the admin password in a 0600 file.
-func startDirectory(t *testing.T, tls bool) (*testlab.Slapd, Settings) {
+// StartTestSlapd starts a real slapd on a loopback port (c, its files in
+// dir/slapd) for the test's length and writes its admin password to
+// dir/admin.secret (0600), which it returns. Exported for this package's
+// external tests (cli_test.go and co.).
+func StartTestSlapd(t *testing.T, dir string, c testlab.SlapdConfig) (*testlab.Slapd, string) {
 	t.Helper()
 	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd")
-	dir := t.TempDir()
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: filepath.Join(dir, "slapd"), TLS: tls})
+	c.Dir = filepath.Join(dir, "slapd")
+	s, err := testlab.StartSlapd(context.Background(), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,6 +35,14 @@ func startDirectory(t *testing.T, tls bool) (*testlab.Slapd, Settings) {
 	if err := s.WriteAdminPassword(pwFile); err != nil {
 		t.Fatal(err)
 	}
+	return s, pwFile
+}
+
+// startDirectory starts a real slapd on a loopback port and returns its
+// settings with the admin password in a 0600 file.
+func startDirectory(t *testing.T, tls bool) (*testlab.Slapd, Settings) {
+	t.Helper()
+	s, pwFile := StartTestSlapd(t, t.TempDir(), testlab.SlapdConfig{TLS: tls})
 	return s, Settings{
 		URI: s.URI(), Base: s.Base, AdminDN: s.AdminDN, AdminPasswordFile: pwFile, TLS: "none",
 		UsersOU: "ou=people", GroupsOU: "ou=groups", UIDMin: 10000, GIDMin: 10000,
@@ -564,15 +574,8 @@ func TestCheckFindsProblems(t *testing.T) {
 }
 
 func TestCheckNodeView(t *testing.T) {
-	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd")
 	// A lax server: everyone may read everything, password hashes included.
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: t.TempDir(), Access: "access to * by * read"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
-	pwFile := filepath.Join(t.TempDir(), "admin.secret")
-	s.WriteAdminPassword(pwFile)
+	s, pwFile := StartTestSlapd(t, t.TempDir(), testlab.SlapdConfig{Access: "access to * by * read"})
 	st := Settings{URI: s.URI(), Base: s.Base, AdminDN: s.AdminDN, AdminPasswordFile: pwFile,
 		UsersOU: "ou=people", GroupsOU: "ou=groups", UIDMin: 10000, GIDMin: 10000, DefaultGroup: "members"}
 	d := connect(t, st)
@@ -590,14 +593,8 @@ func TestCheckNodeView(t *testing.T) {
 	}
 
 	// A strict one: anonymous sees nothing, nodes bind as a service DN.
-	s2, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: t.TempDir(),
+	s2, pw2 := StartTestSlapd(t, t.TempDir(), testlab.SlapdConfig{
 		Access: "access to attrs=userPassword by self write by anonymous auth by * none\naccess to * by users read by * auth"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Stop()
-	pw2 := filepath.Join(t.TempDir(), "admin.secret")
-	s2.WriteAdminPassword(pw2)
 	st2 := st
 	st2.URI, st2.Base, st2.AdminDN, st2.AdminPasswordFile = s2.URI(), s2.Base, s2.AdminDN, pw2
 	d2 := connect(t, st2)

@@ -1,13 +1,13 @@
 package directory_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/herdlab/herd/directory"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
@@ -17,17 +17,8 @@ import (
 // never use. Against a real slapd.
 func TestUserListWithOnlyLDAPAndNAS(t *testing.T) {
 	bin := testenv.Bin(t, "HERD_BIN")
-	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd")
 	dir := t.TempDir()
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: filepath.Join(dir, "slapd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
-	pwFile := filepath.Join(dir, "admin.secret")
-	if err := s.WriteAdminPassword(pwFile); err != nil {
-		t.Fatal(err)
-	}
+	s, pwFile := directory.StartTestSlapd(t, dir, testlab.SlapdConfig{})
 	cfg := filepath.Join(dir, "herd.yaml")
 	site := fmt.Sprintf("nas:\n  address: 10.77.0.2\n  homes: /export/homes\nldap:\n  uri: %s/\n  base: %s\n  admin_dn: %s\n  admin_password_file: %s\n",
 		s.URI(), s.Base, s.AdminDN, pwFile)

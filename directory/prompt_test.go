@@ -2,7 +2,6 @@ package directory_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/herdlab/herd/directory"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
@@ -96,17 +96,9 @@ func (p *pty) typeAfter(t *testing.T, prompt, line string, occurrence int) {
 
 func TestPasswdPromptsOnTerminal(t *testing.T) {
 	bin := testenv.Bin(t, "HERD_BIN")
-	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd", "ldapwhoami")
+	testenv.RequireCommands(t, "ldapwhoami")
 	dir := t.TempDir()
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: filepath.Join(dir, "slapd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
-	pwFile := filepath.Join(dir, "admin.secret")
-	if err := s.WriteAdminPassword(pwFile); err != nil {
-		t.Fatal(err)
-	}
+	s, pwFile := directory.StartTestSlapd(t, dir, testlab.SlapdConfig{})
 	cfg := filepath.Join(dir, "herd.yaml")
 	writeSite(t, cfg, s, s.URI(), "none", "", pwFile)
 	h := &herdRun{t: t, bin: bin, cfg: cfg, state: filepath.Join(dir, "state")}

@@ -1,7 +1,6 @@
 package directory_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/herdlab/herd/directory"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
@@ -21,17 +21,9 @@ import (
 // overlay, works; the password never shows in herd's output.
 func TestRotateBind(t *testing.T) {
 	bin := testenv.Bin(t, "HERD_BIN")
-	testenv.RequireCommands(t, "/usr/sbin/slapd", "/usr/sbin/slapadd", "ldapwhoami")
+	testenv.RequireCommands(t, "ldapwhoami")
 	dir := t.TempDir()
-	s, err := testlab.StartSlapd(context.Background(), testlab.SlapdConfig{Dir: filepath.Join(dir, "slapd")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop()
-	adminPw := filepath.Join(dir, "admin.secret")
-	if err := s.WriteAdminPassword(adminPw); err != nil {
-		t.Fatal(err)
-	}
+	s, adminPw := directory.StartTestSlapd(t, dir, testlab.SlapdConfig{})
 	const oldPw = "old-Bind-Secret-41c2"
 	bindDN := "cn=herd-nodes," + s.Base
 	conn, err := s.Admin()
