@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,12 +23,11 @@ import (
 func TestHerdBinaryServeEventsNodeList(t *testing.T) {
 	herd := testenv.Bin(t, "HERD_BIN")
 	testenv.RequireCommands(t, "curl")
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	id := publish(t, state, map[string]int{manifest.Kernel: 1000, manifest.Initrd: 1000, manifest.Rootfs: 1000})
+	h := newHerdSite(t, herd)
+	id := publish(t, h.state, map[string]int{manifest.Kernel: 1000, manifest.Initrd: 1000, manifest.Rootfs: 1000})
 	httpPort, tftpPort := freePort(t, "tcp"), freePort(t, "udp")
-	cfgPath := filepath.Join(dir, "herd.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`# site comment
+	cfgPath := h.cfg
+	h.write(fmt.Sprintf(`# site comment
 server:
   address: 127.0.0.1
   http_port: %d
@@ -40,17 +38,8 @@ nodes:
   - name: gpu1
     mac: "52:54:00:aa:00:01"
     ip: 127.0.0.1
-`, httpPort)), 0o644)
-	logf, _ := os.Create(filepath.Join(dir, "herd.log"))
-	defer logf.Close()
-	srv := exec.Command(herd, "-v", "--config", cfgPath, "--state", state, "serve", "--tftp-port", fmt.Sprint(tftpPort))
-	srv.Stdout, srv.Stderr = logf, logf
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Process.Kill()
-	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	waitFor(t, "herd serve to answer", func() bool { return status(base+"/healthz") == 200 })
+`, httpPort))
+	srv, base := h.serve(httpPort, tftpPort)
 
 	ev := fmt.Sprintf(`{"node":"gpu1","mac":"52:54:00:aa:00:01","stage":"up","percent":100,"message":"booted","image":"%s","kernel":"6.8.0-149-generic","nvidia":"580.178.04"}`, id)
 	// Unsigned (curl): logged, not recorded.
@@ -58,15 +47,7 @@ nodes:
 		t.Fatalf("post event: %v %s", err, out)
 	}
 	// An enrollment window opened by the CLI applies to the running server.
-	herdCmd := func(args ...string) string {
-		t.Helper()
-		b, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("herd %s: %v\n%s", strings.Join(args, " "), err, b)
-		}
-		return string(b)
-	}
-	herdCmd("node", "enroll", "gpu1", "--for", "5m")
+	h.must("node", "enroll", "gpu1", "--for", "5m")
 	ctx := context.Background()
 	key, _ := nodeauth.GenerateFileKey()
 	node := &nodeauth.Client{Base: base, Node: "gpu1", Key: key}
@@ -78,7 +59,7 @@ nodes:
 	}
 	pub, _ := nodeauth.PublicKey(key)
 	fp := nodeauth.Fingerprint(pub)
-	out, err := exec.Command(herd, "--config", cfgPath, "--state", state, "node", "list", "--json").Output()
+	out, err := h.command("node", "list", "--json").Output()
 	if err != nil {
 		t.Fatalf("node list: %v", err)
 	}
@@ -96,7 +77,7 @@ nodes:
 	if len(views) != 1 || views[0].Seen == nil || views[0].Seen.Stage != "up" || views[0].Seen.Image != id || views[0].Seen.NVIDIA != "580.178.04" || views[0].Seen.Boots != 1 || views[0].Identity.Enrolled != fp {
 		t.Fatalf("node list --json (want enrolled %s):\n%s", fp, out)
 	}
-	if l := herdCmd("node", "list"); !strings.Contains(l, "enrolled "+fp) {
+	if l := h.must("node", "list"); !strings.Contains(l, "enrolled "+fp) {
 		t.Errorf("node list does not show the fingerprint %s:\n%s", fp, l)
 	}
 	hostKey := func(c *nodeauth.Client) string {
@@ -121,8 +102,8 @@ nodes:
 
 	// rm + add under the same name: a new node, not its predecessor. It has
 	// no key until approved, and gets fresh SSH host keys.
-	herdCmd("node", "rm", "gpu1")
-	herdCmd("node", "add", "gpu1", "52:54:00:aa:00:01", "--ip", "127.0.0.1")
+	h.must("node", "rm", "gpu1")
+	h.must("node", "add", "gpu1", "52:54:00:aa:00:01", "--ip", "127.0.0.1")
 	srv.Process.Signal(syscall.SIGHUP)
 	if _, err := node.Overlay(ctx); err == nil {
 		t.Fatal("the removed node's key still gets the overlay")
@@ -134,13 +115,13 @@ nodes:
 		return err == nil && ans.Status == nodeauth.StatusPending
 	})
 	pub2, _ := nodeauth.PublicKey(key2)
-	if l := herdCmd("node", "list"); !strings.Contains(l, "pending "+nodeauth.Fingerprint(pub2)) {
+	if l := h.must("node", "list"); !strings.Contains(l, "pending "+nodeauth.Fingerprint(pub2)) {
 		t.Errorf("node list does not show the pending fingerprint:\n%s", l)
 	}
-	if b, err := exec.Command(herd, "--config", cfgPath, "--state", state, "node", "approve", "gpu1", "--fingerprint", fp).CombinedOutput(); err == nil {
+	if b, err := h.run("node", "approve", "gpu1", "--fingerprint", fp); err == nil {
 		t.Errorf("approve with another key's fingerprint succeeded: %s", b)
 	}
-	herdCmd("node", "approve", "gpu1", "--fingerprint", nodeauth.Fingerprint(pub2))
+	h.must("node", "approve", "gpu1", "--fingerprint", nodeauth.Fingerprint(pub2))
 	if hostKey(node2) == oldHostKey {
 		t.Error("a node re-added under the same name inherited its predecessor's SSH host key")
 	}

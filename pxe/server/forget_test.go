@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,39 +21,20 @@ import (
 // it had already written nor one it held only in memory — while it keeps
 // recording the other node.
 func TestForgetReachesRunningServe(t *testing.T) {
-	herd := testenv.Bin(t, "HERD_BIN")
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
+	h := newHerdSite(t, testenv.Bin(t, "HERD_BIN"))
+	state := h.state
 	id := publish(t, state, map[string]int{manifest.Kernel: 1000, manifest.Initrd: 1000, manifest.Rootfs: 1000})
 	httpPort, tftpPort := freePort(t, "tcp"), freePort(t, "udp")
-	cfgPath := filepath.Join(dir, "herd.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`server: {address: 127.0.0.1, http_port: %d}
+	h.write(fmt.Sprintf(`server: {address: 127.0.0.1, http_port: %d}
 dhcp: {mode: off}
 overlays: [base]
 nodes:
   - {name: gpu1, mac: "52:54:00:aa:00:01", ip: 127.0.0.1}
   - {name: gpu2, mac: "52:54:00:aa:00:02", ip: 127.0.0.2}
-`, httpPort)), 0o644)
-	logf, _ := os.Create(filepath.Join(dir, "herd.log"))
-	defer logf.Close()
-	srv := exec.Command(herd, "-v", "--config", cfgPath, "--state", state, "serve", "--tftp-port", fmt.Sprint(tftpPort))
-	srv.Stdout, srv.Stderr = logf, logf
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	waitFor(t, "herd serve to answer", func() bool { return status(base+"/healthz") == 200 })
-	herdCmd := func(args ...string) string {
-		t.Helper()
-		b, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("herd %s: %v\n%s", strings.Join(args, " "), err, b)
-		}
-		return string(b)
-	}
+`, httpPort))
+	srv, base := h.serve(httpPort, tftpPort)
 	ctx := context.Background()
-	herdCmd("node", "enroll", "gpu1", "gpu2", "--for", "5m")
+	h.must("node", "enroll", "gpu1", "gpu2", "--for", "5m")
 	nodes := map[string]*nodeauth.Client{}
 	for i, name := range []string{"gpu1", "gpu2"} {
 		key, _ := nodeauth.GenerateFileKey()
@@ -88,7 +67,7 @@ nodes:
 	}
 	waitFor(t, "both records in nodes.json", func() bool { d := onDisk(); return d["gpu1"] == "booted" && d["gpu2"] == "booted" })
 
-	herdCmd("node", "forget", "gpu1")
+	h.must("node", "forget", "gpu1")
 	t.Run("forgotten-key-refused-at-once", func(t *testing.T) {
 		if _, err := nodes["gpu1"].Overlay(ctx); err == nil {
 			t.Error("the forgotten key still gets the overlay")
@@ -96,7 +75,7 @@ nodes:
 		if err := nodes["gpu1"].Event(ctx, event("gpu1", "after forget")); err == nil {
 			t.Error("an event signed by the forgotten key was accepted")
 		}
-		out := herdCmd("node", "list", "--json")
+		out := h.must("node", "list", "--json")
 		var views []struct {
 			Name     string
 			Identity struct{ Enrolled, Pending string }
@@ -127,7 +106,7 @@ nodes:
 	if err := nodes["gpu2"].Event(ctx, event("gpu2", "third boot")); err != nil {
 		t.Fatal(err)
 	}
-	herdCmd("node", "forget", "gpu2")
+	h.must("node", "forget", "gpu2")
 	t.Run("unwritten-record-not-resurrected", func(t *testing.T) {
 		time.Sleep(inventory.FlushInterval + 2*inventory.ForgetPoll)
 		// Force a write: SIGTERM flushes what is pending.

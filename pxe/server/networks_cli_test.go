@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +18,9 @@ import (
 // marks it degraded, and `herd doctor` fails the node's networks check
 // naming the storage network.
 func TestNodeShowAndDoctorShowNetworks(t *testing.T) {
-	herd := testenv.Bin(t, "HERD_BIN")
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	cfgPath := filepath.Join(dir, "herd.yaml")
-	os.WriteFile(cfgPath, []byte(`server: {address: 127.0.0.1, http_port: 1}
+	h := newHerdSite(t, testenv.Bin(t, "HERD_BIN"))
+	state := h.state
+	h.write(`server: {address: 127.0.0.1, http_port: 1}
 dhcp: {mode: off}
 overlays: [autofs]
 networks:
@@ -43,7 +39,7 @@ nodes:
     mac: "52:54:00:77:00:13"
     interfaces:
       - {name: st0, mac: "52:54:00:78:00:13", network: storage, address: 10.78.0.13}
-`), 0o644)
+`)
 	os.MkdirAll(state, 0o755)
 	inv, err := inventory.Load(state)
 	if err != nil {
@@ -66,11 +62,7 @@ nodes:
 	if err := inv.Flush(); err != nil { // the CLI reads nodes.json
 		t.Fatal(err)
 	}
-	run := func(args ...string) (string, error) {
-		out, err := exec.Command(herd, append([]string{"--config", cfgPath, "--state", state}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	out, err := run("node", "show", "gpu01")
+	out, err := h.run("node", "show", "gpu01")
 	if err != nil {
 		t.Fatalf("node show: %v\n%s", err, out)
 	}
@@ -80,15 +72,15 @@ nodes:
 			t.Errorf("node show gpu01 lacks %q:\n%s", want, out)
 		}
 	}
-	out, _ = run("node", "show", "gpu02")
+	out, _ = h.run("node", "show", "gpu02")
 	if strings.Contains(out, "degraded") || !strings.Contains(out, "10.78.0.12/24") {
 		t.Errorf("node show gpu02:\n%s", out)
 	}
-	out, _ = run("node", "list")
+	out, _ = h.run("node", "list")
 	if !strings.Contains(out, "up (degraded)") || strings.Count(out, "degraded") != 1 {
 		t.Errorf("node list should mark gpu01 (only) degraded:\n%s", out)
 	}
-	out, _ = run("node", "show", "gpu01", "--json")
+	out, _ = h.run("node", "show", "gpu01", "--json")
 	var v struct {
 		Interfaces []struct{ Name, MAC, Network, Address string }
 		Seen       *inventory.Record
@@ -99,7 +91,7 @@ nodes:
 
 	// doctor: its other checks fail here (no image, port 1); only the
 	// node network checks matter.
-	stdout, _ := exec.Command(herd, "--config", cfgPath, "--state", state, "doctor", "--json").Output()
+	stdout, _ := h.command("doctor", "--json").Output()
 	out = string(stdout)
 	var checks []Check
 	if err := json.Unmarshal([]byte(out), &checks); err != nil {
