@@ -206,13 +206,7 @@ func TestHerdUserGroupCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(h.ok("", "user", "list", "--json")), &users); err != nil {
 		t.Fatal(err)
 	}
-	seen := map[int]string{}
-	for _, u := range users {
-		if o, dup := seen[u.UID]; dup {
-			t.Fatalf("uid %d given to both %s and %s", u.UID, o, u.Name)
-		}
-		seen[u.UID] = u.Name
-	}
+	directory.RequireDistinctUIDs(t, users)
 	if len(users) != procs+1 {
 		t.Fatalf("%d users after concurrent adds, want %d", len(users), procs+1)
 	}

@@ -38,6 +38,19 @@ func StartTestSlapd(t *testing.T, dir string, c testlab.SlapdConfig) (*testlab.S
 	return s, pwFile
 }
 
+// RequireDistinctUIDs fails the test when two of users share a uid.
+// Exported for this package's external tests.
+func RequireDistinctUIDs(t *testing.T, users []User) {
+	t.Helper()
+	seen := map[int]string{}
+	for _, u := range users {
+		if other, dup := seen[u.UID]; dup {
+			t.Fatalf("uid %d given to both %s and %s", u.UID, other, u.Name)
+		}
+		seen[u.UID] = u.Name
+	}
+}
+
 // startDirectory starts a real slapd on a loopback port and returns its
 // settings with the admin password in a 0600 file.
 func startDirectory(t *testing.T, tls bool) (*testlab.Slapd, Settings) {
@@ -347,13 +360,7 @@ func TestConcurrentAddsGetDistinctNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[int]string{}
-	for _, u := range users {
-		if other, dup := seen[u.UID]; dup {
-			t.Fatalf("uid %d given to %s and %s", u.UID, other, u.Name)
-		}
-		seen[u.UID] = u.Name
-	}
+	RequireDistinctUIDs(t, users)
 	if len(users) != n {
 		t.Fatalf("%d users, want %d", len(users), n)
 	}
