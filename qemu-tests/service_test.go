@@ -21,8 +21,8 @@ import (
 // the syscall filter), so "active" proves the hardening leaves herd serving;
 // its HTTP answers from the lab namespace; `systemd-analyze security` is
 // logged; kill -9 is restarted by systemd, and a stopped (hung) herd is
-// killed and restarted by the watchdog. Not done here: a second node
-// netbooting from this herd (it would need the image copied into the VM).
+// killed and restarted by the watchdog. Then the same service, with a state
+// restored from a backup, serves a node of its own (servicenode_test.go).
 func init() {
 	labExtras = append(labExtras, labExtra{name: "deb-service-under-systemd", run: serviceCheck})
 }
@@ -61,7 +61,7 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 		t.Fatalf("copy the package: %v %s", err, o)
 	}
 	c.Close()
-	sudo := func(cmd string) string {
+	sudoT := func(t *testing.T, cmd string) string {
 		t.Helper()
 		o, err := g.Sudo(ctx, cmd)
 		if err != nil {
@@ -69,6 +69,7 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 		}
 		return o
 	}
+	sudo := func(cmd string) string { t.Helper(); return sudoT(t, cmd) }
 	sudo("dpkg --force-depends -i /tmp/herd.deb >/tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; exit 1; }")
 	ip := b.Node.IP
 	// No DHCP here (the lab's herd answers it); the ipxe package is one of
@@ -76,8 +77,8 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 	sudo(fmt.Sprintf(`printf 'server: {address: %s, http_port: 8080, tftp_root: /usr/lib/herd}\ndhcp: {mode: "off"}\noverlays: []\n' > /etc/herd/herd.yaml`, ip))
 	sudo("systemctl start herd") // returns once READY=1 arrived (Type=notify)
 
-	show := func() map[string]string {
-		o := sudo("systemctl show herd -p ActiveState -p SubState -p MainPID -p NRestarts -p Type -p WatchdogUSec")
+	showT := func(t *testing.T) map[string]string {
+		o := sudoT(t, "systemctl show herd -p ActiveState -p SubState -p MainPID -p NRestarts -p Type -p WatchdogUSec")
 		m := map[string]string{}
 		for _, l := range strings.Split(strings.TrimSpace(o), "\n") {
 			k, v, _ := strings.Cut(l, "=")
@@ -85,6 +86,7 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 		}
 		return m
 	}
+	show := func() map[string]string { return showT(t) }
 	st := show()
 	if st["ActiveState"] != "active" || st["Type"] != "notify" || st["WatchdogUSec"] == "0" {
 		t.Fatalf("herd.service after start: %v\n%s", st, sudo("journalctl -u herd --no-pager -n 50"))
@@ -108,20 +110,21 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 	}
 
 	// restarted waits (liveness only) for systemd to bring herd back with a new PID.
-	restarted := func(what, oldPID string, restarts int) {
+	restartedT := func(t *testing.T, what, oldPID string, restarts int) {
 		t.Helper()
 		deadline := time.Now().Add(3 * time.Minute)
 		for {
-			st := show()
+			st := showT(t)
 			if st["ActiveState"] == "active" && st["MainPID"] != oldPID && st["NRestarts"] == fmt.Sprint(restarts) && healthy() {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: herd was not restarted: %v\n%s", what, st, sudo("journalctl -u herd --no-pager -n 50"))
+				t.Fatalf("%s: herd was not restarted: %v\n%s", what, st, sudoT(t, "journalctl -u herd --no-pager -n 50"))
 			}
 			time.Sleep(2 * time.Second)
 		}
 	}
+	restarted := func(what, oldPID string, restarts int) { t.Helper(); restartedT(t, what, oldPID, restarts) }
 	pid := st["MainPID"]
 	sudo("kill -9 " + pid)
 	restarted("kill -9", pid, 1)
@@ -134,4 +137,5 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 		t.Errorf("the journal does not show the watchdog firing:\n%s", j)
 	}
 	sudo("systemctl stop herd")
+	t.Run("second-node-boots-from-it", func(t *testing.T) { vmNodeBoots(t, ctx, lab, b, sudoT, showT, restartedT) })
 }
