@@ -336,6 +336,15 @@ if grep -q herdtest.readall /proc/cmdline; then
 	imgs=$(ls /var/cache/herd/images 2>/dev/null | tr '\n' ,)
 fi
 key=$(stat -c %a:%u /var/cache/herd/identity/node.key /run/herd/identity/node.key 2>/dev/null | head -n1)
+# Where the boot's time went (bench/boot.sh keeps the console): systemd's
+# own figures and what each block device read (sysfs stat: reads, sectors,
+# ms), before the report so the host sees them before it cuts the power.
+{
+	echo "HERDDIAG $(systemd-analyze time 2>/dev/null | head -n1)"
+	for d in dm-0 loop0 vda vda1; do [ -e /sys/block/$d/stat ] || [ -e /sys/class/block/$d/stat ] && echo "HERDDIAG block $d $(cat /sys/class/block/$d/stat 2>/dev/null)"; done
+	echo "HERDDIAG verity $(dmesg 2>/dev/null | grep -o 'verity: sha256 using implementation.*' | head -n1)"
+	systemd-analyze critical-chain 2>/dev/null | sed -n '1,25s/^/HERDDIAG chain /p'
+} > /dev/ttyS0 2>&1
 echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} END" > /dev/ttyS0
 if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
 `,
