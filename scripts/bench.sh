@@ -14,7 +14,7 @@ for b in bench/*.sh; do
 	[ -e "$b" ] || continue
 	if [ -n "${BENCH_ONLY:-}" ] && [[ "$b" != *"$BENCH_ONLY"* ]]; then continue; fi
 	echo "== $b"
-	bash "$b" 2>&1 | tee -a "$out.log" | tee /dev/stderr | grep '^BENCH ' >> "$out"
+	bash "$b" 2>&1 | tee -a "$out.log" | tee -a /dev/stderr | grep '^BENCH ' >> "$out"
 	rc=("${PIPESTATUS[@]}")
 	[ "${rc[3]}" -eq 0 ] || echo "!! $b printed no BENCH line" >&2
 	[ "${rc[0]}" -eq 0 ] || { echo "!! $b failed (exit ${rc[0]})" >&2; status=1; }
