@@ -11,6 +11,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,9 +26,12 @@ const (
 	defaultRecipe = "../recipes/ubuntu-noble-gpu.yaml"
 )
 
-// TestLab boots two nodes together — gpu01 with SeaBIOS and a TPM, gpu02 with OVMF —
-// against one server and NAS, then runs every check on gpu01, the basic
-// ones on gpu02, and reboots gpu01 to see the image come from its SSD.
+// TestLab boots three nodes together — gpu01 with SeaBIOS and a TPM, gpu02
+// with OVMF, gpu03 with SeaBIOS — against one server and NAS, runs every
+// check on gpu01 and the extras (labExtras) on all, rolls two new
+// generations out across the three (rollout_test.go: a failed canary, then
+// N+1 as a delta), runs the basic checks on gpu02, and reboots gpu01 to see
+// the image come from its SSD.
 func TestLab(t *testing.T) {
 	testenv.Long(t)
 	testenv.RequireNetns(t)
@@ -44,7 +48,10 @@ func TestLab(t *testing.T) {
 		Approve: []string{"gpu01"},
 		// gpu01 has a TPM 2.0 (swtpm): its key is made in it and its SSD
 		// holds no private key (check node-key-enrolled).
-		TPM: []string{"gpu01"}}
+		TPM: []string{"gpu01"},
+		// gpu03 is the third node of the rollouts.
+		Nodes:     append(slices.Clone(testlab.DefaultLabNodes), testlab.LabNode{Name: "gpu03", MAC: "52:54:00:77:00:13", IP: "10.77.0.13"}),
+		ServeArgs: []string{"--rollout-check-timeout", rolloutCheckTimeout}}
 	for _, f := range labConfigure {
 		f(&cfg)
 	}
@@ -78,13 +85,16 @@ func TestLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The rollouts' generations build while the nodes boot.
+	future := buildFutureImages(herd)
+	t.Cleanup(future.wg.Wait)
 
-	// Both nodes start at the same moment: a small boot storm, and the two
+	// The nodes start at the same moment: a small boot storm, and the two
 	// firmware paths (SeaBIOS + iPXE ROM, OVMF PXE + snponly.efi).
 	nodes := []struct {
 		name string
 		uefi bool
-	}{{"gpu01", false}, {"gpu02", true}}
+	}{{"gpu01", false}, {"gpu02", true}, {"gpu03", false}}
 	results := make([]*testlab.Booted, len(nodes))
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
@@ -130,6 +140,12 @@ func TestLab(t *testing.T) {
 	for _, x := range labExtras {
 		t.Run(x.name, func(t *testing.T) { x.run(t, ctx, lab, byName) })
 	}
+	firstImage := lab.ImageID
+	t.Run("rollout", func(t *testing.T) { rolloutChecks(t, ctx, lab, byName, future) })
+	if errs[2] == nil {
+		// Free the CPU for the rest.
+		results[2].VM.Stop()
+	}
 	if errs[1] == nil {
 		t.Run("second-node-uefi", func(t *testing.T) {
 			for _, c := range testlab.NodeChecks() {
@@ -147,7 +163,8 @@ func TestLab(t *testing.T) {
 
 	rebooted := false
 	t.Run("reboot-uses-ssd-cache", func(t *testing.T) {
-		first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, gpu01.Node.IP)
+		// gpu01 runs lab.ImageID: N, or N+1 when the rollout brought it.
+		first := testlab.RootfsDownloads(lab.ServerLogText(), firstImage, gpu01.Node.IP)
 		if first == 0 {
 			t.Fatalf("the first boot's rootfs download is not in the server log %s", lab.ServerLog)
 		}
@@ -157,8 +174,8 @@ func TestLab(t *testing.T) {
 		}
 		rebooted = true
 		since := lab.ServerLogText()[before:]
-		if n := testlab.RootfsDownloads(since, lab.ImageID, gpu01.Node.IP); n != 0 {
-			t.Fatalf("the rebooted node downloaded the root image again (%d requests)", n)
+		if cb, rb, _, cn, rn := fetched(since, gpu01.Node.IP, lab.ImageID); cn+rn != 0 {
+			t.Fatalf("the rebooted node downloaded its image again (%d chunk requests, %d bytes; %d rootfs requests, %d bytes)", cn, cb, rn, rb)
 		}
 		if !strings.Contains(since, "/boot/"+gpu01.Node.MAC) && !strings.Contains(since, "/boot/"+strings.ReplaceAll(gpu01.Node.MAC, ":", "-")) {
 			t.Errorf("the reboot did not go through the server (no boot script request in the log)")

@@ -1,8 +1,25 @@
 package qemutests
 
+// Rolling reboots onto a new generation (issue 19) on TestLab's three
+// booted nodes, run by TestLab after its extras while every node is up:
+//
+//  1. failed canary: a generation whose checks fail on the canary (gpu02)
+//     is promoted and rolled out; the engine undoes the promote, sends the
+//     canary back to the previous image, and no other node reboots;
+//  2. rollout: generation N+1 (the lab's recipe with one package added) is
+//     promoted and rolled out with gpu01 as the canary; gpu01 boots it
+//     fetching only the chunks N lacks (issue 17's delta figure, from the
+//     server's log); gpu03, where alice runs a job in an SSH session, waits
+//     with its users told, and reboots only after the job ends; gpu02 goes
+//     as soon as the canary passed.
+//
+// Both rollouts go through herd serve's engine and the nodes' own status
+// agents (signed reports, Reply.Reboot): nothing here reboots a VM.
+
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,214 +28,268 @@ import (
 	"time"
 
 	"github.com/herdlab/herd/fleet"
-	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/image/manifest"
+	"github.com/herdlab/herd/image/store"
 	"github.com/herdlab/herd/rollout"
 	"github.com/herdlab/herd/testlab"
 )
 
+// rolloutCheckTimeout is the lab server's --rollout-check-timeout: how long
+// a rebooted node's checks may fail before the rollout counts it failed.
+// Under TCG a good node's checks pass within a minute of its first report;
+// the broken generation's never do, so this bounds the failed canary's cost.
+const rolloutCheckTimeout = "3m"
+
 // variantImage builds the lab's recipe with the lab's herd.yaml changed by
 // edit: only the overlays stage and those after it run again, so it is a new
 // image generation for the cost of a repack.
-func variantImage(t *testing.T, herd string, edit func(string) string) string {
-	t.Helper()
-	tmp := t.TempDir()
+func variantImage(herd string, edit func(string) string) (string, error) {
+	tmp, err := os.MkdirTemp("", "herd-variant-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
 	site := filepath.Join(tmp, "herd.yaml")
 	if err := testlab.WriteLabSite(site); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	b, err := os.ReadFile(site)
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	changed := edit(string(b))
 	if changed == string(b) {
-		t.Fatal("variant: the edit changed nothing")
+		return "", fmt.Errorf("variant: the edit changed nothing in %s", site)
 	}
 	if err := os.WriteFile(site, []byte(changed), 0o644); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))
 }
 
-// TestRollout is issue 19's end to end: three nodes booted together, a new
-// generation promoted and rolled out by herd serve's engine through the
-// nodes' own status agents — the canary first, then the others, a node with a
-// logged-in user running a process only after it ends. (The failed-canary
-// case is covered by rollout's unit tests; its QEMU run is not here yet.)
-func TestRollout(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
-	herd := testenv.Bin(t, "HERD_BIN")
-	ctx := context.Background()
+// brokenImage is a generation whose checks fail on every node with an SSD:
+// its scratch directory is under /proc, so herd-scratch.service fails and
+// the node's system-running check with it.
+func brokenImage(herd string) (string, error) {
+	return variantImage(herd, func(y string) string {
+		return strings.Replace(y, "cache:\n  disk: auto\n", "cache:\n  disk: auto\n  scratch_dir: /proc/scratch\n", 1)
+	})
+}
 
-	img := suiteImage(t, herd)
-	// The next generation: a harmless change (the time zone).
-	good := variantImage(t, herd, func(y string) string { return y + "timezone: Europe/Berlin\n" })
-	goodID := filepath.Base(good)
+// futureImages builds the generations the rollouts need while the nodes
+// boot (the builds queue on the test store's lock, after the suite image).
+type futureImages struct {
+	wg                 sync.WaitGroup
+	next, broken       string
+	nextErr, brokenErr error
+}
 
-	nodes := []testlab.LabNode{
-		{Name: "gpu01", MAC: "52:54:00:77:00:11", IP: "10.77.0.11"},
-		{Name: "gpu02", MAC: "52:54:00:77:00:12", IP: "10.77.0.12"},
-		{Name: "gpu03", MAC: "52:54:00:77:00:13", IP: "10.77.0.13"},
+func buildFutureImages(herd string) *futureImages {
+	f := &futureImages{}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		f.next, f.nextErr = nextGeneration(herd)
+		f.broken, f.brokenErr = brokenImage(herd)
+	}()
+	return f
+}
+
+// rolloutLab is what the rollout checks share.
+type rolloutLab struct {
+	t     *testing.T
+	ctx   context.Context
+	lab   *testlab.Lab
+	nodes map[string]*testlab.Booted
+}
+
+func (r *rolloutLab) bootID(name string) string {
+	r.t.Helper()
+	out, err := r.nodes[name].User.Run(r.ctx, "cat /proc/sys/kernel/random/boot_id")
+	if err != nil {
+		r.t.Fatalf("%s: boot_id: %v", name, err)
 	}
-	dir := labDir(t)
-	lab, err := testlab.StartLab(ctx, testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img, Nodes: nodes,
-		ServeArgs: []string{"--rollout-check-timeout", "5m"}})
+	return strings.TrimSpace(out)
+}
+
+func (r *rolloutLab) nodeList() map[string]fleet.Node {
+	r.t.Helper()
+	out, err := r.lab.Herd(r.ctx, "", "node", "list", "--json")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	var ns []fleet.Node
+	if err := json.Unmarshal(out, &ns); err != nil {
+		r.t.Fatal(err)
+	}
+	m := map[string]fleet.Node{}
+	for _, n := range ns {
+		m[n.Name] = n
+	}
+	return m
+}
+
+// waitRollout polls rollout.json until cond holds (nil: the rollout ended).
+func (r *rolloutLab) waitRollout(what string, limit time.Duration, cond func(*rollout.State) bool) *rollout.State {
+	r.t.Helper()
+	if cond == nil {
+		cond = func(st *rollout.State) bool { return rollout.Terminal(st.Phase) }
+	}
+	for deadline := time.Now().Add(limit); ; time.Sleep(5 * time.Second) {
+		st, err := rollout.Load(r.lab.StateDir)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if st != nil && cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("rollout: not %s within %s: %+v", what, limit, st)
+		}
+	}
+}
+
+// rolloutChecks runs both rollouts; on success every node runs N+1 and the
+// lab's ImageID (and each Booted's Manifest) says so, for the checks after.
+func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted, future *futureImages) {
+	for _, n := range []string{"gpu01", "gpu02", "gpu03"} {
+		if nodes[n] == nil {
+			t.Fatalf("%s is not up", n)
+		}
+	}
+	future.wg.Wait()
+	if future.nextErr != nil || future.brokenErr != nil {
+		t.Fatalf("building the rollouts' generations: %v; %v", future.nextErr, future.brokenErr)
+	}
+	orig := lab.ImageID
+	next, err := testlab.LinkImage(ctx, future.next, lab.StateDir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	booted := map[string]*testlab.Booted{}
-	var mu sync.Mutex
-	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if t.Failed() {
-			for _, b := range booted {
-				t.Logf("--- serial console of %s (%s) ---\n%s", b.Node.Name, b.VM.SerialPath, b.VM.Console.Tail(40))
+	broken, err := testlab.LinkImage(ctx, future.broken, lab.StateDir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == orig || broken == orig || next == broken {
+		t.Fatalf("the generations are not distinct: N %s, N+1 %s, broken %s", orig, next, broken)
+	}
+	r := &rolloutLab{t: t, ctx: ctx, lab: lab, nodes: nodes}
+	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(5 * time.Second) {
+		ok := true
+		for _, n := range r.nodeList() {
+			ok = ok && n.Status != nil && n.Status.Image == orig
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nodes never all reported on %s: %+v", orig, r.nodeList())
+		}
+	}
+	before := map[string]string{}
+	for n := range nodes {
+		before[n] = r.bootID(n)
+	}
+
+	t.Run("failed-canary-rolled-back", func(t *testing.T) {
+		r.t = t
+		if out, err := lab.Herd(ctx, "", "image", "promote", broken); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if out, err := lab.Herd(ctx, "", "rollout", "--canary", "gpu02", "--batch", "2"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		st := r.waitRollout("ended", 30*time.Minute, nil)
+		if st.Phase != rollout.PhaseFailed || !st.Undone || !strings.Contains(st.Error, "canary gpu02 failed") || !strings.Contains(st.Error, "system-running") {
+			t.Fatalf("rollout %s undone=%v: %s (%+v)", st.Phase, st.Undone, st.Error, st.Nodes)
+		}
+		t.Logf("failed rollout: %s", st.Error)
+		if cur, err := store.ReadOnly(lab.StateDir).Current(); err != nil || cur != orig {
+			t.Fatalf("current image %s (%v), want %s again", cur, err, orig)
+		}
+		// The canary goes back to the previous image by itself.
+		st = r.waitRollout("reverted", 20*time.Minute, func(st *rollout.State) bool {
+			n := st.Node("gpu02")
+			if n.State == rollout.NodeFailed {
+				t.Fatalf("canary not reverted: %+v", n)
 			}
-			t.Logf("--- server log (%s) ---\n%s", lab.ServerLog, testlab.TailLines([]byte(lab.ServerLogText()), 60))
+			return n.State == rollout.NodeReverted
+		})
+		if n := r.nodeList()["gpu02"]; n.Status == nil || n.Status.Image != orig {
+			t.Errorf("gpu02 after revert: %+v", n.Status)
 		}
-		for _, b := range booted {
-			b.VM.Stop()
+		for _, n := range []string{"gpu01", "gpu03"} {
+			if r.bootID(n) != before[n] {
+				t.Errorf("%s rebooted although the canary failed", n)
+			}
 		}
-		lab.Close()
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
-			os.RemoveAll(dir)
+		if id := r.bootID("gpu02"); id == before["gpu02"] {
+			t.Errorf("the canary gpu02 never rebooted")
+		} else {
+			before["gpu02"] = id
 		}
 	})
-	if _, err := testlab.LinkImage(ctx, good, lab.StateDir, false); err != nil {
-		t.Fatal(err)
+	r.t = t
+	if t.Failed() {
+		return
 	}
-	uid, gid, err := lab.AddUser(ctx, "alice", alicePassword)
+
+	rootfs := filepath.Join(lab.StateDir, "images", next, manifest.Rootfs)
+	fi, err := os.Stat(rootfs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(nodes))
-	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			b, err := testlab.BootNode(ctx, lab, n.Name, false, "alice", alicePassword, uid, gid)
-			if b != nil {
-				mu.Lock()
-				booted[n.Name] = b
-				mu.Unlock()
-			}
-			errs[i] = err
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("%s did not boot: %v", nodes[i].Name, err)
-		}
-	}
-	bootID := func(name string) string {
-		t.Helper()
-		out, err := booted[name].User.Run(ctx, "cat /proc/sys/kernel/random/boot_id")
-		if err != nil {
-			t.Fatalf("%s: boot_id: %v", name, err)
-		}
-		return strings.TrimSpace(out)
-	}
-	nodeList := func() map[string]fleet.Node {
-		t.Helper()
-		out, err := lab.Herd(ctx, "", "node", "list", "--json")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ns []fleet.Node
-		if err := json.Unmarshal(out, &ns); err != nil {
-			t.Fatal(err)
-		}
-		m := map[string]fleet.Node{}
-		for _, n := range ns {
-			m[n.Name] = n
-		}
-		return m
-	}
-	// waitNodes polls herd node list until cond holds for every node.
-	waitNodes := func(what string, limit time.Duration, cond func(fleet.Node) bool) {
-		t.Helper()
-		for deadline := time.Now().Add(limit); ; time.Sleep(5 * time.Second) {
-			ok := true
-			for _, n := range nodeList() {
-				ok = ok && cond(n)
-			}
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("nodes never %s: %+v", what, nodeList())
-			}
-		}
-	}
-	waitRollout := func(limit time.Duration) *rollout.State {
-		t.Helper()
-		for deadline := time.Now().Add(limit); ; time.Sleep(5 * time.Second) {
-			st, err := rollout.Load(lab.StateDir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st != nil && rollout.Terminal(st.Phase) {
-				return st
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("rollout did not end within %s: %+v", limit, st)
-			}
-		}
-	}
-	waitNodes("reporting", 5*time.Minute, func(n fleet.Node) bool { return n.Status != nil })
-	before := map[string]string{}
-	for _, n := range nodes {
-		before[n.Name] = bootID(n.Name)
-	}
-
-	var jobEnded time.Time
 	t.Run("canary-then-others-busy-waits", func(t *testing.T) {
+		r.t = t
 		// alice runs a job on gpu03 in an SSH session (a logind session);
 		// the test ends it (closing the connection) once the rollout has
 		// shown that gpu03 waits for it.
 		jobCtx, endJob := context.WithCancel(ctx)
 		defer endJob()
-		go booted["gpu03"].User.Run(jobCtx, "sleep 3000")
-		waitNodes("gpu03 busy", 5*time.Minute, func(n fleet.Node) bool { return n.Name != "gpu03" || n.Busy })
-		if _, err := lab.Herd(ctx, "", "image", "promote", goodID); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := lab.Herd(ctx, "", "rollout", "--canary", "gpu01", "--when-idle", "--deadline", "2h"); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(40 * time.Minute); ; time.Sleep(5 * time.Second) {
-			st, err := rollout.Load(lab.StateDir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if st != nil && st.Node("gpu02").State == rollout.NodeDone && st.Node("gpu03").State == rollout.NodeWaiting {
-				break
-			}
-			if time.Now().After(deadline) || (st != nil && rollout.Terminal(st.Phase)) {
-				t.Fatalf("never saw gpu02 done while busy gpu03 waits: %+v", st)
+		go nodes["gpu03"].User.Run(jobCtx, "sleep 3000")
+		for deadline := time.Now().Add(5 * time.Minute); !r.nodeList()["gpu03"].Busy; time.Sleep(5 * time.Second) {
+			if time.Now().After(deadline) {
+				t.Fatalf("gpu03 never reported busy: %+v", r.nodeList()["gpu03"])
 			}
 		}
-		// Its users were sent the wall message (the agent walls it to
-		// their terminals), and it has not rebooted.
-		if st, _ := rollout.Load(lab.StateDir); st.Node("gpu03").WallSent.IsZero() || !st.Node("gpu03").RebootAsked.IsZero() {
-			t.Errorf("waiting gpu03: %+v", st.Node("gpu03"))
+		logStart := len(lab.ServerLogText())
+		if out, err := lab.Herd(ctx, "", "image", "promote", next); err != nil {
+			t.Fatalf("%v\n%s", err, out)
 		}
-		if id := bootID("gpu03"); id != before["gpu03"] {
+		if out, err := lab.Herd(ctx, "", "image", "diff", orig, next); err == nil {
+			t.Logf("herd image diff N N+1:\n%s", out)
+		}
+		if out, err := lab.Herd(ctx, "", "rollout", "--canary", "gpu01", "--batch", "2", "--when-idle", "--deadline", "2h"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		st := r.waitRollout("past the canary with gpu03 waiting", 30*time.Minute, func(st *rollout.State) bool {
+			if rollout.Terminal(st.Phase) {
+				t.Fatalf("rollout ended early: %s %s (%+v)", st.Phase, st.Error, st.Nodes)
+			}
+			return st.Node("gpu01").State == rollout.NodeDone && st.Node("gpu03").State == rollout.NodeWaiting && !st.Node("gpu03").WallSent.IsZero()
+		})
+		// gpu01's delta: only gpu01 booted between the promote and now.
+		cb, rb, ib, cn, rn := fetched(lab.ServerLogText()[logStart:], nodes["gpu01"].Node.IP, next)
+		total := cb + rb + ib
+		frac := float64(total) / float64(fi.Size())
+		t.Logf("canary gpu01 fetched %d bytes for N+1 (%d chunk requests: %d bytes; rootfs: %d requests, %d bytes; index %d bytes) of a %d-byte image: %.3f%%",
+			total, cn, cb, rn, rb, ib, fi.Size(), 100*frac)
+		fmt.Printf("BENCH delta-e2e-one-package: herd %dB reference(full image) %dB ratio %.4f\n", total, fi.Size(), frac)
+		if cn == 0 {
+			t.Errorf("no /chunks/ request from gpu01: the update was not fetched as a delta")
+		}
+		if frac >= 0.05 {
+			t.Errorf("a one-package update fetched %.2f%% of the image, want < 5%%", 100*frac)
+		}
+		if g3 := st.Node("gpu03"); !g3.RebootAsked.IsZero() {
+			t.Errorf("busy gpu03 was asked to reboot: %+v", g3)
+		}
+		if id := r.bootID("gpu03"); id != before["gpu03"] {
 			t.Fatal("busy gpu03 rebooted")
 		}
 		endJob()
-		jobEnded = time.Now()
-		st := waitRollout(45 * time.Minute)
+		jobEnded := time.Now()
+		st = r.waitRollout("ended", 40*time.Minute, nil)
 		if st.Phase != rollout.PhaseDone {
 			t.Fatalf("rollout %s: %s (%+v)", st.Phase, st.Error, st.Nodes)
 		}
@@ -229,17 +300,33 @@ func TestRollout(t *testing.T) {
 		if g3.RebootAsked.Before(jobEnded) {
 			t.Errorf("gpu03 was asked to reboot at %s, before alice's job ended at %s", g3.RebootAsked, jobEnded)
 		}
-		for _, n := range nodeList() {
-			if n.Status == nil || n.Status.Image != goodID {
-				t.Errorf("%s is not on %s: %+v", n.Name, goodID, n.Status)
+		for _, n := range r.nodeList() {
+			if n.Status == nil || n.Status.Image != next {
+				t.Errorf("%s is not on %s: %+v", n.Name, next, n.Status)
 			}
 		}
-		for _, n := range nodes {
-			if id := bootID(n.Name); id == before[n.Name] {
-				t.Errorf("%s did not reboot", n.Name)
-			} else {
-				before[n.Name] = id
+		for n := range nodes {
+			if id := r.bootID(n); id == before[n] {
+				t.Errorf("%s did not reboot", n)
 			}
 		}
 	})
+	r.t = t
+	if t.Failed() {
+		return
+	}
+	// N+1 is the lab's image from here on.
+	img, err := store.ReadOnly(lab.StateDir).Get(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.ImageID = next
+	for _, b := range nodes {
+		b.Manifest = img.Manifest
+	}
+	rolledOut = img
 }
+
+// rolledOut is generation N+1 once rolloutChecks put every node on it (nil
+// before): the verity checks after gpu01's reboot flip a byte of it.
+var rolledOut *store.Image

@@ -282,7 +282,7 @@ ldap:
 		// no_timer_check on every lab node: under TCG on a loaded host the
 		// kernel's IO-APIC timer check can fail ("IO-APIC + timer doesn't
 		// work!" panic or a hang after "Freeing initrd memory", seen in
-		// TestLab and TestRollout); a real server never runs that slowly.
+		// TestLab runs); a real server never runs that slowly.
 		args := n.KernelArgs
 		if !strings.Contains(args, "no_timer_check") {
 			args = strings.TrimSpace("no_timer_check " + args)
