@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The README's first command (`make demo`, which installs the Debian packages
-# and builds bin/ first): build the default image, serve it with herd's own
-# DHCP/TFTP/HTTP inside a private network namespace, netboot a QEMU node from
-# it until the server records it up, then run `herd image test` (NAS with NFS and
-# LDAP, SSH login, FS-Cache, driver, reboot from the SSD cache).
+# and builds bin/ first): build the default image, then `herd image test` it:
+# herd serve with its own DHCP/TFTP/HTTP inside a private network namespace,
+# beside a NAS (NFS + LDAP), netboots a QEMU node from it and checks what a lab
+# user sees (SSH login, NFS home, FS-Cache, driver, reboot from the SSD cache).
+# With HERD_DEMO_CHECKS=0 it instead serves the image with the demo's own
+# herd.yaml and netboots a node until the server records it up (no NAS): one
+# boot either way, minutes each under software emulation.
 #
 # Idempotent: the image store in $HERD_DEMO_STATE keeps its stage cache, so a
 # second run reuses the build. Everything the script starts it stops again by
@@ -12,7 +15,7 @@
 # Settings (environment):
 #   HERD_DEMO_STATE   image store (default /var/tmp/herd-demo)
 #   HERD_DEMO_RECIPE  recipe (default recipes/ubuntu-noble-gpu.yaml)
-#   HERD_DEMO_CHECKS  0 skips the `herd image test` part
+#   HERD_DEMO_CHECKS  0: a plain netboot instead of `herd image test`
 #   HERD_DEMO_UEFI    1 boots the demo node with OVMF instead of SeaBIOS
 set -euo pipefail
 
@@ -26,7 +29,8 @@ WORK=$STATE/demo-run
 SERVER_PID=
 VM_PID=
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+START=$SECONDS
+say() { printf '\n\033[1m==> [%dm%02ds] %s\033[0m\n' $(((SECONDS - START) / 60)) $(((SECONDS - START) % 60)) "$*"; }
 
 cleanup() {
 	local rc=$?
@@ -95,6 +99,13 @@ done
 "$HERD" --state "$STATE" image promote "$ID"
 say "image $ID is current"
 
+if [[ $CHECKS != 0 ]]; then
+	say "herd image test $ID: herd serve (DHCP, TFTP, HTTP) and a NAS (NFS + LDAP) in a throwaway network namespace; a QEMU node netboots, checks as a lab user sees them"
+	"$HERD" --state "$STATE" image test "$ID"
+	say "done"
+	exit 0
+fi
+
 say "serving it in network namespace $NS (bridge br-herd, 10.77.0.1, DHCP full)"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
@@ -143,9 +154,4 @@ kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
 ip netns del "$NS"
-
-if [[ $CHECKS != 0 ]]; then
-	say "herd image test $ID: throwaway lab with NFS + LDAP NAS, checks as a lab user sees them"
-	"$HERD" --state "$STATE" image test "$ID"
-fi
 say "done"
