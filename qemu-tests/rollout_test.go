@@ -129,6 +129,29 @@ func (r *rolloutLab) nodeList() map[string]fleet.Node {
 	return m
 }
 
+// waitReports polls herd node list until each named node's latest report
+// is from image id (rollout.json is written at once, nodes.json within the
+// inventory's flush interval after it).
+func (r *rolloutLab) waitReports(id string, names ...string) {
+	r.t.Helper()
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(3 * time.Second) {
+		var off []string
+		ns := r.nodeList()
+		for _, n := range names {
+			if st := ns[n].Status; st == nil || st.Image != id {
+				off = append(off, fmt.Sprintf("%s %+v", n, st))
+			}
+		}
+		if len(off) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Errorf("not reporting image %s: %s", id, strings.Join(off, "; "))
+			return
+		}
+	}
+}
+
 // waitRollout polls rollout.json until cond holds (nil: the rollout ended).
 func (r *rolloutLab) waitRollout(what string, limit time.Duration, cond func(*rollout.State) bool) *rollout.State {
 	r.t.Helper()
@@ -215,9 +238,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 			}
 			return n.State == rollout.NodeReverted
 		})
-		if n := r.nodeList()["gpu02"]; n.Status == nil || n.Status.Image != orig {
-			t.Errorf("gpu02 after revert: %+v", n.Status)
-		}
+		r.waitReports(orig, "gpu02")
 		for _, n := range []string{"gpu01", "gpu03"} {
 			if r.bootID(n) != before[n] {
 				t.Errorf("%s rebooted although the canary failed", n)
@@ -300,11 +321,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		if g3.RebootAsked.Before(jobEnded) {
 			t.Errorf("gpu03 was asked to reboot at %s, before alice's job ended at %s", g3.RebootAsked, jobEnded)
 		}
-		for _, n := range r.nodeList() {
-			if n.Status == nil || n.Status.Image != next {
-				t.Errorf("%s is not on %s: %+v", n.Name, next, n.Status)
-			}
-		}
+		r.waitReports(next, "gpu01", "gpu02", "gpu03")
 		for n := range nodes {
 			if id := r.bootID(n); id == before[n] {
 				t.Errorf("%s did not reboot", n)
