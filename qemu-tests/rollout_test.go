@@ -37,7 +37,7 @@ import (
 // rolloutCheckTimeout is the lab server's --rollout-check-timeout: how long
 // a rebooted node's checks may fail before the rollout counts it failed.
 // Under TCG a good node's checks pass within a minute of its first report;
-// the broken generation's never do, so this bounds the failed canary's cost.
+// the broken generation's boot ends degraded, which fails at once.
 const rolloutCheckTimeout = "3m"
 
 // variantImage builds the lab's recipe with the lab's herd.yaml changed by

@@ -38,7 +38,8 @@ type Options struct {
 	// node that was told to reboot may take to report from its new boot
 	// before the BMC power-cycles it, and again after that before it counts
 	// as failed (default 20m). CheckTimeout: how long after coming up its
-	// checks may take to pass (default 10m).
+	// checks may take to pass (default 10m); a node whose boot finished
+	// degraded (failed units) fails at once.
 	StaleAfter, UpTimeout, CheckTimeout time.Duration
 }
 
@@ -463,7 +464,9 @@ func (e *Engine) advanceNode(ctx context.Context, n *NodeState, now time.Time) {
 			return
 		}
 		n.Detail = "up; checks failing: " + bad
-		if now.Sub(n.Up) > e.opt.CheckTimeout {
+		// A boot that finished with failed units (systemd "degraded") stays
+		// so until someone resets them: waiting CheckTimeout changes nothing.
+		if now.Sub(n.Up) > e.opt.CheckTimeout || bootFinishedDegraded(s.report) {
 			e.nodeFailed(n, "checks failing: "+bad)
 		}
 		return
@@ -532,6 +535,18 @@ func (e *Engine) nodeFailed(n *NodeState, why string) {
 		n.State, n.Detail = NodeFailed, why
 	}
 	e.log.Warn("node failed", "node", n.Name, "why", why)
+}
+
+// bootFinishedDegraded reports whether the node's start-up is over with
+// failed units: its system-running check says "degraded" (the status
+// agent's detail is `systemctl is-system-running`'s word first).
+func bootFinishedDegraded(r nodestatus.Report) bool {
+	for _, c := range r.Checks {
+		if c.Name == "system-running" && !c.OK && strings.HasPrefix(c.Detail, "degraded") {
+			return true
+		}
+	}
+	return false
 }
 
 // failedChecks names the failing checks of a report ("" when all pass).

@@ -352,6 +352,30 @@ func TestFailedCanaryUndoesPromote(t *testing.T) {
 	}
 }
 
+// A canary whose boot finished with a failed unit fails at its first such
+// report, not after CheckTimeout; one still starting up is given the time.
+func TestCanaryBootedDegradedFailsAtOnce(t *testing.T) {
+	for _, word := range []string{"degraded: failed herd-scratch.service", "starting"} {
+		s := newSim(t, "gpu01", "gpu02")
+		s.nodes["gpu01"].checks = func(img string) []nodestatus.Check {
+			return []nodestatus.Check{{Name: "system-running", OK: img != newImg, Detail: word}}
+		}
+		s.submit(Request{Canary: "gpu01"})
+		st := s.until(time.Hour, "the rollout ending", ended)
+		if st.Phase != PhaseFailed || !strings.Contains(st.Error, "system-running ("+word+")") {
+			t.Fatalf("%s: phase %s: %s", word, st.Phase, st.Error)
+		}
+		// The canary is up bootTime after the request; it reports a minute
+		// apart (the fake clock, not wall time).
+		took := st.Ended.Sub(st.Request.Requested)
+		if degraded := strings.HasPrefix(word, "degraded"); degraded && took > bootTime+2*time.Minute {
+			t.Errorf("%s: failed %s after the request, want at its first report from the new boot", word, took)
+		} else if !degraded && took < bootTime+10*time.Minute {
+			t.Errorf("%s: failed %s after the request, before CheckTimeout", word, took)
+		}
+	}
+}
+
 // A canary that reports a degraded GPU count fails only with HoldDegraded.
 func TestHoldDegraded(t *testing.T) {
 	for _, hold := range []bool{false, true} {

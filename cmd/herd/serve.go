@@ -61,7 +61,7 @@ func init() {
 	f.IntVar(&opt.HTTPPort, "http-port", 0, "bind HTTP to this port instead of server.http_port (scripts still name server.http_port)")
 	f.IntVar(&opt.TFTPPort, "tftp-port", 69, "TFTP port")
 	f.DurationVar(&opt.DrainTimeout, "drain-timeout", 0, "how long SIGTERM waits for transfers in flight (default 30s)")
-	f.DurationVar(&checkTimeout, "rollout-check-timeout", 0, "how long a rebooted node's checks may fail before the rollout counts it failed (default 10m)")
+	f.DurationVar(&checkTimeout, "rollout-check-timeout", 0, "how long a rebooted node's checks may fail before the rollout counts it failed (default 10m; a boot that finished with failed units fails at once)")
 	root.AddCommand(cmd)
 }
 
