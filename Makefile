@@ -90,7 +90,7 @@ DEB_MAINTAINER ?= herd maintainers <maintainers@herdlab.org>
 deb: deps build
 	rm -rf $(BIN)/deb $(BIN)/herd_*.deb && mkdir -p $(BIN)/deb
 	$(GO) build -buildmode=pie -ldflags '$(LDFLAGS) -linkmode=external -extldflags=-Wl,-z,relro,-z,now' -o $(BIN)/deb/herd ./cmd/herd
-	cp $(BIN)/herd-boot packaging/herd.service packaging/copyright packaging/lintian-overrides $(BIN)/deb/
+	cp $(BIN)/herd-boot packaging/herd.service packaging/postinst packaging/copyright packaging/lintian-overrides $(BIN)/deb/
 	cp examples/herd.yaml $(BIN)/deb/herd.yaml
 	$(BIN)/deb/herd gendocs $(BIN)/deb
 	gzip -9n $(BIN)/deb/man1/*.1

@@ -66,8 +66,8 @@ func TestDebPackage(t *testing.T) {
 
 	unit := filepath.Join(x, "lib/systemd/system/herd.service")
 	b, _ := os.ReadFile(unit)
-	for _, want := range []string{"Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict", "StateDirectory=herd",
-		"PrivateTmp=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW\n", "NoNewPrivileges=yes"} {
+	for _, want := range []string{"Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict", "ReadWritePaths=/var/lib/herd",
+		"serve --user herd ", "PrivateTmp=yes", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_CHOWN CAP_FOWNER\n", "NoNewPrivileges=yes"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("herd.service lacks %q", want)
 		}

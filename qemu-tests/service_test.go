@@ -16,8 +16,9 @@ import (
 
 // The package and its unit under a real systemd, on TestLab's booted gpu01
 // (Ubuntu 24.04, herd's own image): `make deb`, install it, start
-// herd.service. Type=notify makes the unit active only after herd sent
-// READY=1 from inside its sandbox (ProtectSystem=strict, two capabilities,
+// herd.service (running as the herd user after binding its ports, no
+// capabilities left). Type=notify makes the unit active only after herd sent
+// READY=1 from inside its sandbox (ProtectSystem=strict, the bounding set,
 // the syscall filter), so "active" proves the hardening leaves herd serving;
 // its HTTP answers from the lab namespace; `systemd-analyze security` is
 // logged; kill -9 is restarted by systemd, and a stopped (hung) herd is
@@ -102,6 +103,24 @@ func serviceCheck(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map
 	}
 	if !healthy() {
 		t.Fatalf("herd.service is active but its HTTP does not answer:\n%s", sudo("journalctl -u herd --no-pager -n 50"))
+	}
+	// Root only to bind the ports: every thread of the service now runs
+	// as the package's herd user with no capabilities (issue 15).
+	procs := sudo("id -u herd; cat /proc/" + st["MainPID"] + "/task/*/status | grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapAmb):'")
+	if lines := strings.Split(strings.TrimSpace(procs), "\n"); len(lines) < 7 {
+		t.Errorf("herd's /proc status: %s", procs)
+	} else {
+		uid := strings.TrimSpace(lines[0])
+		for _, l := range lines[1:] {
+			k, v, _ := strings.Cut(l, ":")
+			f := strings.Fields(v)
+			switch {
+			case k == "Uid" && (len(f) != 4 || f[0] != uid || f[1] != uid || f[2] != uid || f[3] != uid):
+				t.Errorf("herd.service thread runs as %q, want the herd user %s everywhere", v, uid)
+			case strings.HasPrefix(k, "Cap") && (len(f) != 1 || strings.Trim(f[0], "0") != ""):
+				t.Errorf("herd.service thread keeps capabilities: %s", l)
+			}
+		}
 	}
 	sec := sudo("systemd-analyze security herd.service 2>&1 | tail -n 1")
 	t.Logf("inside gpu01: %s", strings.TrimSpace(sec))

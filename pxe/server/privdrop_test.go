@@ -28,8 +28,9 @@ import (
 // attacker: whoever takes over the process through a bug gets an
 // unprivileged user, not root). A real client in another namespace still
 // gets its lease (udhcpc), script and kernel (curl) and the iPXE loader
-// (atftp) from the dropped server. herd starts as root with a reduced
-// capability bounding set, as a hardened systemd unit starts it. Also: root without --user refuses a
+// (atftp) from the dropped server. herd starts as root with only the
+// capability bounding set of the .deb's unit (packaging/herd.service), so
+// the test fails if the unit does not give what the start needs. Also: root without --user refuses a
 // state dir that belongs to someone else, and --user refuses a state dir
 // the user does not own.
 func TestServeDropsRoot(t *testing.T) {
@@ -88,13 +89,17 @@ overlays: [base]
 nodes:
   - {name: node1, mac: "`+mac+`", ip: 10.94.0.11}
 `), 0o644)
-	// Root with only the capabilities herd serve --user needs until it
-	// switches (what a systemd unit's CapabilityBoundingSet must grant; no
-	// other to fall back on), the state dir 0750.
-	const caps = "-all,+net_bind_service,+net_raw,+setuid,+setgid,+dac_override,+dac_read_search,+chown,+fowner"
+	// Root as the .deb's unit makes it: only the unit's bounding set
+	// (no other capability to fall back on), its ambient capabilities
+	// (systemd raises them in the inheritable set too), the state dir 0750.
+	caps := unitCaps(t, "CapabilityBoundingSet")
+	inh, amb := "-all", []string{}
+	if a := unitCaps(t, "AmbientCapabilities"); a != "-all" {
+		inh, amb = a, []string{"--ambient-caps", a}
+	}
 	serve := func(args ...string) (*exec.Cmd, *logBuf, chan error) {
 		log := &logBuf{}
-		full := append([]string{"--bounding-set", caps, "--inh-caps", "-all", "--", herd, "-v", "--config", cfgPath, "--state", state, "serve"}, args...)
+		full := append(append([]string{"--bounding-set", caps, "--inh-caps", inh}, amb...), append([]string{"--", herd, "-v", "--config", cfgPath, "--state", state, "serve"}, args...)...)
 		c := ns.Command(context.Background(), "setpriv", full...)
 		c.Stdout, c.Stderr = log, log
 		if err := c.Start(); err != nil {
@@ -232,6 +237,29 @@ nodes:
 }
 
 func logText(b *logBuf) string { return b.String() }
+
+// unitCaps is packaging/herd.service's capability setting key
+// (CapabilityBoundingSet, AmbientCapabilities) in setpriv's form
+// ("-all,+net_bind_service,..."); "-all" when the unit has none.
+func unitCaps(t *testing.T, key string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../packaging/herd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := "-all"
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+"="); ok {
+			for _, c := range strings.Fields(v) {
+				out += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+			}
+		}
+	}
+	if out == "-all" && key == "CapabilityBoundingSet" {
+		t.Fatal("herd.service has no CapabilityBoundingSet")
+	}
+	return out
+}
 
 func chownTree(t *testing.T, root string, uid, gid int) {
 	t.Helper()
