@@ -152,8 +152,10 @@ func (r *rolloutLab) waitReports(id string, names ...string) {
 	}
 }
 
-// waitRollout polls rollout.json until cond holds (nil: the rollout ended).
-func (r *rolloutLab) waitRollout(what string, limit time.Duration, cond func(*rollout.State) bool) *rollout.State {
+// waitRollout polls rollout.json until the rollout of image is there and
+// cond holds (nil: it ended). serve takes `herd rollout`'s request up
+// asynchronously: until then rollout.json still holds the one before.
+func (r *rolloutLab) waitRollout(image, what string, limit time.Duration, cond func(*rollout.State) bool) *rollout.State {
 	r.t.Helper()
 	if cond == nil {
 		cond = func(st *rollout.State) bool { return rollout.Terminal(st.Phase) }
@@ -163,7 +165,7 @@ func (r *rolloutLab) waitRollout(what string, limit time.Duration, cond func(*ro
 		if err != nil {
 			r.t.Fatal(err)
 		}
-		if st != nil && cond(st) {
+		if st != nil && st.Request.Image == image && cond(st) {
 			return st
 		}
 		if time.Now().After(deadline) {
@@ -222,7 +224,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		if out, err := lab.Herd(ctx, "", "rollout", "--canary", "gpu02", "--batch", "2"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		st := r.waitRollout("ended", 30*time.Minute, nil)
+		st := r.waitRollout(broken, "ended", 30*time.Minute, nil)
 		if st.Phase != rollout.PhaseFailed || !st.Undone || !strings.Contains(st.Error, "canary gpu02 failed") || !strings.Contains(st.Error, "system-running") {
 			t.Fatalf("rollout %s undone=%v: %s (%+v)", st.Phase, st.Undone, st.Error, st.Nodes)
 		}
@@ -231,7 +233,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 			t.Fatalf("current image %s (%v), want %s again", cur, err, orig)
 		}
 		// The canary goes back to the previous image by itself.
-		st = r.waitRollout("reverted", 20*time.Minute, func(st *rollout.State) bool {
+		st = r.waitRollout(broken, "reverted", 20*time.Minute, func(st *rollout.State) bool {
 			n := st.Node("gpu02")
 			if n.State == rollout.NodeFailed {
 				t.Fatalf("canary not reverted: %+v", n)
@@ -283,7 +285,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		if out, err := lab.Herd(ctx, "", "rollout", "--canary", "gpu01", "--batch", "2", "--when-idle", "--deadline", "2h"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		st := r.waitRollout("past the canary with gpu03 waiting", 30*time.Minute, func(st *rollout.State) bool {
+		st := r.waitRollout(next, "past the canary with gpu03 waiting", 30*time.Minute, func(st *rollout.State) bool {
 			if rollout.Terminal(st.Phase) {
 				t.Fatalf("rollout ended early: %s %s (%+v)", st.Phase, st.Error, st.Nodes)
 			}
@@ -310,7 +312,7 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		}
 		endJob()
 		jobEnded := time.Now()
-		st = r.waitRollout("ended", 40*time.Minute, nil)
+		st = r.waitRollout(next, "ended", 40*time.Minute, nil)
 		if st.Phase != rollout.PhaseDone {
 			t.Fatalf("rollout %s: %s (%+v)", st.Phase, st.Error, st.Nodes)
 		}
