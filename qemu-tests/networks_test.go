@@ -3,9 +3,11 @@ package qemutests
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,14 +59,85 @@ func TestStorageNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// gpu02 boots at the same time with its storage cable pulled from
+	// power-on (QEMU set_link off): it must come up anyway, say it is
+	// degraded and not send NFS over the boot network.
+	type result struct {
+		b   *testlab.Booted
+		err error
+	}
+	unplugged := make(chan result, 1)
+	go func() {
+		b, err := testlab.StartNodeUnplugged(ctx, lab, "gpu02", false)
+		unplugged <- result{b, err}
+	}()
 	gpu01, err := testlab.BootNode(ctx, lab, "gpu01", false, "alice", alicePassword, uid, gid)
 	if gpu01 != nil {
 		booted = append(booted, gpu01)
+	}
+	gpu02 := <-unplugged
+	if gpu02.b != nil {
+		booted = append(booted, gpu02.b)
 	}
 	if err != nil {
 		t.Fatalf("gpu01 did not boot: %v", err)
 	}
 	storageNodeChecks(t, ctx, lab, gpu01)
+	t.Run("unplugged-storage-nic", func(t *testing.T) {
+		if gpu02.err != nil {
+			t.Fatalf("gpu02 (storage NIC unplugged) did not come up: %v", gpu02.err)
+		}
+		unpluggedChecks(t, ctx, lab, gpu02.b)
+	})
+	t.Run("bond-and-vlan-files", func(t *testing.T) { bondVLANCheck(t, ctx, gpu01) })
+}
+
+// unpluggedChecks: a node whose storage NIC has no carrier reached
+// multi-user and its admin's SSH login (StartNodeUnplugged), reports
+// "degraded: storage network down", and the NAS guard keeps NFS off the
+// boot network (nas.allow_fallback is not set).
+func unpluggedChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, b *testlab.Booted) {
+	n := b.Node
+	r := waitReport(t, ctx, lab, n.Name, func(r *inventory.Record) bool { return !r.UpTime.IsZero() })
+	found := false
+	for _, d := range r.Degraded {
+		found = found || strings.HasPrefix(d, "degraded: storage network down")
+	}
+	if !found {
+		t.Errorf("%s with its storage NIC unplugged reports degraded=%q, want \"degraded: storage network down ...\"", n.Name, r.Degraded)
+	}
+	for _, l := range r.Interfaces {
+		if l.Network == "storage" && l.Carrier {
+			t.Errorf("%s reports carrier on its unplugged storage NIC: %+v", n.Name, l)
+		}
+	}
+	out, err := lab.Herd(ctx, "", "node", "list")
+	if err != nil || !strings.Contains(out2s(out), "degraded") {
+		t.Errorf("herd node list does not show %s degraded: %v\n%s", n.Name, err, out)
+	}
+	// No fallback: the NAS is unreachable, not routed over the boot NIC.
+	out2, err := b.User.Run(ctx, "ip route get "+testlab.StorageNAS+" 2>&1; true")
+	if err != nil || !strings.Contains(out2, "unreachable") {
+		t.Errorf("ip route get %s on %s: want unreachable (the NAS guard), got %v\n%s", testlab.StorageNAS, n.Name, err, out2)
+	}
+	if out, err := b.User.Run(ctx, "ping -c 1 -W 2 "+testlab.StorageNAS); err == nil {
+		t.Errorf("%s reached the NAS with its storage NIC unplugged:\n%s", n.Name, out)
+	}
+	// Plugging the cable back in brings the storage network up without a reboot.
+	if err := b.VM.SetStorageLink(true); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := b.User.Run(ctx, "ping -c 1 -W 2 "+testlab.StorageNAS)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the NAS is still unreachable 2 minutes after the storage cable came back: %v\n%s", n.Name, err, out)
+		}
+		time.Sleep(3 * time.Second)
+	}
 }
 
 // storageNodeChecks: gpu01's storage NIC has its address and MTU, jumbo
@@ -223,4 +296,119 @@ func out2s(b []byte) string { return string(b) }
 // $HERD_E2E_STORAGE_IMAGE.
 func storageImage(t *testing.T, herd string) string {
 	return labImage(t, herd, "HERD_E2E_STORAGE_IMAGE", testlab.WriteStorageLabSite)
+}
+
+// bondScript runs a second systemd-networkd on the node, in a network and
+// mount namespace of its own, on the bond and VLAN files herd renders for
+// gpu02 of overlays/testdata/networks.yaml (the golden copy, which the
+// overlays' golden test keeps equal to the renderer's output), over two
+// veth links with the members' MACs. Only this runs it for real: the build
+// machine's kernel has neither bonding nor VLANs. veth links have no
+// permanent MAC, so the member files match the current one here.
+const bondScript = `set -eu
+d=$(mktemp -d /tmp/herd-bond.XXXXXX)
+mkdir -p "$d/conf" "$d/empty"
+echo "$FILES" | base64 -d | tar -xz -C "$d/conf"
+sed -i 's/^PermanentMACAddress=/MACAddress=/' "$d"/conf/*member*.network
+modprobe bonding max_bonds=0
+modprobe 8021q
+unshare -n -m --propagation private sh -eu -c '
+d=$1
+mount -t sysfs sysfs /sys
+mount --bind "$d/conf" /etc/systemd/network
+for r in /run/systemd/network /run/dbus; do [ ! -d $r ] || mount -t tmpfs tmpfs $r; done
+mount --bind "$d/empty" /usr/lib/systemd/network
+mkdir -p /run/systemd/netif
+mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif
+ip link set lo up
+ip link add m1 address 52:54:00:78:01:01 type veth peer name p1
+ip link add m2 address 52:54:00:78:01:02 type veth peer name p2
+ip link set p1 up
+ip link set p2 up
+container=herd-test /usr/lib/systemd/systemd-networkd >"$d/networkd.log" 2>&1 &
+pid=$!
+for i in $(seq 40); do
+	ip -4 addr show dev bond0.30 2>/dev/null | grep -q 10.79.0.12/24 && break
+	sleep 0.5
+done
+ip -d -j link show >"$d/links.json"
+ip -j addr show >"$d/addrs.json"
+kill $pid
+' sh "$d"
+echo "== links"; cat "$d/links.json"; echo
+echo "== addrs"; cat "$d/addrs.json"; echo
+echo "== log"; cat "$d/networkd.log"
+rm -rf "$d"
+`
+
+// bondVLANCheck: networkd takes herd's bond and VLAN files as written (no
+// unknown key, no parse error) and makes an 802.3ad bond of both member
+// NICs with MTU 9000, a VLAN 30 on it, and the addresses herd.yaml gives.
+func bondVLANCheck(t *testing.T, ctx context.Context, b *testlab.Booted) {
+	dir := "../overlays/testdata/golden/networks-gpu02/etc/systemd/network"
+	files, err := filepath.Glob(filepath.Join(dir, "05-herd-*"))
+	if err != nil || len(files) < 5 {
+		t.Fatalf("golden bond/VLAN files of gpu02: %v %v", files, err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+	}
+	tgz, err := exec.Command("tar", append([]string{"-cz", "-C", dir}, names...)...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.User.Sudo(ctx, "FILES="+base64.StdEncoding.EncodeToString(tgz)+"\n"+bondScript)
+	if err != nil {
+		t.Fatalf("networkd on the bond and VLAN files: %v\n%s", err, out)
+	}
+	section := func(name string) string {
+		_, rest, _ := strings.Cut(out, "== "+name+"\n")
+		s, _, _ := strings.Cut(rest, "\n== ")
+		return s
+	}
+	log := section("log")
+	for _, bad := range []string{"Unknown key", "Unknown section", "Failed to parse"} {
+		if strings.Contains(log, bad) {
+			t.Errorf("networkd complains (%q) about herd's files:\n%s", bad, log)
+		}
+	}
+	var links []struct {
+		IfName   string `json:"ifname"`
+		MTU      int    `json:"mtu"`
+		Master   string `json:"master"`
+		Link     string `json:"link"`
+		LinkInfo struct {
+			Kind string         `json:"info_kind"`
+			Data map[string]any `json:"info_data"`
+		} `json:"linkinfo"`
+	}
+	if err := json.Unmarshal([]byte(section("links")), &links); err != nil {
+		t.Fatalf("ip -j link: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, l := range links {
+		got[l.IfName] = fmt.Sprintf("kind=%s mtu=%d master=%s link=%s mode=%v id=%v", l.LinkInfo.Kind, l.MTU, l.Master, l.Link, l.LinkInfo.Data["mode"], l.LinkInfo.Data["id"])
+	}
+	want := map[string]string{
+		"bond0":    "kind=bond mtu=9000 master= link= mode=802.3ad id=<nil>",
+		"bond0.30": "kind=vlan mtu=1500 master= link=bond0 mode=<nil> id=30",
+		"m1":       "kind=veth mtu=9000 master=bond0 link=p1 mode=<nil> id=<nil>",
+		"m2":       "kind=veth mtu=9000 master=bond0 link=p2 mode=<nil> id=<nil>",
+	}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("%s: %s, want %s", name, got[name], w)
+		}
+	}
+	addrs := section("addrs")
+	for _, a := range []string{`"local":"10.78.0.12","prefixlen":24`, `"local":"10.79.0.12","prefixlen":24`} {
+		if !strings.Contains(addrs, a) {
+			t.Errorf("no address %s:\n%s", a, addrs)
+		}
+	}
+	if t.Failed() {
+		t.Logf("links: %v\nnetworkd log:\n%s", got, log)
+	}
 }
