@@ -33,7 +33,18 @@ func TestStorageNetwork(t *testing.T) {
 
 	img := storageImage(t, herd)
 	dir := labDir(t)
-	lab, err := testlab.StartLab(ctx, testlab.StorageLabConfig(dir, herd, img))
+	cfg := testlab.StorageLabConfig(dir, herd, img)
+	// gpu01 also gets two spare NICs with the MACs of gpu02's bond members
+	// in overlays/testdata/networks.yaml, for bondVLANCheck.
+	cfg.Nodes = append([]testlab.LabNode(nil), cfg.Nodes...)
+	cfg.Nodes[0].SpareNICs = []string{"52:54:00:78:01:01", "52:54:00:78:01:02"}
+	// gpu02 (booted unplugged): systemd logs to the kernel ring, so a
+	// crash of PID 1 ("Caught <SIG>", "Freezing execution") reaches the
+	// serial console; with the journal it is lost with the machine (an
+	// earlier run's gpu02 stalled that way, journald's keep-alives to PID
+	// 1 refused).
+	cfg.Nodes[1].KernelArgs = "systemd.log_target=kmsg"
+	lab, err := testlab.StartLab(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,23 +309,35 @@ func storageImage(t *testing.T, herd string) string {
 	return labImage(t, herd, "HERD_E2E_STORAGE_IMAGE", testlab.WriteStorageLabSite)
 }
 
-// bondScript runs a second systemd-networkd on the node, in a network and
-// mount namespace of its own, on the bond and VLAN files herd renders for
-// gpu02 of overlays/testdata/networks.yaml (the golden copy, which the
-// overlays' golden test keeps equal to the renderer's output), over two
-// veth links with the members' MACs. Only this runs it for real: the build
-// machine's kernel has neither bonding nor VLANs. veth links have no
-// permanent MAC, so the member files match the current one here.
+// bondScript runs a second systemd-networkd on the node, in a network
+// namespace of its own, on the bond and VLAN files herd renders for gpu02
+// of overlays/testdata/networks.yaml (the golden copy, which the
+// overlays' golden test keeps equal to the renderer's output), over gpu01's
+// two spare virtio NICs (testlab.LabNode.SpareNICs) that carry the members'
+// MACs. They must be real NICs: herd matches bond members by
+// PermanentMACAddress (the bond rewrites the members' current MAC), and a
+// veth has no permanent MAC; a veth member matched by current MAC drops out
+// of the bond as soon as it joins (seen: networkd "Unmanaging interface").
+// The build machine's kernel has neither bonding nor VLANs, so only this
+// runs the files for real.
 const bondScript = `set -eu
 d=$(mktemp -d /tmp/herd-bond.XXXXXX)
 mkdir -p "$d/conf" "$d/empty"
 echo "$FILES" | base64 -d | tar -xz -C "$d/conf"
-sed -i 's/^PermanentMACAddress=/MACAddress=/' "$d"/conf/*member*.network
 modprobe bonding max_bonds=0
 modprobe 8021q
-unshare -n -m --propagation private sh -eu -c '
+ip netns add herdbond
+i=0
+for mac in $MACS; do
+	i=$((i+1))
+	dev=$(grep -l "^$mac\$" /sys/class/net/*/address | head -n1 | cut -d/ -f5)
+	[ -n "$dev" ] || { echo "no NIC with MAC $mac"; ip -br link; exit 1; }
+	ip link set "$dev" down
+	ip link set "$dev" netns herdbond
+	ip -n herdbond link set "$dev" name m$i
+done
+ip netns exec herdbond sh -eu -c '
 d=$1
-mount -t sysfs sysfs /sys
 mount --bind "$d/conf" /etc/systemd/network
 for r in /run/systemd/network /run/dbus; do [ ! -d $r ] || mount -t tmpfs tmpfs $r; done
 mount --bind "$d/empty" /usr/lib/systemd/network
@@ -322,20 +345,22 @@ mkdir -p /run/systemd/netif
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif
 chown systemd-network:systemd-network /run/systemd/netif
 ip link set lo up
-ip link add m1 address 52:54:00:78:01:01 type veth peer name p1
-ip link add m2 address 52:54:00:78:01:02 type veth peer name p2
-ip link set p1 up
-ip link set p2 up
 container=herd-test /usr/lib/systemd/systemd-networkd >"$d/networkd.log" 2>&1 &
 pid=$!
-for i in $(seq 40); do
-	ip -4 addr show dev bond0.30 2>/dev/null | grep -q 10.79.0.12/24 && break
+for i in $(seq 240); do
+	if ip -4 addr show dev bond0.30 2>/dev/null | grep -q 10.79.0.12/24 &&
+		ip -4 addr show dev bond0 2>/dev/null | grep -q 10.78.0.12/24 &&
+		ip link show m1 | grep -q "master bond0" && ip link show m2 | grep -q "master bond0"; then
+		break
+	fi
 	sleep 0.5
 done
 ip -d -j link show >"$d/links.json"
 ip -j addr show >"$d/addrs.json"
 kill $pid
+wait $pid || true
 ' sh "$d"
+ip netns del herdbond
 echo "== links"; cat "$d/links.json"; echo
 echo "== addrs"; cat "$d/addrs.json"; echo
 echo "== log"; cat "$d/networkd.log"
@@ -359,7 +384,7 @@ func bondVLANCheck(t *testing.T, ctx context.Context, b *testlab.Booted) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := b.User.Sudo(ctx, "FILES="+base64.StdEncoding.EncodeToString(tgz)+"\n"+bondScript)
+	out, err := b.User.Sudo(ctx, "FILES="+base64.StdEncoding.EncodeToString(tgz)+"\nMACS='"+strings.Join(b.Node.SpareNICs, " ")+"'\n"+bondScript)
 	if err != nil {
 		t.Fatalf("networkd on the bond and VLAN files: %v\n%s", err, out)
 	}
@@ -394,8 +419,8 @@ func bondVLANCheck(t *testing.T, ctx context.Context, b *testlab.Booted) {
 	want := map[string]string{
 		"bond0":    "kind=bond mtu=9000 master= link= mode=802.3ad id=<nil>",
 		"bond0.30": "kind=vlan mtu=1500 master= link=bond0 mode=<nil> id=30",
-		"m1":       "kind=veth mtu=9000 master=bond0 link=p1 mode=<nil> id=<nil>",
-		"m2":       "kind=veth mtu=9000 master=bond0 link=p2 mode=<nil> id=<nil>",
+		"m1":       "kind= mtu=9000 master=bond0 link= mode=<nil> id=<nil>",
+		"m2":       "kind= mtu=9000 master=bond0 link= mode=<nil> id=<nil>",
 	}
 	for name, w := range want {
 		if got[name] != w {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"golang.org/x/crypto/ssh"
@@ -141,6 +142,15 @@ func (b *Booted) AdminGuest() *Guest {
 	return &Guest{Netns: b.Lab.Netns, Addr: b.Node.IP, User: "herdadmin", Signer: signer, HostKeys: b.User.HostKeys}
 }
 
+// pid1Gone is what the console shows once systemd (PID 1) no longer serves
+// its notify socket (it crashed and froze, or never came back from a
+// re-exec): journald's keep-alives to it fail and the boot cannot finish,
+// so waiting out BootTimeout would only cost QEMU time.
+var pid1Gone = regexp.MustCompile(`Failed to send WATCHDOG=1 notification message|Freezing execution`)
+
+// upOrPID1Gone matches multi-user or pid1Gone, whichever comes first.
+var upOrPID1Gone = regexp.MustCompile(multiUser.String() + "|" + pid1Gone.String())
+
 // StartNodeUnplugged boots a storage lab node with its storage cable pulled
 // from power-on, and waits for multi-user and the admin's SSH login (the
 // LDAP user cannot log in: the directory is on the storage network).
@@ -157,7 +167,11 @@ func StartNodeUnplugged(ctx context.Context, l *Lab, name string, uefi bool) (*B
 	if err := vm.SetStorageLink(false); err != nil {
 		return b, fmt.Errorf("lab: unplug %s's storage NIC: %w", name, err)
 	}
-	if _, err := vm.Console.Expect(ctx, multiUser, BootTimeout); err != nil {
+	m, err := vm.Console.Expect(ctx, upOrPID1Gone, BootTimeout)
+	if err == nil && pid1Gone.MatchString(m[0]) {
+		err = fmt.Errorf("systemd (PID 1) stopped serving its notify socket (console: %q); the boot cannot finish", m[0])
+	}
+	if err != nil {
 		return b, fmt.Errorf("%s did not reach multi-user: %w\n(%s)", name, err, l.Logs())
 	}
 	keys, err := NodeHostKeys(l.StateDir, name)
