@@ -3,11 +3,9 @@ package qemutests
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -34,10 +32,7 @@ func TestStorageNetwork(t *testing.T) {
 	img := storageImage(t, herd)
 	dir := labDir(t)
 	cfg := testlab.StorageLabConfig(dir, herd, img)
-	// gpu01 also gets two spare NICs with the MACs of gpu02's bond members
-	// in overlays/testdata/networks.yaml, for bondVLANCheck.
-	cfg.Nodes = append([]testlab.LabNode(nil), cfg.Nodes...)
-	cfg.Nodes[0].SpareNICs = []string{"52:54:00:78:01:01", "52:54:00:78:01:02"}
+	cfg.Nodes = append([]testlab.LabNode(nil), cfg.Nodes...) // not the package's slice
 	// gpu02 (booted unplugged): systemd logs to the kernel ring, so a
 	// crash of PID 1 ("Caught <SIG>", "Freezing execution") reaches the
 	// serial console; with the journal it is lost with the machine (an
@@ -100,7 +95,6 @@ func TestStorageNetwork(t *testing.T) {
 		}
 		unpluggedChecks(t, ctx, lab, gpu02.b)
 	})
-	t.Run("bond-and-vlan-files", func(t *testing.T) { bondVLANCheck(t, ctx, gpu01) })
 }
 
 // unpluggedChecks: a node whose storage NIC has no carrier reached
@@ -310,133 +304,4 @@ func out2s(b []byte) string { return string(b) }
 // $HERD_E2E_STORAGE_IMAGE.
 func storageImage(t *testing.T, herd string) string {
 	return labImage(t, herd, "HERD_E2E_STORAGE_IMAGE", testlab.WriteStorageLabSite)
-}
-
-// bondScript runs a second systemd-networkd on the node, in a network
-// namespace of its own, on the bond and VLAN files herd renders for gpu02
-// of overlays/testdata/networks.yaml (the golden copy, which the
-// overlays' golden test keeps equal to the renderer's output), over gpu01's
-// two spare virtio NICs (testlab.LabNode.SpareNICs) that carry the members'
-// MACs. They must be real NICs: herd matches bond members by
-// PermanentMACAddress (the bond rewrites the members' current MAC), and a
-// veth has no permanent MAC; a veth member matched by current MAC drops out
-// of the bond as soon as it joins (seen: networkd "Unmanaging interface").
-// The build machine's kernel has neither bonding nor VLANs, so only this
-// runs the files for real.
-const bondScript = `set -eu
-d=$(mktemp -d /tmp/herd-bond.XXXXXX)
-mkdir -p "$d/conf" "$d/empty"
-echo "$FILES" | base64 -d | tar -xz -C "$d/conf"
-modprobe bonding max_bonds=0
-modprobe 8021q
-ip netns add herdbond
-i=0
-for mac in $MACS; do
-	i=$((i+1))
-	dev=$(grep -l "^$mac\$" /sys/class/net/*/address | head -n1 | cut -d/ -f5)
-	[ -n "$dev" ] || { echo "no NIC with MAC $mac"; ip -br link; exit 1; }
-	ip link set "$dev" down
-	ip link set "$dev" netns herdbond
-	ip -n herdbond link set "$dev" name m$i
-done
-ip netns exec herdbond sh -eu -c '
-d=$1
-mount --bind "$d/conf" /etc/systemd/network
-for r in /run/systemd/network /run/dbus; do [ ! -d $r ] || mount -t tmpfs tmpfs $r; done
-mount --bind "$d/empty" /usr/lib/systemd/network
-mkdir -p /run/systemd/netif
-mount -t tmpfs -o mode=0755 tmpfs /run/systemd/netif
-chown systemd-network:systemd-network /run/systemd/netif
-ip link set lo up
-container=herd-test /usr/lib/systemd/systemd-networkd >"$d/networkd.log" 2>&1 &
-pid=$!
-for i in $(seq 240); do
-	if ip -4 addr show dev bond0.30 2>/dev/null | grep -q 10.79.0.12/24 &&
-		ip -4 addr show dev bond0 2>/dev/null | grep -q 10.78.0.12/24 &&
-		ip link show m1 | grep -q "master bond0" && ip link show m2 | grep -q "master bond0"; then
-		break
-	fi
-	sleep 0.5
-done
-ip -d -j link show >"$d/links.json"
-ip -j addr show >"$d/addrs.json"
-kill $pid
-wait $pid || true
-' sh "$d"
-ip netns del herdbond
-echo "== links"; cat "$d/links.json"; echo
-echo "== addrs"; cat "$d/addrs.json"; echo
-echo "== log"; cat "$d/networkd.log"
-rm -rf "$d"
-`
-
-// bondVLANCheck: networkd takes herd's bond and VLAN files as written (no
-// unknown key, no parse error) and makes an 802.3ad bond of both member
-// NICs with MTU 9000, a VLAN 30 on it, and the addresses herd.yaml gives.
-func bondVLANCheck(t *testing.T, ctx context.Context, b *testlab.Booted) {
-	dir := "../overlays/testdata/golden/networks-gpu02/etc/systemd/network"
-	files, err := filepath.Glob(filepath.Join(dir, "05-herd-*"))
-	if err != nil || len(files) < 5 {
-		t.Fatalf("golden bond/VLAN files of gpu02: %v %v", files, err)
-	}
-	var names []string
-	for _, f := range files {
-		names = append(names, filepath.Base(f))
-	}
-	tgz, err := exec.Command("tar", append([]string{"-cz", "-C", dir}, names...)...).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := b.User.Sudo(ctx, "FILES="+base64.StdEncoding.EncodeToString(tgz)+"\nMACS='"+strings.Join(b.Node.SpareNICs, " ")+"'\n"+bondScript)
-	if err != nil {
-		t.Fatalf("networkd on the bond and VLAN files: %v\n%s", err, out)
-	}
-	section := func(name string) string {
-		_, rest, _ := strings.Cut(out, "== "+name+"\n")
-		s, _, _ := strings.Cut(rest, "\n== ")
-		return s
-	}
-	log := section("log")
-	for _, bad := range []string{"Unknown key", "Unknown section", "Failed to parse"} {
-		if strings.Contains(log, bad) {
-			t.Errorf("networkd complains (%q) about herd's files:\n%s", bad, log)
-		}
-	}
-	var links []struct {
-		IfName   string `json:"ifname"`
-		MTU      int    `json:"mtu"`
-		Master   string `json:"master"`
-		Link     string `json:"link"`
-		LinkInfo struct {
-			Kind string         `json:"info_kind"`
-			Data map[string]any `json:"info_data"`
-		} `json:"linkinfo"`
-	}
-	if err := json.Unmarshal([]byte(section("links")), &links); err != nil {
-		t.Fatalf("ip -j link: %v\n%s", err, out)
-	}
-	got := map[string]string{}
-	for _, l := range links {
-		got[l.IfName] = fmt.Sprintf("kind=%s mtu=%d master=%s link=%s mode=%v id=%v", l.LinkInfo.Kind, l.MTU, l.Master, l.Link, l.LinkInfo.Data["mode"], l.LinkInfo.Data["id"])
-	}
-	want := map[string]string{
-		"bond0":    "kind=bond mtu=9000 master= link= mode=802.3ad id=<nil>",
-		"bond0.30": "kind=vlan mtu=1500 master= link=bond0 mode=<nil> id=30",
-		"m1":       "kind= mtu=9000 master=bond0 link= mode=<nil> id=<nil>",
-		"m2":       "kind= mtu=9000 master=bond0 link= mode=<nil> id=<nil>",
-	}
-	for name, w := range want {
-		if got[name] != w {
-			t.Errorf("%s: %s, want %s", name, got[name], w)
-		}
-	}
-	addrs := section("addrs")
-	for _, a := range []string{`"local":"10.78.0.12","prefixlen":24`, `"local":"10.79.0.12","prefixlen":24`} {
-		if !strings.Contains(addrs, a) {
-			t.Errorf("no address %s:\n%s", a, addrs)
-		}
-	}
-	if t.Failed() {
-		t.Logf("links: %v\nnetworkd log:\n%s", got, log)
-	}
 }

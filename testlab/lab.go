@@ -46,10 +46,6 @@ type LabNode struct {
 	StorageIP  string
 	// KernelArgs is the node's kernel_args in herd.yaml.
 	KernelArgs string
-	// SpareNICs are MACs of more virtio NICs, not in herd.yaml, each alone
-	// on a QEMU hub of its own: carrier up, no peer, no traffic leaves
-	// (bond members for a networkd the test runs in a netns on the node).
-	SpareNICs []string
 	// NodeYAML is more of the node's herd.yaml entry, each line indented
 	// four spaces (e.g. "    expect_gpus: {count: 1}\n").
 	NodeYAML string
@@ -475,12 +471,6 @@ func (l *Lab) StartNodeArgs(ctx context.Context, name string, uefi bool, extra .
 	nics, err := l.addStorageNIC(n)
 	if err != nil {
 		return nil, err
-	}
-	extra = slices.Clone(extra)
-	for i, mac := range n.SpareNICs {
-		id := fmt.Sprintf("spare%d", i)
-		extra = append(extra, "-netdev", fmt.Sprintf("hubport,id=%s,hubid=%d", id, 70+i),
-			"-device", "virtio-net-pci,netdev="+id+",mac="+mac+",romfile=")
 	}
 	dir := filepath.Join(l.Config.Dir, "vms", name)
 	return StartVM(ctx, VMConfig{Netns: l.Netns, Name: name, Tap: tap, MAC: n.MAC, UEFI: uefi, NICs: nics,
