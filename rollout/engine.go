@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -407,6 +408,12 @@ func (e *Engine) begin(n *NodeState, now time.Time) {
 	}
 	n.State, n.RebootAsked, n.Detail = NodeRebooting, now, "rebooting"
 	n.RebootSent, n.PowerCycled, n.Up = time.Time{}, time.Time{}, time.Time{}
+	n.FailingBefore = nil
+	for _, c := range e.seen[n.Name].report.Checks {
+		if !c.OK {
+			n.FailingBefore = append(n.FailingBefore, c.Name)
+		}
+	}
 }
 
 // mustWait: the node is busy and the request lets busy nodes wait now.
@@ -457,7 +464,7 @@ func (e *Engine) advanceNode(ctx context.Context, n *NodeState, now time.Time) {
 			n.State, n.Detail = NodeReverted, "back on the previous image "+short(n.Target)
 			return
 		}
-		bad := failedChecks(s.report, e.st.Request.HoldDegraded)
+		bad := failedChecks(s.report, n.FailingBefore, e.st.Request.HoldDegraded)
 		if bad == "" {
 			n.State, n.Detail = NodeDone, "up on the new image, checks passed"
 			e.log.Info("node done", "node", n.Name)
@@ -549,11 +556,12 @@ func bootFinishedDegraded(r nodestatus.Report) bool {
 	return false
 }
 
-// failedChecks names the failing checks of a report ("" when all pass).
-func failedChecks(r nodestatus.Report, holdDegraded bool) string {
+// failedChecks names the failing checks of a report ("" when all pass),
+// leaving out those the node already failed before its reboot.
+func failedChecks(r nodestatus.Report, before []string, holdDegraded bool) string {
 	var bad []string
 	for _, c := range r.Checks {
-		if !c.OK {
+		if !c.OK && !slices.Contains(before, c.Name) {
 			s := c.Name
 			if c.Detail != "" {
 				s += " (" + c.Detail + ")"

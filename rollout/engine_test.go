@@ -376,6 +376,31 @@ func TestCanaryBootedDegradedFailsAtOnce(t *testing.T) {
 	}
 }
 
+// A check a node already failed before its reboot (an expected GPU it
+// lacks) does not fail it on the new image; a check it passed before does.
+func TestChecksFailingBeforeRebootNotHeldAgainstImage(t *testing.T) {
+	s := newSim(t, "gpu01", "gpu02")
+	for _, n := range s.nodes {
+		n.checks = func(img string) []nodestatus.Check {
+			return []nodestatus.Check{{Name: "nvidia-smi", OK: false, Detail: "no NVIDIA GPU on the PCI bus"}, {Name: "home-automount", OK: true}}
+		}
+	}
+	s.run(2 * time.Minute) // reports from the old image first
+	s.submit(Request{Canary: "gpu01"})
+	if st := s.until(time.Hour, "the rollout ending", ended); st.Phase != PhaseDone {
+		t.Fatalf("a check failing before the reboot failed the rollout: %s %s (%+v)", st.Phase, st.Error, st.Nodes)
+	}
+	s = newSim(t, "gpu01", "gpu02")
+	s.nodes["gpu01"].checks = func(img string) []nodestatus.Check {
+		return []nodestatus.Check{{Name: "nvidia-smi", OK: img != newImg, Detail: "driver mismatch"}}
+	}
+	s.run(2 * time.Minute)
+	s.submit(Request{Canary: "gpu01"})
+	if st := s.until(time.Hour, "the rollout ending", ended); st.Phase != PhaseFailed || !strings.Contains(st.Error, "nvidia-smi (driver mismatch)") {
+		t.Fatalf("a check the new image broke: %s %s", st.Phase, st.Error)
+	}
+}
+
 // A canary that reports a degraded GPU count fails only with HoldDegraded.
 func TestHoldDegraded(t *testing.T) {
 	for _, hold := range []bool{false, true} {

@@ -98,6 +98,10 @@ type NodeState struct {
 	Up       time.Time `json:"up,omitzero"`
 	WallSent time.Time `json:"wall_sent,omitzero"`
 	Detail   string    `json:"detail,omitempty"`
+	// FailingBefore are the checks the node already failed in its last
+	// report before the reboot (a GPU it lacks, say): the new image is not
+	// held to them.
+	FailingBefore []string `json:"failing_before,omitempty"`
 }
 
 // Terminal reports whether the phase has ended.
