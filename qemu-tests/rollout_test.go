@@ -129,12 +129,13 @@ func (r *rolloutLab) nodeList() map[string]fleet.Node {
 	return m
 }
 
-// waitReports polls herd node list until each named node's latest report
-// is from image id (rollout.json is written at once, nodes.json within the
-// inventory's flush interval after it).
-func (r *rolloutLab) waitReports(id string, names ...string) {
+// waitReports polls herd node list for up to limit until each named
+// node's latest report is from image id (rollout.json is written at once,
+// nodes.json within the inventory's flush interval after it); it returns
+// the nodes still off, "" when none.
+func (r *rolloutLab) waitReports(id string, limit time.Duration, names ...string) string {
 	r.t.Helper()
-	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(3 * time.Second) {
+	for deadline := time.Now().Add(limit); ; time.Sleep(3 * time.Second) {
 		var off []string
 		ns := r.nodeList()
 		for _, n := range names {
@@ -142,12 +143,8 @@ func (r *rolloutLab) waitReports(id string, names ...string) {
 				off = append(off, fmt.Sprintf("%s %+v", n, st))
 			}
 		}
-		if len(off) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			r.t.Errorf("not reporting image %s: %s", id, strings.Join(off, "; "))
-			return
+		if len(off) == 0 || time.Now().After(deadline) {
+			return strings.Join(off, "; ")
 		}
 	}
 }
@@ -199,17 +196,8 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		t.Fatalf("the generations are not distinct: N %s, N+1 %s, broken %s", orig, next, broken)
 	}
 	r := &rolloutLab{t: t, ctx: ctx, lab: lab, nodes: nodes}
-	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(5 * time.Second) {
-		ok := true
-		for _, n := range r.nodeList() {
-			ok = ok && n.Status != nil && n.Status.Image == orig
-		}
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the nodes never all reported on %s: %+v", orig, r.nodeList())
-		}
+	if off := r.waitReports(orig, 5*time.Minute, "gpu01", "gpu02", "gpu03"); off != "" {
+		t.Fatalf("the nodes never all reported on %s: %s", orig, off)
 	}
 	before := map[string]string{}
 	for n := range nodes {
@@ -233,14 +221,16 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 			t.Fatalf("current image %s (%v), want %s again", cur, err, orig)
 		}
 		// The canary goes back to the previous image by itself.
-		st = r.waitRollout(broken, "reverted", 20*time.Minute, func(st *rollout.State) bool {
+		r.waitRollout(broken, "reverted", 20*time.Minute, func(st *rollout.State) bool {
 			n := st.Node("gpu02")
 			if n.State == rollout.NodeFailed {
 				t.Fatalf("canary not reverted: %+v", n)
 			}
 			return n.State == rollout.NodeReverted
 		})
-		r.waitReports(orig, "gpu02")
+		if off := r.waitReports(orig, 3*time.Minute, "gpu02"); off != "" {
+			t.Errorf("not reporting image %s after the revert: %s", orig, off)
+		}
 		for _, n := range []string{"gpu01", "gpu03"} {
 			if r.bootID(n) != before[n] {
 				t.Errorf("%s rebooted although the canary failed", n)
@@ -323,7 +313,9 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		if g3.RebootAsked.Before(jobEnded) {
 			t.Errorf("gpu03 was asked to reboot at %s, before alice's job ended at %s", g3.RebootAsked, jobEnded)
 		}
-		r.waitReports(next, "gpu01", "gpu02", "gpu03")
+		if off := r.waitReports(next, 3*time.Minute, "gpu01", "gpu02", "gpu03"); off != "" {
+			t.Errorf("not reporting image %s after the rollout: %s", next, off)
+		}
 		for n := range nodes {
 			if id := r.bootID(n); id == before[n] {
 				t.Errorf("%s did not reboot", n)
