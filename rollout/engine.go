@@ -473,7 +473,7 @@ func (e *Engine) advanceNode(ctx context.Context, n *NodeState, now time.Time) {
 		n.Detail = "up; checks failing: " + bad
 		// A boot that finished with failed units (systemd "degraded") stays
 		// so until someone resets them: waiting CheckTimeout changes nothing.
-		if now.Sub(n.Up) > e.opt.CheckTimeout || bootFinishedDegraded(s.report) {
+		if now.Sub(n.Up) > e.opt.CheckTimeout || bootFinishedDegraded(s.report, n.FailingBefore) {
 			e.nodeFailed(n, "checks failing: "+bad)
 		}
 		return
@@ -546,8 +546,12 @@ func (e *Engine) nodeFailed(n *NodeState, why string) {
 
 // bootFinishedDegraded reports whether the node's start-up is over with
 // failed units: its system-running check says "degraded" (the status
-// agent's detail is `systemctl is-system-running`'s word first).
-func bootFinishedDegraded(r nodestatus.Report) bool {
+// agent's detail is `systemctl is-system-running`'s word first), and did
+// not fail before the reboot (then failedChecks leaves it out too).
+func bootFinishedDegraded(r nodestatus.Report, before []string) bool {
+	if slices.Contains(before, "system-running") {
+		return false
+	}
 	for _, c := range r.Checks {
 		if c.Name == "system-running" && !c.OK && strings.HasPrefix(c.Detail, "degraded") {
 			return true

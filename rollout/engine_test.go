@@ -390,14 +390,22 @@ func TestChecksFailingBeforeRebootNotHeldAgainstImage(t *testing.T) {
 	if st := s.until(time.Hour, "the rollout ending", ended); st.Phase != PhaseDone {
 		t.Fatalf("a check failing before the reboot failed the rollout: %s %s (%+v)", st.Phase, st.Error, st.Nodes)
 	}
+	// A node degraded before (a unit that failed on the old image too) is
+	// given CheckTimeout for a check the new image broke, not failed at
+	// once for the degraded state it already had.
 	s = newSim(t, "gpu01", "gpu02")
 	s.nodes["gpu01"].checks = func(img string) []nodestatus.Check {
-		return []nodestatus.Check{{Name: "nvidia-smi", OK: img != newImg, Detail: "driver mismatch"}}
+		return []nodestatus.Check{{Name: "system-running", OK: false, Detail: "degraded: failed x.service"},
+			{Name: "nvidia-smi", OK: img != newImg, Detail: "driver mismatch"}}
 	}
 	s.run(2 * time.Minute)
 	s.submit(Request{Canary: "gpu01"})
-	if st := s.until(time.Hour, "the rollout ending", ended); st.Phase != PhaseFailed || !strings.Contains(st.Error, "nvidia-smi (driver mismatch)") {
+	st := s.until(time.Hour, "the rollout ending", ended)
+	if st.Phase != PhaseFailed || !strings.Contains(st.Error, "nvidia-smi (driver mismatch)") || strings.Contains(st.Error, "system-running") {
 		t.Fatalf("a check the new image broke: %s %s", st.Phase, st.Error)
+	}
+	if took := st.Ended.Sub(st.Request.Requested); took < bootTime+10*time.Minute {
+		t.Errorf("failed %s after the request, before CheckTimeout (degraded before the reboot too)", took)
 	}
 }
 
