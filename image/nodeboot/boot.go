@@ -306,7 +306,7 @@ func (s *System) cached(ctx context.Context, p *Params, rep *Reporter, dir Image
 			return dev, true
 		case errors.Is(err, ErrCorrupt):
 			UnmapVerity()
-			if rerr := os.Remove(dir.Path(p.SHA256)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			if rerr := dir.Drop(p.SHA256); rerr != nil {
 				rep.Report(ctx, StageError, 0, "%v; removing it failed: %v; downloading it again", err, rerr)
 			} else {
 				rep.Report(ctx, StageError, 0, "%v: removed, downloading it again", err)

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/herdlab/herd/internal/atomicfile"
 )
 
 // ImageDir holds verified images as <sha256>.squashfs and downloads in
@@ -22,6 +24,18 @@ func (c ImageDir) Path(sha string) string { return filepath.Join(c.Dir, sha+".sq
 
 // Partial is the resumable download file for this sha256.
 func (c ImageDir) Partial(sha string) string { return filepath.Join(c.Dir, sha+".partial") }
+
+// Drop deletes the cached image with this sha256 and fsyncs the directory,
+// so the removal survives a reset that follows at once (an admin
+// power-cycling a node that just reported a corrupt copy must not boot the
+// same copy again: ext4 commits an unlink only every few seconds). A file
+// already gone is not an error.
+func (c ImageDir) Drop(sha string) error {
+	if err := os.Remove(c.Path(sha)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return atomicfile.SyncDir(c.Dir)
+}
 
 // ErrNotCached means no file exists for the requested image.
 var ErrNotCached = errors.New("image not cached")
@@ -55,11 +69,11 @@ func (c ImageDir) Verify(sha string, progress func(done, total int64)) (bool, er
 	h := sha256.New()
 	if _, err := io.Copy(h, &progressReader{r: f, total: st.Size(), fn: progress}); err != nil {
 		// A read error is a damaged file or disk: same verdict as a mismatch.
-		os.Remove(p)
+		c.Drop(sha)
 		return false, fmt.Errorf("read cached image %s: %w (removed)", p, err)
 	}
 	if hex.EncodeToString(h.Sum(nil)) != sha {
-		if err := os.Remove(p); err != nil {
+		if err := c.Drop(sha); err != nil {
 			return false, fmt.Errorf("remove corrupt cached image %s: %w", p, err)
 		}
 		return false, nil

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/herdlab/herd/image/verity"
@@ -171,10 +170,10 @@ func VerityWatch(ctx context.Context, s *System, imagesDir string, every time.Du
 			return fmt.Errorf("verity-watch: status of %s: %w", VerityName, err)
 		}
 		if len(st) > 0 && st[0] == 'C' {
-			file := filepath.Join(imagesDir, p.SHA256+".squashfs")
-			rerr := os.Remove(file)
+			dir := ImageDir{Dir: imagesDir}
+			file := dir.Path(p.SHA256)
 			what := "removed " + file + ": the next boot downloads the image again"
-			if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			if rerr := dir.Drop(p.SHA256); rerr != nil {
 				what = "could not remove " + file + ": " + rerr.Error()
 			}
 			rep.Report(ctx, StageError, 0, "dm-verity: a block of the cached image %s.squashfs failed its check when read (the SSD returned changed data; the read failed with an I/O error, nothing unverified was used); %s", p.SHA256, what)
