@@ -42,7 +42,17 @@ type Options struct {
 	// checks may take to pass (default 10m); a node whose boot finished
 	// degraded (failed units) fails at once.
 	StaleAfter, UpTimeout, CheckTimeout time.Duration
+	// ReportEvery is how often nodes are asked to report while a rollout
+	// runs (default 10s; they report every nodestatus.DefaultInterval
+	// otherwise): a reboot request reaches a node, and a node's new boot
+	// is seen, within that, not within a minute per step.
+	ReportEvery time.Duration
 }
+
+// FreshReport is how old a node's last report may be when a rollout starts
+// for the engine to take it as the node's state then: a node reports every
+// nodestatus.DefaultInterval, so a live node always has one that recent.
+const FreshReport = time.Duration(nodestatus.DefaultInterval+15) * time.Second
 
 // seen is the latest report of a node and when the server received it.
 type seen struct {
@@ -81,6 +91,9 @@ func Open(opt Options) (*Engine, error) {
 	}
 	if opt.CheckTimeout == 0 {
 		opt.CheckTimeout = 10 * time.Minute
+	}
+	if opt.ReportEvery == 0 {
+		opt.ReportEvery = 10 * time.Second
 	}
 	st, err := Load(opt.StateDir)
 	if err != nil {
@@ -133,10 +146,15 @@ func (e *Engine) Reply(node string, r *nodestatus.Report) nodestatus.Reply {
 		return nodestatus.Reply{}
 	}
 	n := e.st.Node(node)
-	if n == nil {
-		return nodestatus.Reply{}
-	}
 	var rep nodestatus.Reply
+	// Nodes still followed after the rollout ended (a revert, a reboot
+	// already sent) too.
+	if e.st.Active() || (n != nil && (n.State == NodeReverting || (n.State == NodeRebooting && !n.RebootSent.IsZero()))) {
+		rep.Interval = max(int(e.opt.ReportEvery/time.Second), 1)
+	}
+	if n == nil {
+		return rep
+	}
 	switch n.State {
 	case NodeWaiting:
 		rep.WallID, rep.Wall = e.waitWall(n)
@@ -290,17 +308,22 @@ func (e *Engine) advance(ctx context.Context, now time.Time) {
 	}
 }
 
-// start waits until every node has reported (or StaleAfter passed), then
-// sorts out who takes part and picks the canary.
+// start waits until every node has reported (FreshReport before the start
+// counts, or StaleAfter passed), then sorts out who takes part and picks
+// the canary.
 func (e *Engine) start(now time.Time) {
 	st := e.st
 	since := st.Started
 	if since.Before(e.loaded) {
 		since = e.loaded
 	}
+	fresh := st.Started.Add(-FreshReport)
+	if fresh.Before(e.loaded) {
+		fresh = e.loaded
+	}
 	all := true
 	for _, n := range st.Nodes {
-		if s, ok := e.seen[n.Name]; !ok || s.at.Before(since) {
+		if s, ok := e.seen[n.Name]; !ok || s.at.Before(fresh) {
 			all = false
 		}
 	}
@@ -311,7 +334,7 @@ func (e *Engine) start(now time.Time) {
 		n := &st.Nodes[i]
 		s, ok := e.seen[n.Name]
 		switch {
-		case !ok || s.at.Before(since):
+		case !ok || s.at.Before(fresh):
 			n.State, n.Detail = NodeSkipped, "not running (no status report): it boots the new image when it next boots"
 		case s.report.Image == st.Request.Image:
 			n.State, n.Detail = NodeDone, "already runs the image"
