@@ -11,27 +11,32 @@ import (
 	"github.com/herdlab/herd/internal/testenv"
 )
 
-// nextGeneration builds generation N+1 of the small test recipe with one
-// package more (less), with this tree's herd and agent, into the shared
-// test store (its stage cache keeps reruns cheap).
-func nextGeneration(t *testing.T) bootImage {
+// recipeGeneration builds the small test recipe (recipes/test-noble-
+// minimal.yaml), changed by edit when given, with this tree's herd and
+// agent, into the shared test store (its stage cache keeps reruns cheap).
+// Both generations of the delta test come from it: a seed image of
+// another recipe (the QEMU suite's GPU image, built by the same agent
+// meanwhile) shares few chunks with it.
+func recipeGeneration(t *testing.T, name string, edit func(string) string) bootImage {
 	t.Helper()
 	herd := testenv.Bin(t, "HERD_BIN")
 	testenv.RequireCommands(t, "mmdebstrap", "mksquashfs", "veritysetup")
 	src, err := os.ReadFile("../../recipes/test-noble-minimal.yaml")
 	must(t, err)
-	r := strings.Replace(string(src), "name: test-noble-minimal", "name: test-noble-minimal-less", 1)
-	r = strings.Replace(r, "  - iproute2\n", "  - iproute2\n  - less\n", 1)
-	if r == string(src) || !strings.Contains(r, "  - less\n") {
-		t.Fatal("cannot derive the N+1 recipe from recipes/test-noble-minimal.yaml")
+	r := string(src)
+	if edit != nil {
+		r = strings.Replace(edit(r), "name: test-noble-minimal\n", "name: "+name+"\n", 1)
+		if r == string(src) || !strings.Contains(r, "name: "+name+"\n") {
+			t.Fatalf("cannot derive recipe %s from recipes/test-noble-minimal.yaml", name)
+		}
 	}
 	dir := t.TempDir()
-	recipe := filepath.Join(dir, "test-noble-minimal-less.yaml")
+	recipe := filepath.Join(dir, name+".yaml")
 	must(t, os.WriteFile(recipe, []byte(r), 0o644))
 	cmd := exec.Command(herd, "--state", testStore, "--config", filepath.Join(dir, "none.yaml"), "image", "build", recipe, "--agent", agentBinary(t))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("build generation N+1: %v\n%s", err, tail(out))
+		t.Fatalf("build %s: %v\n%s", name, err, tail(out))
 	}
 	var id string
 	for _, l := range strings.Split(string(out), "\n") {
@@ -46,13 +51,24 @@ func nextGeneration(t *testing.T) bootImage {
 	return imageFromDir(t, filepath.Join(testStore, "images", id))
 }
 
+// nextGeneration is generation N+1 of the test recipe: one package more.
+func nextGeneration(t *testing.T) bootImage {
+	t.Helper()
+	return recipeGeneration(t, "test-noble-minimal-less", func(r string) string {
+		if !strings.Contains(r, "  - iproute2\n") {
+			t.Fatal("recipes/test-noble-minimal.yaml lists no iproute2 to add less after")
+		}
+		return strings.Replace(r, "  - iproute2\n", "  - iproute2\n  - less\n", 1)
+	})
+}
+
 // TestQEMUDeltaUpdate: a node with generation N cached boots generation
 // N+1 (one package more): it assembles N+1 from N's chunks and fetches
 // less than 5 % of the image from the server, never the whole file; the
 // result is checked against its sha256 and mapped through dm-verity.
 func TestQEMUDeltaUpdate(t *testing.T) {
 	requireQEMUBoot(t)
-	n := testImage(t, "")
+	n := recipeGeneration(t, "test-noble-minimal", nil)
 	next := nextGeneration(t)
 	if n.Index == "" || next.Index == "" || n.SHA256 == next.SHA256 {
 		t.Fatalf("need two different images with chunk indexes: %+v %+v", n, next)

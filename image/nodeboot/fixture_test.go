@@ -44,7 +44,8 @@ const testStore = "/var/tmp/herd-test-store"
 //   - an image of the shared test store built by image/build (so by the
 //     builder's own initramfs.Install + update-initramfs) whose agent is
 //     byte-identical to the one built from this tree — from recipe when
-//     given (bench: the default image), else the smallest;
+//     given (bench: the default image), else the smallest of a test-*
+//     recipe;
 //   - a minimal Ubuntu noble built here with mmdebstrap, initramfs.Install
 //     and the image's own update-initramfs, cached under /var/tmp by a key
 //     over the agent binary, the hook files and the package list.
@@ -162,7 +163,9 @@ func storeImage(t *testing.T, agentSHA, recipe string) string {
 		if err != nil || json.Unmarshal(b, &m) != nil {
 			continue
 		}
-		if recipe != "" && m.Recipe != recipe {
+		// No recipe named: a small test recipe's image, never the QEMU
+		// suite's GPU image (built by the same agent while these run).
+		if (recipe != "" && m.Recipe != recipe) || (recipe == "" && !strings.HasPrefix(m.Recipe, "test-")) {
 			continue
 		}
 		st, err := os.Stat(filepath.Join(d, "rootfs.squashfs"))
