@@ -30,10 +30,6 @@ import (
 	"github.com/herdlab/herd/testlab"
 )
 
-func init() {
-	labAfterReboot = append(labAfterReboot, labExtra{name: "verity-flipped-byte", run: verityChecks})
-}
-
 // deltaPackage is the one package generation N+1 adds to the lab's recipe.
 const deltaPackage = "tree"
 

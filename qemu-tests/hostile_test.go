@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,7 +19,9 @@ import (
 // reboots, an attacker host floods herd's TFTP port with read requests
 // from its own and spoofed addresses and holds HTTP connections open with
 // trickled headers (slowloris). gpu02 must still reach multi-user with its
-// SSH login before the suite's generous boot deadline.
+// SSH login before the suite's generous boot deadline. It is also the
+// suite's reboot from the SSD cache (issue 17): gpu02 has the image cached
+// and must not download it again, chunk or whole.
 func init() {
 	labExtras = append(labExtras, labExtra{name: "hostile-traffic-during-reboot", run: hostileReboot})
 }
@@ -91,6 +94,9 @@ func hostileReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		t.Fatal(err)
 	}
 	defer func() { stop(); flood.Wait() }()
+	if first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, b.Node.IP); first == 0 {
+		t.Errorf("%s's first boot's rootfs download is not in the server log %s", b.Node.Name, lab.ServerLog)
+	}
 	before := len(lab.ServerLogText())
 	if err := b.Reboot(ctx); err != nil { // BootTimeout is the liveness deadline
 		t.Fatalf("%s did not come back up under the flood: %v\nattacker: %s", b.Node.Name, err, lastLine(out.String()))
@@ -101,6 +107,12 @@ func hostileReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 	since := lab.ServerLogText()[before:]
 	if !strings.Contains(since, "/boot/"+b.Node.MAC) && !strings.Contains(since, "/boot/"+strings.ReplaceAll(b.Node.MAC, ":", "-")) {
 		t.Errorf("%s's reboot did not fetch its boot script from herd (server log %s)", b.Node.Name, lab.ServerLog)
+	}
+	if cb, rb, _, cn, rn := fetched(since, b.Node.IP, lab.ImageID); cn+rn != 0 {
+		t.Errorf("%s downloaded its cached image again on the reboot (%d chunk requests, %d bytes; %d rootfs requests, %d bytes)", b.Node.Name, cn, cb, rn, rb)
+	}
+	if !regexp.MustCompile(`msg="boot event" .*\bnode=` + b.Node.Name + ` .*\bstage=verify .*cached image`).MatchString(since) {
+		t.Errorf("%s's reboot reported no boot from its cached image (server log %s)", b.Node.Name, lab.ServerLog)
 	}
 	t.Logf("%s rebooted under the flood; attacker: %s", b.Node.Name, lastLine(out.String()))
 }
