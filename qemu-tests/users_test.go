@@ -9,9 +9,11 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,7 +116,7 @@ PyMODINIT_FUNC PyInit_spam(void) { return PyModule_Create(&mod); }
 	})
 
 	t.Run("motd-at-login", func(t *testing.T) {
-		out, err := loginBanner(ctx, gpu01.User)
+		out, err := loginBanner(ctx, gpu01.User, "Scratch: ")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,9 +146,12 @@ func scratchAfterReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nod
 }
 
 // loginBanner opens an interactive SSH session (a pty and a shell, as a
-// user's ssh does), leaves at once and returns what the node printed: the
-// motd comes only with such a login, not with `ssh node command`.
-func loginBanner(ctx context.Context, g *testlab.Guest) (string, error) {
+// user's ssh does), waits until the node has printed until (or 30 s), leaves
+// and returns what the node printed: the motd comes only with such a login,
+// not with `ssh node command`. "exit" goes in only after the banner: typed
+// at once (stdin then EOF), it raced the login under load and the session
+// once ended having printed nothing at all (local make test, 12:58).
+func loginBanner(ctx context.Context, g *testlab.Guest, until string) (string, error) {
 	c, err := g.Dial()
 	if err != nil {
 		return "", err
@@ -160,9 +165,12 @@ func loginBanner(ctx context.Context, g *testlab.Guest) (string, error) {
 	if err := s.RequestPty("dumb", 40, 200, nil); err != nil {
 		return "", fmt.Errorf("pty: %w", err)
 	}
-	var out bytes.Buffer
+	var out lockedBuffer
 	s.Stdout, s.Stderr = &out, &out
-	s.Stdin = strings.NewReader("exit\n")
+	stdin, err := s.StdinPipe()
+	if err != nil {
+		return "", err
+	}
 	done := make(chan error, 1)
 	go func() {
 		if err := s.Shell(); err != nil {
@@ -171,6 +179,11 @@ func loginBanner(ctx context.Context, g *testlab.Guest) (string, error) {
 		}
 		done <- s.Wait()
 	}()
+	for wait := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), until) && time.Now().Before(wait); {
+		time.Sleep(200 * time.Millisecond)
+	}
+	io.WriteString(stdin, "exit\n")
+	stdin.Close()
 	select {
 	case err = <-done:
 	case <-ctx.Done():
@@ -179,6 +192,24 @@ func loginBanner(ctx context.Context, g *testlab.Guest) (string, error) {
 		return out.String(), fmt.Errorf("the login shell did not exit within 2 minutes; it printed:\n%s", out.String())
 	}
 	return out.String(), err
+}
+
+// lockedBuffer is a bytes.Buffer the SSH session writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // pureWheel writes a pure-Python wheel by hand (a zip with the package,
