@@ -13,10 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
 
@@ -165,7 +165,7 @@ func loginBanner(ctx context.Context, g *testlab.Guest, until string) (string, e
 	if err := s.RequestPty("dumb", 40, 200, nil); err != nil {
 		return "", fmt.Errorf("pty: %w", err)
 	}
-	var out lockedBuffer
+	var out testenv.Buffer
 	s.Stdout, s.Stderr = &out, &out
 	stdin, err := s.StdinPipe()
 	if err != nil {
@@ -192,24 +192,6 @@ func loginBanner(ctx context.Context, g *testlab.Guest, until string) (string, e
 		return out.String(), fmt.Errorf("the login shell did not exit within 2 minutes; it printed:\n%s", out.String())
 	}
 	return out.String(), err
-}
-
-// lockedBuffer is a bytes.Buffer the SSH session writes while the test reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // pureWheel writes a pure-Python wheel by hand (a zip with the package,

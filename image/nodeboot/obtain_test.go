@@ -6,28 +6,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/herdlab/herd/internal/testenv"
 )
-
-// syncBuffer is a console shared by the agent and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The server is down for longer than one round of attempts: the agent says
 // what failed and where, keeps retrying, and boots once the server is back.
@@ -45,7 +28,7 @@ func TestObtainKeepsRetryingAndExplains(t *testing.T) {
 	_, other := newBlob(t, 16)
 	must(t, os.WriteFile(dir.Path(other), []byte("another image"), 0o644))
 
-	console := &syncBuffer{}
+	console := &testenv.Buffer{}
 	s := &System{Console: console, RoundWait: 5 * time.Millisecond,
 		Download: Downloader{Attempts: 2, Backoff: time.Millisecond, MaxBackoff: time.Millisecond}}
 	p := &Params{Image: hs.URL + "/rootfs.squashfs", SHA256: sum, Server: es.URL, Keep: 2}
@@ -84,7 +67,7 @@ func TestObtainKeepsRetryingAndExplains(t *testing.T) {
 	// Cached and verified now: the next boot does not contact the server
 	// for the image even if the server is gone.
 	hs.Close()
-	console2 := &syncBuffer{}
+	console2 := &testenv.Buffer{}
 	s.Console = console2
 	rep.Console = console2
 	if _, err := s.obtain(context.Background(), p, rep, dir, true); err != nil {

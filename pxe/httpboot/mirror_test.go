@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -77,7 +76,7 @@ nodes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var herdLog syncWriter
+	var herdLog testenv.Buffer
 	srv, err := httpboot.New(cfg, httpboot.Options{StateDir: state, Images: httpboot.StateImages{StateDir: state}, Inventory: inv,
 		Render: func(*site.Config, *site.Node, httpboot.Secrets, string) ([]httpboot.RuntimeFile, error) {
 			return nil, nil
@@ -265,15 +264,3 @@ func waitUp(t *testing.T, c *http.Client, url, dir string) {
 	e, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 	t.Fatalf("nginx did not come up:\n%s\n%s", b, e)
 }
-
-type syncWriter struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-func (w *syncWriter) String() string { w.mu.Lock(); defer w.mu.Unlock(); return w.b.String() }
