@@ -62,7 +62,18 @@ func MapVerity(devRoot, path string, v *verity.Params) (string, error) {
 		return "", fmt.Errorf("stat %s: %w", loop, err)
 	}
 	majmin := fmt.Sprintf("%d:%d", unix.Major(lst.Rdev), unix.Minor(lst.Rdev))
-	devnum, err := dmCreate(ctl, VerityName, dmTarget{Length: uint64(v.DataBlocks) * verity.BlockSize / 512, Type: "verity", Params: v.Table(majmin)})
+	// try_verify_in_tasklet: a read whose hash blocks are already cached
+	// is checked in the I/O completion (softirq) instead of a hop through
+	// the kverityd workqueue; most reads of a booting system are such
+	// reads, and each hop is latency the reading process waits out. The
+	// check itself is the same. Kernels before 6.0 refuse the argument:
+	// they get the plain table.
+	target := dmTarget{Length: uint64(v.DataBlocks) * verity.BlockSize / 512, Type: "verity", Params: v.Table(majmin, "try_verify_in_tasklet")}
+	devnum, err := dmCreate(ctl, VerityName, target)
+	if err != nil {
+		target.Params = v.Table(majmin)
+		devnum, err = dmCreate(ctl, VerityName, target)
+	}
 	if err != nil {
 		return "", err
 	}

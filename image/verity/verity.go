@@ -95,9 +95,14 @@ func TreeBlocks(n int64) int64 {
 
 // Table is the device-mapper table line (without start and length) that
 // maps dev (data and hash tree in one device, "major:minor") through
-// dm-verity; a block that does not match fails its read with EIO.
-func (p Params) Table(dev string) string {
-	return fmt.Sprintf("1 %s %s %d %d %d %d %s %s -", dev, dev, BlockSize, BlockSize, p.DataBlocks, p.DataBlocks, Algorithm, p.RootHash)
+// dm-verity; a block that does not match fails its read with EIO. opts
+// are dm-verity's optional arguments (such as "try_verify_in_tasklet").
+func (p Params) Table(dev string, opts ...string) string {
+	t := fmt.Sprintf("1 %s %s %d %d %d %d %s %s -", dev, dev, BlockSize, BlockSize, p.DataBlocks, p.DataBlocks, Algorithm, p.RootHash)
+	if len(opts) > 0 {
+		t += fmt.Sprintf(" %d %s", len(opts), strings.Join(opts, " "))
+	}
+	return t
 }
 
 var rootHashRE = regexp.MustCompile(`(?m)^Root hash:\s*([0-9a-f]{64})\s*$`)

@@ -35,6 +35,25 @@ func TestTreeBlocks(t *testing.T) {
 	}
 }
 
+// TestTableOptionalArguments: dm-verity's table is its ten positional
+// arguments (version, data and hash device, block sizes, block counts,
+// hash start, algorithm, root hash, salt), then the optional ones preceded
+// by their count; the kernel refuses a count that does not match.
+func TestTableOptionalArguments(t *testing.T) {
+	p := Params{RootHash: strings.Repeat("ab", 32), DataBlocks: 733}
+	plain := p.Table("7:0")
+	want := "1 7:0 7:0 4096 4096 733 733 sha256 " + p.RootHash + " -"
+	if plain != want {
+		t.Fatalf("Table = %q, want %q", plain, want)
+	}
+	if got := p.Table("7:0", "try_verify_in_tasklet"); got != want+" 1 try_verify_in_tasklet" {
+		t.Errorf("Table with one option = %q", got)
+	}
+	if got := p.Table("7:0", "a", "b"); got != want+" 2 a b" {
+		t.Errorf("Table with two options = %q", got)
+	}
+}
+
 // TestFormatMatchesVeritysetupVerify: the tree Format appends is the one
 // the reference tool verifies with the recorded root hash, the same input
 // gives the same root hash (no salt), and one flipped data byte fails it.
