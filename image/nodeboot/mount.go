@@ -121,7 +121,7 @@ func MountRoot(image, lower, rw, root string) error {
 			return fmt.Errorf("mkdir %s: %w", d, err)
 		}
 	}
-	if err := unix.Mount(loop, lower, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+	if err := mountSquashfs(loop, lower); err != nil {
 		return fmt.Errorf("mount %s (%s) as squashfs on %s: %w", image, loop, lower, err)
 	}
 	if err := unix.Mount("herd-rw", rw, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID, "mode=0755"); err != nil {
@@ -215,4 +215,18 @@ func MoveMount(from, to string) error {
 		return fmt.Errorf("move mount %s to %s: %w", from, to, err)
 	}
 	return nil
+}
+
+// mountSquashfs mounts a squashfs read-only with one decompressor per CPU
+// (threads=percpu). Ubuntu's kernel builds the single-decompressor mode as
+// its default, so without the option every read of the root image, from
+// every process of a booting system, waits for one zstd stream in turn.
+// Kernels without the mount option (CONFIG_SQUASHFS_CHOICE_DECOMP_BY_MOUNT)
+// refuse it with EINVAL; they get their built-in mode.
+func mountSquashfs(dev, dir string) error {
+	err := unix.Mount(dev, dir, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "threads=percpu")
+	if errors.Is(err, unix.EINVAL) {
+		err = unix.Mount(dev, dir, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "")
+	}
+	return err
 }
