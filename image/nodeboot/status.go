@@ -53,6 +53,10 @@ type agentState struct {
 // maxWalls bounds the remembered WallIDs.
 const maxWalls = 64
 
+// startWait is how long the status agent waits for start-up to finish
+// before its first report.
+const startWait = 5 * time.Minute
+
 // RunStatus is `herd-boot status` in the booted system: it reports now and
 // then every interval until ctx ends (once: a single report).
 func RunStatus(ctx context.Context, s *System, once bool) error {
@@ -76,6 +80,13 @@ func RunStatus(ctx context.Context, s *System, once bool) error {
 		StateFile: filepath.Join(s.RunDir, "status-state.json"), Console: s.Console,
 		Client: &nodeauth.Client{Base: p.Server, Node: p.Node, Key: key, HTTP: s.Client}}
 	a.load()
+	// The first report waits until start-up is over: a report while units
+	// still start says only "starting", and its commands (loginctl,
+	// systemctl, nvidia-smi) would take CPU from the boot itself. A boot
+	// that never finishes is reported after startWait, as it stands.
+	if !once {
+		waitSystemStarted(ctx, startWait)
+	}
 	for {
 		interval := time.Duration(nodestatus.DefaultInterval) * time.Second
 		reply, err := a.ReportOnce(ctx)

@@ -69,10 +69,20 @@ func ReportUp(ctx context.Context, s *System) error {
 	return fmt.Errorf("report up: %w", last)
 }
 
-// waitSystemStarted polls `systemctl is-system-running` until start-up is
-// over (running or degraded) and returns that state.
+// waitSystemStarted waits until start-up is over (running or degraded)
+// and returns that state. It asks systemd to tell it (`is-system-running
+// --wait`, one process that sleeps on the bus) rather than starting
+// systemctl every two seconds, which took CPU from the boot it waits for;
+// where that fails (no bus yet, an old systemd) it polls.
 func waitSystemStarted(ctx context.Context, limit time.Duration) string {
 	deadline := time.Now().Add(limit)
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	out, _ := exec.CommandContext(wctx, "systemctl", "is-system-running", "--wait").Output()
+	cancel()
+	switch st := strings.TrimSpace(string(out)); st {
+	case "running", "degraded", "maintenance", "stopping":
+		return st
+	}
 	for {
 		out, _ := exec.CommandContext(ctx, "systemctl", "is-system-running").Output()
 		st := strings.TrimSpace(string(out))
