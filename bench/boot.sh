@@ -4,7 +4,10 @@
 # cached reboot (image verified from the SSD, nothing downloaded) and the
 # same image booted from a local virtual disk (the reference); and
 # MemAvailable after boot with the SSD cache vs in RAM mode (image held in
-# tmpfs). The image is HERD_TEST_IMAGE_DIR (vmlinuz, initrd.img,
+# tmpfs). The cached and local-disk boots alternate HERD_BENCH_BOOT_ROUNDS
+# times (default 3; every local boot from the same disk, its writes thrown
+# away) and each side reports its median: one TCG boot varies by a fifth
+# on a shared host. The image is HERD_TEST_IMAGE_DIR (vmlinuz, initrd.img,
 # rootfs.squashfs), else the current image of $STATE, else the default
 # recipe built now by bin/herd with bin/herd-boot into the shared test store
 # (its stage cache makes this cheap: the agent's stages and the pack), so

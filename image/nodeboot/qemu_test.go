@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -457,7 +458,14 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s:80-cmd:socat - TCP:127.0.0.1:%d", guestServer, h.port()),
 		"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:68:65:01"}
 	if n.disk != "" {
-		args = append(args, "-drive", "file="+n.disk+",format=raw,if=virtio,cache=writeback")
+		drive := "file=" + n.disk + ",format=raw,if=virtio,cache=writeback"
+		if n.local {
+			// Every local-disk boot starts from the same disk, as every
+			// herd boot starts from the same image: QEMU keeps the
+			// guest's writes (machine ID, journal) in a throw-away layer.
+			drive += ",snapshot=on"
+		}
+		args = append(args, "-drive", drive)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -955,14 +963,42 @@ func TestBootBench(t *testing.T) {
 	h := newImageHost(t, img)
 	overlay := overlayCPIO(t)
 	disk := rawDisk(t, 8<<30)
+	localImg := localDisk(t, img, overlay)
 	_, first := h.boot(t, node{disk: disk, untilLogin: true}, overlay)
-	_, cached := h.boot(t, node{disk: disk, untilLogin: true}, overlay)
-	_, local := h.boot(t, node{disk: localDisk(t, img, overlay), local: true, untilLogin: true}, overlay)
+	// A TCG boot's length varies by a fifth from one boot to the next on a
+	// shared host, so the cached and local-disk boots alternate, rounds
+	// times, and each side reports its median: a slow minute of the host
+	// falls on both sides instead of deciding the ratio.
+	rounds := 3
+	if v, err := strconv.Atoi(os.Getenv("HERD_BENCH_BOOT_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	var cached, local []map[string]string
+	for i := 0; i < rounds; i++ {
+		_, c := h.boot(t, node{disk: disk, untilLogin: true}, overlay)
+		_, l := h.boot(t, node{disk: localImg, local: true, untilLogin: true}, overlay)
+		cached, local = append(cached, c), append(local, l)
+	}
 	_, ram := h.boot(t, node{untilLogin: true}, overlay)
 	f := func(s string) float64 {
 		var v float64
 		fmt.Sscan(s, &v)
 		return v
+	}
+	med := func(reps []map[string]string, key string) float64 {
+		var vs []float64
+		for _, r := range reps {
+			vs = append(vs, f(r[key]))
+		}
+		sort.Float64s(vs)
+		return vs[len(vs)/2]
+	}
+	all := func(reps []map[string]string, key string) string {
+		var vs []string
+		for _, r := range reps {
+			vs = append(vs, r[key])
+		}
+		return strings.Join(vs, "/")
 	}
 	ratio := func(a, b float64) string {
 		if a == 0 || b == 0 {
@@ -971,12 +1007,14 @@ func TestBootBench(t *testing.T) {
 		return fmt.Sprintf("%.2f", a/b)
 	}
 	st, _ := os.Stat(img.Rootfs)
-	fmt.Printf("BENCH boot-first-to-login: herd %ss reference(local-disk) %ss ratio %s (image %d MiB, TCG)\n",
-		first["login_s"], local["login_s"], ratio(f(first["login_s"]), f(local["login_s"])), st.Size()>>20)
-	fmt.Printf("BENCH boot-cached-to-login: herd %ss reference(local-disk) %ss ratio %s (cached-image check %ss, %s)\n",
-		cached["login_s"], local["login_s"], ratio(f(cached["login_s"]), f(local["login_s"])), cached["verify_s"], map[bool]string{true: "dm-verity", false: "full sha256"}[img.Verity != ""])
-	fmt.Printf("BENCH boot-cached-kernel-to-login: herd %ss reference(local-disk) %ss ratio %s\n",
-		cached["kernel_login_s"], local["kernel_login_s"], ratio(f(cached["kernel_login_s"]), f(local["kernel_login_s"])))
-	fmt.Printf("BENCH memavailable-after-boot: herd(ssd-cache) %sKiB reference(ram-mode) %sKiB ratio %s (local-disk %sKiB)\n",
-		cached["memavail_kb"], ram["memavail_kb"], ratio(f(cached["memavail_kb"]), f(ram["memavail_kb"])), local["memavail_kb"])
+	localLogin := med(local, "login_s")
+	fmt.Printf("BENCH boot-first-to-login: herd %ss reference(local-disk) %.1fs ratio %s (image %d MiB, TCG)\n",
+		first["login_s"], localLogin, ratio(f(first["login_s"]), localLogin), st.Size()>>20)
+	fmt.Printf("BENCH boot-cached-to-login: herd %.1fs reference(local-disk) %.1fs ratio %s (medians of %d alternating boots: herd %ss, local %ss; cached-image check %ss, %s)\n",
+		med(cached, "login_s"), localLogin, ratio(med(cached, "login_s"), localLogin), rounds,
+		all(cached, "login_s"), all(local, "login_s"), cached[0]["verify_s"], map[bool]string{true: "dm-verity", false: "full sha256"}[img.Verity != ""])
+	fmt.Printf("BENCH boot-cached-kernel-to-login: herd %.1fs reference(local-disk) %.1fs ratio %s\n",
+		med(cached, "kernel_login_s"), med(local, "kernel_login_s"), ratio(med(cached, "kernel_login_s"), med(local, "kernel_login_s")))
+	fmt.Printf("BENCH memavailable-after-boot: herd(ssd-cache) %.0fKiB reference(ram-mode) %sKiB ratio %s (local-disk %.0fKiB)\n",
+		med(cached, "memavail_kb"), ram["memavail_kb"], ratio(med(cached, "memavail_kb"), f(ram["memavail_kb"])), med(local, "memavail_kb"))
 }
