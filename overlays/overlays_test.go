@@ -284,8 +284,10 @@ func TestRenderChoices(t *testing.T) {
 		"etc/sudoers.d/herd":                      {`%members ALL=(root) /usr/bin/nvidia-smi, /usr/bin/systemctl restart autofs.service, /usr/sbin/reboot`},
 		"etc/systemd/timesyncd.conf.d/herd.conf":  {"NTP=10.77.0.1 ntp.lab.internal"},
 		"etc/systemd/system/herd-swap.service":    {"ExecStart=/usr/lib/herd/swap-on-ssd 16G", "ConditionPathIsMountPoint=/var/cache/herd"},
-		"etc/systemd/system/herd-scratch.service": {"mount --bind /var/cache/herd/scratch \"/scratch\""},
-		"etc/systemd/system/cachefilesd.service":  {"RequiresMountsFor=/var/cache/herd", "ConditionPathIsMountPoint=/var/cache/herd", "Before=autofs.service"},
+		"etc/systemd/system/herd-scratch.service": {"ExecStart=/bin/mount --mkdir=0755 --bind /var/cache/herd/scratch \"/scratch\""},
+		"etc/tmpfiles.d/herd-scratch.conf":        {"d /var/cache/herd/scratch 0755 root root -"},
+		"etc/systemd/system/cachefilesd.service":  {"RequiresMountsFor=/var/cache/herd", "ConditionPathIsMountPoint=/var/cache/herd", "Before=autofs.service", "CacheDirectory=herd/fscache"},
+		"etc/modules-load.d/herd-cachefiles.conf": {"\ncachefiles\n"},
 	}
 	for p, subs := range must {
 		f, ok := find(files, p)
