@@ -217,14 +217,17 @@ func MoveMount(from, to string) error {
 	return nil
 }
 
-// mountSquashfs mounts a squashfs read-only with one decompressor per CPU
-// (threads=percpu). Ubuntu's kernel builds the single-decompressor mode as
+// mountSquashfs mounts a squashfs read-only with parallel decompression
+// (threads=multi). Ubuntu's kernel builds the single-decompressor mode as
 // its default, so without the option every read of the root image, from
 // every process of a booting system, waits for one zstd stream in turn.
-// Kernels without the mount option (CONFIG_SQUASHFS_CHOICE_DECOMP_BY_MOUNT)
-// refuse it with EINVAL; they get their built-in mode.
+// multi, not percpu: it makes decompressors as readers need them, where
+// percpu allocates one per possible CPU at mount (hundreds on a large
+// server). Kernels without the mount option
+// (CONFIG_SQUASHFS_CHOICE_DECOMP_BY_MOUNT) refuse it with EINVAL; they get
+// their built-in mode.
 func mountSquashfs(dev, dir string) error {
-	err := unix.Mount(dev, dir, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "threads=percpu")
+	err := unix.Mount(dev, dir, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "threads=multi")
 	if errors.Is(err, unix.EINVAL) {
 		err = unix.Mount(dev, dir, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, "")
 	}
