@@ -40,6 +40,34 @@ type Report struct {
 	// Checks are the node's self-checks (those of `herd image test` that
 	// make sense on a production node); rollout waits for them to pass.
 	Checks []Check `json:"checks"`
+	// Network is the node's links now and what it finds not working on
+	// the networks herd.yaml declares for it (nil: an agent that does not
+	// report them; the server then keeps what the "up" event said).
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is a node's links and its network-degraded lines, in its "up"
+// event and in every status report.
+type Network struct {
+	Interfaces []Link `json:"interfaces"`
+	// Degraded has one "degraded: <network> network down (...)" per
+	// declared network that is not working (empty: all work).
+	Degraded []string `json:"degraded"`
+}
+
+// Link is one network interface as a node reports it.
+type Link struct {
+	Name      string   `json:"name"`
+	MAC       string   `json:"mac,omitempty"`
+	State     string   `json:"state"` // sysfs operstate: up, down, lowerlayerdown, ...
+	Carrier   bool     `json:"carrier"`
+	MTU       int      `json:"mtu"`
+	Addresses []string `json:"addresses,omitempty"` // IPv4 CIDRs
+	// Boot marks the NIC the node reaches the herd server through.
+	Boot bool `json:"boot,omitempty"`
+	// Label and Network name the herd.yaml interface this link is.
+	Label   string `json:"label,omitempty"`
+	Network string `json:"network,omitempty"`
 }
 
 // Busy reports whether someone is using the node now.
@@ -119,7 +147,42 @@ const (
 	MaxChecks    = 64
 	MaxXid       = 32
 	maxString    = 256
+	// MaxLinks, MaxAddresses (per link) and MaxDegraded bound a node's
+	// network report, in its "up" event as in a status report.
+	MaxLinks     = 64
+	MaxAddresses = 32
+	MaxDegraded  = 32
+	maxLinkValue = 64
 )
+
+// ValidateNetwork checks a node's links and degraded lines against the
+// bounds; field prefixes the field names in errors ("event field ",
+// "report field network.").
+func ValidateNetwork(field string, links []Link, degraded []string) error {
+	if len(links) > MaxLinks {
+		return fmt.Errorf("%sinterfaces: %d entries, at most %d", field, len(links), MaxLinks)
+	}
+	for i, l := range links {
+		if len(l.Addresses) > MaxAddresses {
+			return fmt.Errorf("%sinterfaces[%d].addresses: %d entries, at most %d", field, i, len(l.Addresses), MaxAddresses)
+		}
+		fields := append([]string{l.Name, l.MAC, l.State, l.Label, l.Network}, l.Addresses...)
+		for _, v := range fields {
+			if len(v) > maxLinkValue || strings.ContainsAny(v, "\x00\n\r") {
+				return fmt.Errorf("%sinterfaces[%d]: a value longer than %d bytes or with control characters", field, i, maxLinkValue)
+			}
+		}
+	}
+	if len(degraded) > MaxDegraded {
+		return fmt.Errorf("%sdegraded: %d entries, at most %d", field, len(degraded), MaxDegraded)
+	}
+	for i, d := range degraded {
+		if len(d) > maxString || strings.ContainsAny(d, "\x00\n\r") {
+			return fmt.Errorf("%sdegraded[%d]: longer than %d bytes or has control characters", field, i, maxString)
+		}
+	}
+	return nil
+}
 
 // DefaultInterval is the seconds between two reports when Reply.Interval is 0.
 const DefaultInterval = 60
@@ -156,6 +219,11 @@ func (r *Report) Validate() error {
 		return fmt.Errorf("report: %d checks, at most %d", len(r.Checks), MaxChecks)
 	case len(r.Health.Xid) > MaxXid:
 		return fmt.Errorf("report: %d Xid lines, at most %d", len(r.Health.Xid), MaxXid)
+	}
+	if n := r.Network; n != nil {
+		if err := ValidateNetwork("report field network.", n.Interfaces, n.Degraded); err != nil {
+			return err
+		}
 	}
 	switch r.Health.State {
 	case Ready, Degraded, Unknown:

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -282,8 +283,35 @@ func (a *StatusAgent) Collect(ctx context.Context) *nodestatus.Report {
 		rep.Checks = append(rep.Checks, nodestatus.Check{Name: "node-config", Detail: cfgErr.Error()})
 	}
 	rep.Checks = append(rep.Checks, a.selfChecks(ctx, cfg, len(rep.GPUs))...)
+	rep.Network = a.network(ctx)
 	sanitize(rep)
 	return rep
+}
+
+// network is the node's links now, checked against its declared networks
+// as ReportUp checks them but without waiting: a link replugged or lost
+// since boot shows in the next report.
+func (a *StatusAgent) network(ctx context.Context) *nodestatus.Network {
+	server := ""
+	if a.Client != nil {
+		server = a.Client.Base
+	}
+	mac, _ := BootLink(server)
+	links, degraded, err := NetworkReport(ctx, a.SysRoot, a.Root, mac, 0)
+	if err != nil {
+		degraded = append(degraded, "degraded: cannot read the node's networks: "+err.Error())
+	}
+	return &nodestatus.Network{Interfaces: StatusLinks(links), Degraded: append([]string{}, degraded...)}
+}
+
+// StatusLinks is links in the status report's form.
+func StatusLinks(links []Link) []nodestatus.Link {
+	out := make([]nodestatus.Link, 0, len(links))
+	for _, l := range links {
+		out = append(out, nodestatus.Link{Name: l.Name, MAC: l.MAC, State: l.State, Carrier: l.Carrier, MTU: l.MTU,
+			Addresses: l.Addresses, Boot: l.Boot, Label: l.Label, Network: l.Network})
+	}
+	return out
 }
 
 // nodeConfig reads etc/herd/node.json; missing: no expectations.
@@ -526,4 +554,43 @@ func sanitize(r *nodestatus.Report) {
 	}
 	r.Health.Reason = clip(r.Health.Reason)
 	r.Image = clip(r.Image)
+	if n := r.Network; n != nil {
+		sanitizeNetwork(n)
+	}
+}
+
+// sanitizeNetwork keeps a network report inside the server's bounds: the
+// boot link and the declared ones first when there are too many links
+// (containers' veths), values cut to 64 bytes.
+func sanitizeNetwork(n *nodestatus.Network) {
+	if len(n.Interfaces) > nodestatus.MaxLinks {
+		sort.SliceStable(n.Interfaces, func(i, j int) bool {
+			known := func(l nodestatus.Link) bool { return l.Boot || l.Label != "" }
+			return known(n.Interfaces[i]) && !known(n.Interfaces[j])
+		})
+		n.Interfaces = n.Interfaces[:nodestatus.MaxLinks]
+	}
+	cut := func(s string) string {
+		s = clip(s)
+		if len(s) > 64 {
+			s = s[:64]
+		}
+		return s
+	}
+	for i := range n.Interfaces {
+		l := &n.Interfaces[i]
+		l.Name, l.MAC, l.State, l.Label, l.Network = cut(l.Name), cut(l.MAC), cut(l.State), cut(l.Label), cut(l.Network)
+		if len(l.Addresses) > nodestatus.MaxAddresses {
+			l.Addresses = l.Addresses[:nodestatus.MaxAddresses]
+		}
+		for j := range l.Addresses {
+			l.Addresses[j] = cut(l.Addresses[j])
+		}
+	}
+	if len(n.Degraded) > nodestatus.MaxDegraded {
+		n.Degraded = n.Degraded[:nodestatus.MaxDegraded]
+	}
+	for i := range n.Degraded {
+		n.Degraded[i] = clip(n.Degraded[i])
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/internal/nvsmi"
 	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/site"
 )
 
 func smiFixture(t *testing.T, name string) []byte {
@@ -335,5 +337,69 @@ func TestRunStatusWithoutKey(t *testing.T) {
 	}
 	if !strings.Contains(console.String(), "status reports cannot be signed") {
 		t.Errorf("console %q", console.String())
+	}
+}
+
+// TestCollectReportsNetworks: every report carries the node's links and
+// its network-degraded lines now (checked against etc/herd/networks.json
+// without waiting), so a NIC replugged or lost after boot shows in the
+// next report; none declared, none degraded, but the links still come.
+func TestCollectReportsNetworks(t *testing.T) {
+	f := newFakeNode(t, nodestatus.NodeConfig{Node: "gpu1"})
+	a := &StatusAgent{Node: "gpu1", Root: f.root, SysRoot: "/sys", Exec: f.exec}
+	rep := a.Collect(context.Background())
+	if rep.Network == nil || rep.Network.Degraded == nil || len(rep.Network.Degraded) != 0 {
+		t.Fatalf("no networks declared: %+v", rep.Network)
+	}
+	host, err := ReadLinks("/sys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Network.Interfaces) != min(len(host), nodestatus.MaxLinks) {
+		t.Errorf("reported %d links, the host has %d", len(rep.Network.Interfaces), len(host))
+	}
+	// A storage NIC declared by a MAC no interface here has: missing.
+	decl := site.NodeNetworks{Interfaces: []site.DeclaredInterface{{Label: "st0", Kind: "nic", MAC: "02:00:5e:00:53:99", Network: "storage", Address: "10.88.0.5/24"}}}
+	b, _ := json.Marshal(decl)
+	os.WriteFile(filepath.Join(f.root, site.DeclaredPath), b, 0o644)
+	start := time.Now()
+	rep = a.Collect(context.Background())
+	if time.Since(start) > time.Minute {
+		t.Errorf("Collect waited for the missing link (%v)", time.Since(start))
+	}
+	want := "degraded: storage network down (st0 02:00:5e:00:53:99: missing)"
+	if rep.Network == nil || len(rep.Network.Degraded) != 1 || rep.Network.Degraded[0] != want {
+		t.Fatalf("network %+v, want degraded %q", rep.Network, want)
+	}
+	if err := rep.Validate(); err != nil {
+		t.Fatalf("the agent's own report is refused: %v", err)
+	}
+	js, _ := json.Marshal(rep)
+	var back nodestatus.Report
+	if err := json.Unmarshal(js, &back); err != nil || back.Network == nil || len(back.Network.Degraded) != 1 {
+		t.Errorf("report JSON %s: %v", js, err)
+	}
+}
+
+// TestSanitizeNetworkKeepsDeclaredLinks: a node with more links than the
+// server takes (containers' veths) still reports within bounds, its boot
+// and declared links kept.
+func TestSanitizeNetworkKeepsDeclaredLinks(t *testing.T) {
+	n := &nodestatus.Network{Degraded: []string{}}
+	for i := 0; i < 200; i++ {
+		n.Interfaces = append(n.Interfaces, nodestatus.Link{Name: fmt.Sprintf("veth%03d", i), State: "up"})
+	}
+	n.Interfaces = append(n.Interfaces, nodestatus.Link{Name: "ens4", Label: "st0", Network: "storage", Addresses: make([]string, 40)},
+		nodestatus.Link{Name: "ens3", Boot: true})
+	for i := 0; i < 40; i++ {
+		n.Degraded = append(n.Degraded, "degraded: x\n"+strings.Repeat("y", 300))
+	}
+	rep := &nodestatus.Report{Node: "n", Health: nodestatus.Health{State: nodestatus.Ready}, Network: n}
+	sanitize(rep)
+	if err := rep.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Interfaces) != nodestatus.MaxLinks || n.Interfaces[0].Name != "ens4" || n.Interfaces[1].Name != "ens3" {
+		t.Errorf("kept %d links, first %+v %+v", len(n.Interfaces), n.Interfaces[0], n.Interfaces[1])
 	}
 }

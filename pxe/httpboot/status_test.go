@@ -173,3 +173,60 @@ func TestStatusReports(t *testing.T) {
 		t.Errorf("metrics lack the recorded reports:\n%s", metrics)
 	}
 }
+
+// TestStatusReportsCarryLinks: through the signed status endpoint, a
+// report's links replace the "up" event's (a replugged storage NIC clears
+// "degraded"), a report without them (an older agent) leaves them, and
+// the attacker — a node, or whoever holds its key — sending an oversized
+// or garbage link list gets a 400 and nothing recorded.
+func TestStatusReportsCarryLinks(t *testing.T) {
+	f := newFixture(t, "ignore")
+	ctx := context.Background()
+	gpu1 := f.enrolled(t, "gpu1")
+	const mac = "52:54:00:aa:bb:01"
+	boot := inventory.Link{Name: "ens3", MAC: mac, State: "up", Carrier: true, MTU: 1500, Addresses: []string{"10.0.0.5/24"}, Boot: true}
+	st := inventory.Link{Name: "ens4", MAC: "52:54:00:78:00:01", State: "down", MTU: 1500, Label: "st0", Network: "storage"}
+	down := "degraded: storage network down (st0 52:54:00:78:00:01: link down)"
+	if err := f.inv.RecordEvent(inventory.Event{MAC: mac, Node: "gpu1", Stage: "up", Interfaces: []inventory.Link{boot, st}, Degraded: []string{down}}, "10.0.0.5", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	send := func(n *nodestatus.Network) error {
+		b, _ := json.Marshal(nodestatus.Report{Node: "gpu1", Image: f.id, Time: time.Now().UTC(), Health: nodestatus.Health{State: nodestatus.Ready}, Network: n})
+		_, err := gpu1.Status(ctx, b)
+		return err
+	}
+	degraded := func() []string {
+		r, _ := f.inv.Get(mac)
+		return r.Degraded
+	}
+	if err := send(nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := degraded(); len(d) != 1 || d[0] != down {
+		t.Fatalf("a report without links changed degraded to %q", d)
+	}
+	garbage := make([]nodestatus.Link, nodestatus.MaxLinks+1)
+	for i := range garbage {
+		garbage[i] = nodestatus.Link{Name: strings.Repeat("v", 60), State: "up", Carrier: true}
+	}
+	for name, n := range map[string]*nodestatus.Network{
+		"65 links":         {Interfaces: garbage},
+		"forged line":      {Interfaces: []nodestatus.Link{boot}, Degraded: []string{"x\ngpu2 up ready"}},
+		"control in label": {Interfaces: []nodestatus.Link{{Name: "ens4", Label: "st0\r", Network: "storage"}}},
+	} {
+		err := send(n)
+		if err == nil || !strings.Contains(err.Error(), "400") {
+			t.Errorf("%s: %v, want a 400 refusal", name, err)
+		}
+	}
+	if r, _ := f.inv.Get(mac); len(r.Interfaces) != 2 || len(r.Degraded) != 1 {
+		t.Fatalf("refused reports changed the record: %+v", r)
+	}
+	st.State, st.Carrier, st.Addresses = "up", true, []string{"10.88.0.5/24"}
+	if err := send(&nodestatus.Network{Interfaces: []nodestatus.Link{boot, st}, Degraded: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := f.inv.Get(mac); len(r.Degraded) != 0 || !r.Interfaces[1].Carrier {
+		t.Fatalf("after the storage NIC came back: %+v", r)
+	}
+}

@@ -56,25 +56,9 @@ type Cache struct {
 // MaxCachedImages bounds the images one up event may list.
 const MaxCachedImages = 64
 
-// Link is one of a node's network interfaces as it reported it.
-type Link struct {
-	Name      string   `json:"name"`
-	MAC       string   `json:"mac,omitempty"`
-	State     string   `json:"state"`
-	Carrier   bool     `json:"carrier"`
-	MTU       int      `json:"mtu"`
-	Addresses []string `json:"addresses,omitempty"`
-	Boot      bool     `json:"boot,omitempty"`
-	Label     string   `json:"label,omitempty"`
-	Network   string   `json:"network,omitempty"`
-}
-
-// Bounds on what one event may carry about interfaces.
-const (
-	maxLinks     = 64
-	maxAddresses = 32
-	maxDegraded  = 32
-)
+// Link is one of a node's network interfaces as it reported it (the same
+// in its "up" event and in its status reports).
+type Link = nodestatus.Link
 
 // Validate checks an event's fields and normalises its MAC.
 func (e *Event) Validate() error {
@@ -101,27 +85,8 @@ func (e *Event) Validate() error {
 	if len(e.Message) > 4096 {
 		e.Message = e.Message[:4096]
 	}
-	if len(e.Interfaces) > maxLinks {
-		return fmt.Errorf("event field interfaces: %d entries, at most %d", len(e.Interfaces), maxLinks)
-	}
-	for i, l := range e.Interfaces {
-		if len(l.Addresses) > maxAddresses {
-			return fmt.Errorf("event field interfaces[%d].addresses: %d entries, at most %d", i, len(l.Addresses), maxAddresses)
-		}
-		fields := append([]string{l.Name, l.MAC, l.State, l.Label, l.Network}, l.Addresses...)
-		for _, v := range fields {
-			if len(v) > 64 || strings.ContainsAny(v, "\x00\n\r") {
-				return fmt.Errorf("event field interfaces[%d]: a value longer than 64 bytes or with control characters", i)
-			}
-		}
-	}
-	if len(e.Degraded) > maxDegraded {
-		return fmt.Errorf("event field degraded: %d entries, at most %d", len(e.Degraded), maxDegraded)
-	}
-	for i, d := range e.Degraded {
-		if len(d) > 256 || strings.ContainsAny(d, "\x00\n\r") {
-			return fmt.Errorf("event field degraded[%d]: longer than 256 bytes or has control characters", i)
-		}
+	if err := nodestatus.ValidateNetwork("event field ", e.Interfaces, e.Degraded); err != nil {
+		return err
 	}
 	if c := e.Cache; c != nil {
 		if len(c.Images) > MaxCachedImages {
@@ -158,10 +123,13 @@ type Record struct {
 	Kernel string    `json:"kernel,omitempty"`
 	NVIDIA string    `json:"nvidia,omitempty"`
 	UpTime time.Time `json:"up_time,omitzero"`
-	// Interfaces and Degraded are from the last "up" event: the node's
-	// links and what it found not working (e.g. "degraded: storage network down (...)").
-	Interfaces []Link   `json:"interfaces,omitempty"`
-	Degraded   []string `json:"degraded,omitempty"`
+	// Interfaces and Degraded are the node's links and what it found not
+	// working (e.g. "degraded: storage network down (...)"), from its last
+	// "up" event or, newer, its last status report that carried them;
+	// LinksTime is when the server received them.
+	Interfaces []Link    `json:"interfaces,omitempty"`
+	Degraded   []string  `json:"degraded,omitempty"`
+	LinksTime  time.Time `json:"links_time,omitzero"`
 	// Cache is the node's image cache as its last "up" event reported it
 	// (nil: never reported, e.g. an older agent).
 	Cache *Cache `json:"cache,omitempty"`
@@ -485,7 +453,7 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 		case "up":
 			r.Boots++
 			r.Image, r.Kernel, r.NVIDIA, r.UpTime = e.Image, e.Kernel, e.NVIDIA, t
-			r.Interfaces, r.Degraded = e.Interfaces, e.Degraded
+			r.Interfaces, r.Degraded, r.LinksTime = e.Interfaces, e.Degraded, t
 			r.Cache = e.Cache
 		case "error":
 			r.Errors++
@@ -497,6 +465,9 @@ func (inv *Inventory) RecordEvent(e Event, from string, now time.Time) error {
 // signed request) in the record of mac, received from address from at now.
 // Only the latest is kept; nodes.json follows within FlushInterval, so a
 // report a minute from every node costs a rewrite per FlushInterval at most.
+// A report's Network replaces the record's Interfaces and Degraded (it is
+// kept there, not in Status); a report without (an older agent) leaves
+// them as the "up" event said.
 func (inv *Inventory) RecordStatus(mac string, rep *nodestatus.Report, from string, now time.Time) error {
 	if rep == nil {
 		return errors.New("inventory: no status report")
@@ -505,12 +476,19 @@ func (inv *Inventory) RecordStatus(mac string, rep *nodestatus.Report, from stri
 		return err
 	}
 	cp := *rep
+	network := cp.Network
+	cp.Network = nil
 	return inv.update("status", nil, mac, func(r *Record) {
 		if cp.Node != "" {
 			r.Name = cp.Node
 		}
 		r.Address = from
 		r.Status, r.StatusTime = &cp, now.UTC()
+		if network != nil {
+			r.Interfaces = append([]Link(nil), network.Interfaces...)
+			r.Degraded = append([]string(nil), network.Degraded...)
+			r.LinksTime = now.UTC()
+		}
 	})
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/herdlab/herd/fleet/nodestatus"
 )
 
 func TestConcurrentEventsPersist(t *testing.T) {
@@ -238,5 +240,115 @@ func TestCacheKeptFromUp(t *testing.T) {
 	}
 	if _, ok := inv.Get("52:54:00:77:00:12"); ok {
 		t.Error("a refused event left a record")
+	}
+}
+
+// TestStatusReportFollowsLinks: a node's links and network-degraded lines
+// follow its latest status report, not only its boot-time "up" event: a
+// replugged storage NIC clears "degraded", a link lost after boot sets it,
+// and a report from an older agent (no network) leaves the "up" event's
+// view alone.
+func TestStatusReportFollowsLinks(t *testing.T) {
+	dir := t.TempDir()
+	inv, _ := Load(dir)
+	const mac = "52:54:00:77:00:12"
+	boot := Link{Name: "ens3", MAC: mac, State: "up", Carrier: true, MTU: 1500, Addresses: []string{"10.77.0.12/24"}, Boot: true}
+	storageDown := Link{Name: "ens4", MAC: "52:54:00:78:00:12", State: "down", MTU: 1500, Label: "st0", Network: "storage"}
+	storageUp := storageDown
+	storageUp.State, storageUp.Carrier, storageUp.Addresses = "up", true, []string{"10.88.0.12/24"}
+	downLine := "degraded: storage network down (st0 52:54:00:78:00:12: link down)"
+	up := Event{MAC: mac, Node: "gpu02", Stage: "up", Interfaces: []Link{boot, storageDown}, Degraded: []string{downLine}}
+	t0 := time.Now()
+	if err := inv.RecordEvent(up, "10.77.0.12", t0); err != nil {
+		t.Fatal(err)
+	}
+	report := func(n *nodestatus.Network) *nodestatus.Report {
+		return &nodestatus.Report{Node: "gpu02", Health: nodestatus.Health{State: nodestatus.Ready}, Network: n}
+	}
+	get := func() Record {
+		r, ok := inv.Get(mac)
+		if !ok {
+			t.Fatal("no record")
+		}
+		return r
+	}
+
+	// An older agent: no network in its report.
+	if err := inv.RecordStatus(mac, report(nil), "10.77.0.12", t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if r := get(); len(r.Degraded) != 1 || r.Degraded[0] != downLine || len(r.Interfaces) != 2 || r.Status == nil {
+		t.Fatalf("a report without network changed the up event's links: %+v", r)
+	}
+
+	// The storage NIC replugged: all declared links up.
+	t2 := t0.Add(2 * time.Minute)
+	if err := inv.RecordStatus(mac, report(&nodestatus.Network{Interfaces: []Link{boot, storageUp}, Degraded: []string{}}), "10.77.0.12", t2); err != nil {
+		t.Fatal(err)
+	}
+	r := get()
+	if len(r.Degraded) != 0 || len(r.Interfaces) != 2 || !r.Interfaces[1].Carrier || r.Interfaces[1].Addresses[0] != "10.88.0.12/24" || !r.LinksTime.Equal(t2.UTC()) {
+		t.Fatalf("after a report with every link up: %+v", r)
+	}
+	if r.Status.Network != nil {
+		t.Errorf("the links are kept twice (record and status): %+v", r.Status.Network)
+	}
+
+	// The link lost again after boot.
+	if err := inv.RecordStatus(mac, report(&nodestatus.Network{Interfaces: []Link{boot, storageDown}, Degraded: []string{downLine}}), "10.77.0.12", t0.Add(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if r := get(); len(r.Degraded) != 1 || r.Degraded[0] != downLine || r.Interfaces[1].Carrier {
+		t.Fatalf("after a report with the storage link down: %+v", r)
+	}
+	inv.Flush()
+	again, _ := Load(dir)
+	if r, _ := again.Get(mac); len(r.Degraded) != 1 || r.LinksTime.IsZero() {
+		t.Fatalf("on disk: %+v", r)
+	}
+}
+
+// TestAttackStatusReportLinkBounds: the attacker is a node, or whoever holds
+// its key, sending oversized or garbage link lists in signed reports to
+// bloat nodes.json or forge lines in `herd node list`: such a report is
+// refused whole and nothing of it is recorded.
+func TestAttackStatusReportLinkBounds(t *testing.T) {
+	inv, _ := Load(t.TempDir())
+	const mac = "52:54:00:77:00:13"
+	ok := Link{Name: "ens3", MAC: mac, State: "up", Carrier: true, MTU: 1500, Boot: true}
+	if err := inv.RecordEvent(Event{MAC: mac, Node: "gpu03", Stage: "up", Interfaces: []Link{ok}}, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	many := make([]Link, nodestatus.MaxLinks+1)
+	for i := range many {
+		many[i] = Link{Name: fmt.Sprintf("veth%d", i), State: "up"}
+	}
+	addrs := make([]string, nodestatus.MaxAddresses+1)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("10.0.%d.1/24", i)
+	}
+	degraded := make([]string, nodestatus.MaxDegraded+1)
+	for i := range degraded {
+		degraded[i] = "degraded: x"
+	}
+	for name, n := range map[string]*nodestatus.Network{
+		"65 interfaces":        {Interfaces: many},
+		"33 addresses":         {Interfaces: []Link{{Name: "ens3", Addresses: addrs}}},
+		"newline in name":      {Interfaces: []Link{{Name: "ens3\nFAKE"}}},
+		"long label":           {Interfaces: []Link{{Name: "ens3", Label: strings.Repeat("x", 65)}}},
+		"33 degraded":          {Interfaces: []Link{ok}, Degraded: degraded},
+		"newline degraded":     {Interfaces: []Link{ok}, Degraded: []string{"ok\ndegraded: fake"}},
+		"long degraded":        {Interfaces: []Link{ok}, Degraded: []string{strings.Repeat("d", 257)}},
+		"NUL in address":       {Interfaces: []Link{{Name: "ens3", Addresses: []string{"10.0.0.1/24\x00"}}}},
+		"carriage return name": {Interfaces: []Link{{Name: "ens3\rgpu01 up"}}},
+	} {
+		rep := &nodestatus.Report{Node: "gpu03", Health: nodestatus.Health{State: nodestatus.Ready}, Network: n}
+		if err := inv.RecordStatus(mac, rep, "", time.Now()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	r, _ := inv.Get(mac)
+	if r.Status != nil || len(r.Interfaces) != 1 || r.Interfaces[0].Name != "ens3" || len(r.Degraded) != 0 {
+		t.Errorf("a refused report changed the record: %+v", r)
 	}
 }

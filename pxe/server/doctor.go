@@ -255,8 +255,8 @@ func checkArtifacts(dir string, m *manifest.Manifest, hash bool) error {
 }
 
 // nodeNetworkChecks is one check per node with interfaces in herd.yaml: its
-// links as it reported them in its last "up" event, failed when it reported
-// itself degraded (e.g. "degraded: storage network down (...)").
+// links as it last reported them ("up" event or status report), failed
+// when it reported itself degraded (e.g. "degraded: storage network down (...)").
 func nodeNetworkChecks(cfg *site.Config, stateDir string) []Check {
 	var out []Check
 	var inv *inventory.Inventory
@@ -272,7 +272,7 @@ func nodeNetworkChecks(cfg *site.Config, stateDir string) []Check {
 			}
 		}
 		r, ok := inv.Get(n.MAC)
-		if !ok || r.UpTime.IsZero() {
+		if !ok || (r.UpTime.IsZero() && r.LinksTime.IsZero()) {
 			out = append(out, Check{Name: name, OK: true, Skip: true, Detail: "not reported yet (the node reports its links when it is up)"})
 			continue
 		}
@@ -293,7 +293,11 @@ func nodeNetworkChecks(cfg *site.Config, stateDir string) []Check {
 		}
 		detail := strings.Join(links, "; ")
 		if len(r.Degraded) > 0 {
-			out = append(out, Check{Name: name, Detail: strings.Join(r.Degraded, "; ") + " — reported " + r.UpTime.Format(time.RFC3339) + ": " + detail})
+			when := r.LinksTime
+			if when.IsZero() { // a record from before links_time
+				when = r.UpTime
+			}
+			out = append(out, Check{Name: name, Detail: strings.Join(r.Degraded, "; ") + " — reported " + when.Format(time.RFC3339) + ": " + detail})
 			continue
 		}
 		out = append(out, Check{Name: name, OK: true, Detail: detail})
