@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
 )
@@ -109,5 +110,54 @@ nodes:
 	}
 	if c := got["networks of gpu03"]; !c.Skip {
 		t.Errorf("doctor gpu03 (never up): %+v", c)
+	}
+
+	// Status reports after boot: gpu01's storage NIC replugged, gpu02's
+	// lost. node list and doctor follow the reports, not the up events.
+	st := func(n int, up bool) inventory.Link {
+		l := inventory.Link{Name: "ens4", MAC: fmt.Sprintf("52:54:00:78:00:1%d", n), State: "down", MTU: 9000, Label: "st0", Network: "storage"}
+		if up {
+			l.State, l.Carrier, l.Addresses = "up", true, []string{fmt.Sprintf("10.78.0.1%d/24", n)}
+		}
+		return l
+	}
+	for n, netw := range map[int]*nodestatus.Network{
+		1: {Interfaces: []inventory.Link{boot(1), st(1, true)}, Degraded: []string{}},
+		2: {Interfaces: []inventory.Link{boot(2), st(2, false)}, Degraded: []string{"degraded: storage network down (st0 52:54:00:78:00:12: link down)"}},
+	} {
+		rep := &nodestatus.Report{Node: fmt.Sprintf("gpu0%d", n), Health: nodestatus.Health{State: nodestatus.Ready}, Network: netw}
+		if err := inv.RecordStatus(fmt.Sprintf("52:54:00:77:00:1%d", n), rep, "10.77.0.1", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := inv.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = h.run("node", "list")
+	rows := 0
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "gpu01") && strings.Contains(l, "degraded") || strings.HasPrefix(l, "gpu02") && !strings.Contains(l, "up (degraded)") {
+			t.Errorf("node list after the reports: gpu01 replugged, gpu02 lost its storage link:\n%s", out)
+		}
+		if strings.HasPrefix(l, "gpu01") || strings.HasPrefix(l, "gpu02") {
+			rows++
+		}
+	}
+	if rows != 2 {
+		t.Errorf("node list lacks gpu01 or gpu02:\n%s", out)
+	}
+	stdout, _ = h.command("doctor", "--json").Output()
+	checks = nil
+	if err := json.Unmarshal(stdout, &checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, stdout)
+	}
+	for _, c := range checks {
+		got[c.Name] = c
+	}
+	if c := got["networks of gpu01"]; !c.OK || !strings.Contains(c.Detail, "storage ens4 10.78.0.11/24 (up, mtu 9000)") {
+		t.Errorf("doctor gpu01 after its storage NIC came back: %+v", c)
+	}
+	if c := got["networks of gpu02"]; c.OK || !strings.Contains(c.Detail, "degraded: storage network down (st0 52:54:00:78:00:12") {
+		t.Errorf("doctor gpu02 after its storage link went down: %+v", c)
 	}
 }
