@@ -132,6 +132,7 @@ func unpluggedChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, b *tes
 		t.Errorf("%s reached the NAS with its storage NIC unplugged:\n%s", n.Name, out)
 	}
 	// Plugging the cable back in brings the storage network up without a reboot.
+	replugged := time.Now().UTC()
 	if err := b.VM.SetStorageLink(true); err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +146,43 @@ func unpluggedChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, b *tes
 			t.Fatalf("%s: the NAS is still unreachable 2 minutes after the storage cable came back: %v\n%s", n.Name, err, out)
 		}
 		time.Sleep(3 * time.Second)
+	}
+	replugChecks(t, ctx, lab, n.Name, replugged)
+}
+
+// replugChecks: after the storage cable came back, the node's next status
+// reports (every 60 s) carry its links, so the server's record drops
+// "storage network down" and shows carrier on the storage link, and `herd
+// node list` no longer marks the node "up (degraded)" — without a reboot.
+func replugChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, name string, replugged time.Time) {
+	r := waitReport(t, ctx, lab, name, func(r *inventory.Record) bool {
+		if !r.LinksTime.After(replugged) {
+			return false
+		}
+		carrier := false
+		for _, l := range r.Interfaces {
+			carrier = carrier || (l.Network == "storage" && l.Carrier)
+		}
+		for _, d := range r.Degraded {
+			if strings.Contains(d, "storage network down") {
+				return false
+			}
+		}
+		return carrier
+	})
+	t.Logf("%s after the replug: links reported %s, degraded %q", name, r.LinksTime.Format(time.RFC3339), r.Degraded)
+	out, err := lab.Herd(ctx, "", "node", "list")
+	if err != nil {
+		t.Fatalf("herd node list: %v\n%s", err, out)
+	}
+	row := ""
+	for _, l := range strings.Split(out2s(out), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == name {
+			row = l
+		}
+	}
+	if row == "" || strings.Contains(row, "up (degraded)") {
+		t.Errorf("herd node list after %s's storage link came back: want its row without \"up (degraded)\"\n%s", name, out)
 	}
 }
 
