@@ -14,22 +14,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/site"
 )
 
-// Link is one network interface as the node reports it in its "up" event.
+// Link is one network interface as the node reports it, in its "up"
+// event and in its status reports (the fields are nodestatus.Link's), plus
+// what the node alone needs to label it.
 type Link struct {
-	Name      string   `json:"name"`
-	MAC       string   `json:"mac,omitempty"`
-	State     string   `json:"state"` // sysfs operstate: up, down, lowerlayerdown, ...
-	Carrier   bool     `json:"carrier"`
-	MTU       int      `json:"mtu"`
-	Addresses []string `json:"addresses,omitempty"` // IPv4 CIDRs
-	// Boot marks the NIC the node reaches the herd server through.
-	Boot bool `json:"boot,omitempty"`
-	// Label and Network name the herd.yaml interface this link is.
-	Label   string `json:"label,omitempty"`
-	Network string `json:"network,omitempty"`
+	nodestatus.Link
 	// physical: the link has a device behind it (sysfs device/), so it is
 	// a NIC and not a bond or VLAN that merely carries a NIC's MAC.
 	physical bool
@@ -48,7 +41,7 @@ func ReadLinks(sysRoot string) ([]Link, error) {
 			continue
 		}
 		dir := filepath.Join(sysRoot, "class", "net", ifc.Name)
-		l := Link{Name: ifc.Name, MAC: ifc.HardwareAddr.String(), MTU: ifc.MTU, State: readTrim(filepath.Join(dir, "operstate"))}
+		l := Link{Link: nodestatus.Link{Name: ifc.Name, MAC: ifc.HardwareAddr.String(), MTU: ifc.MTU, State: readTrim(filepath.Join(dir, "operstate"))}}
 		l.Carrier = readTrim(filepath.Join(dir, "carrier")) == "1"
 		_, err := os.Stat(filepath.Join(dir, "device"))
 		l.physical = err == nil

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/herdlab/herd/fleet/nodestatus"
 	"github.com/herdlab/herd/site"
 )
 
@@ -14,8 +15,8 @@ func TestCheckLinks(t *testing.T) {
 	decl := &site.NodeNetworks{NASNetwork: "storage", NASAddress: "10.78.0.2", Interfaces: []site.DeclaredInterface{
 		{Label: "st0", Kind: "nic", MAC: "52:54:00:78:00:11", Network: "storage", Address: "10.78.0.11/24", MTU: 9000},
 	}}
-	boot := Link{Name: "ens3", MAC: "52:54:00:77:00:11", State: "up", Carrier: true, MTU: 1500, Addresses: []string{"10.77.0.11/24"}, physical: true}
-	good := Link{Name: "ens4", MAC: "52:54:00:78:00:11", State: "up", Carrier: true, MTU: 9000, Addresses: []string{"10.78.0.11/24"}, physical: true}
+	boot := Link{Link: nodestatus.Link{Name: "ens3", MAC: "52:54:00:77:00:11", State: "up", Carrier: true, MTU: 1500, Addresses: []string{"10.77.0.11/24"}}, physical: true}
+	good := Link{Link: nodestatus.Link{Name: "ens4", MAC: "52:54:00:78:00:11", State: "up", Carrier: true, MTU: 9000, Addresses: []string{"10.78.0.11/24"}}, physical: true}
 	cases := []struct {
 		name  string
 		links []Link
@@ -27,7 +28,7 @@ func TestCheckLinks(t *testing.T) {
 		{"no address", []Link{boot, func() Link { l := good; l.Addresses = nil; return l }()}, "address 10.78.0.11/24 not configured"},
 		{"wrong mtu", []Link{boot, func() Link { l := good; l.MTU = 1500; return l }()}, "MTU 1500, want 9000"},
 		// A VLAN carries its NIC's MAC but is not that NIC.
-		{"same mac on a vlan", []Link{boot, {Name: "ens4.5", MAC: "52:54:00:78:00:11", State: "up", Carrier: true, Addresses: []string{"10.78.0.11/24"}, MTU: 9000}}, "degraded: storage network down (st0 52:54:00:78:00:11: missing)"},
+		{"same mac on a vlan", []Link{boot, {Link: nodestatus.Link{Name: "ens4.5", MAC: "52:54:00:78:00:11", State: "up", Carrier: true, Addresses: []string{"10.78.0.11/24"}, MTU: 9000}}}, "degraded: storage network down (st0 52:54:00:78:00:11: missing)"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -54,9 +55,9 @@ func TestCheckLinks(t *testing.T) {
 		{Label: "usb", Kind: "match", Match: "enx*", Network: "ib", Address: "dhcp"},
 	}}
 	links := []Link{boot,
-		{Name: "bond0", MAC: "52:54:00:78:01:01", State: "up", Carrier: true, MTU: 9000},
-		{Name: "bond0.20", MAC: "52:54:00:78:01:01", State: "up", Carrier: true, MTU: 9000, Addresses: []string{"10.78.0.12/24"}},
-		{Name: "enx001122334455", MAC: "00:11:22:33:44:55", State: "up", Carrier: true, MTU: 1500, physical: true},
+		{Link: nodestatus.Link{Name: "bond0", MAC: "52:54:00:78:01:01", State: "up", Carrier: true, MTU: 9000}},
+		{Link: nodestatus.Link{Name: "bond0.20", MAC: "52:54:00:78:01:01", State: "up", Carrier: true, MTU: 9000, Addresses: []string{"10.78.0.12/24"}}},
+		{Link: nodestatus.Link{Name: "enx001122334455", MAC: "00:11:22:33:44:55", State: "up", Carrier: true, MTU: 1500}, physical: true},
 	}
 	got, deg := CheckLinks(links, decl)
 	if !reflect.DeepEqual(deg, []string{"degraded: ib network down (usb: no DHCP address)"}) {

@@ -308,8 +308,7 @@ func (a *StatusAgent) network(ctx context.Context) *nodestatus.Network {
 func StatusLinks(links []Link) []nodestatus.Link {
 	out := make([]nodestatus.Link, 0, len(links))
 	for _, l := range links {
-		out = append(out, nodestatus.Link{Name: l.Name, MAC: l.MAC, State: l.State, Carrier: l.Carrier, MTU: l.MTU,
-			Addresses: l.Addresses, Boot: l.Boot, Label: l.Label, Network: l.Network})
+		out = append(out, l.Link)
 	}
 	return out
 }
