@@ -47,9 +47,9 @@ func (s *fakeStore) Rollback(ctx context.Context) (string, error) {
 type fakeNode struct {
 	name   string
 	image  string
-	booted time.Time // zero: down
-	upAt   time.Time // when a boot in progress completes
-	last   time.Time // last report
+	booted time.Time     // zero: down
+	upAt   time.Time     // when a boot in progress completes
+	last   time.Time     // last report
 	every  time.Duration // asked for by the last reply (0: a minute)
 	asked  []int         // every reply's Interval, in order
 	busy   bool

@@ -64,9 +64,9 @@ type Plan struct {
 	// HTTPBootFile is the URL UEFI HTTP boot clients get (iPXE, or the
 	// signed UKI with secure_boot: herd).
 	HTTPBootFile string
-	Interface  string
-	nodes      map[string]site.Node // by lower-case colon MAC
-	reserved   map[netip.Addr]string
+	Interface    string
+	nodes        map[string]site.Node // by lower-case colon MAC
+	reserved     map[netip.Addr]string
 }
 
 // NewPlan prepares cfg for the reply logic; uefiBinary "" means snponly.efi.

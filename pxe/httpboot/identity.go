@@ -16,6 +16,7 @@ import (
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
+	"golang.org/x/sys/unix"
 )
 
 // Node identity routes (HACKING.md "Boot path v2", Identity):
@@ -271,11 +272,40 @@ func ForgetNode(stateDir, name string) error {
 	}
 	secretsMu.Lock()
 	defer secretsMu.Unlock()
+	// A running herd serve (another process) may be writing this node's
+	// secrets right now (its start-up pregeneration, a first boot): a
+	// RemoveAll racing its temp files fails with "directory not empty".
+	// Renaming the directory aside first is atomic; a writer's later
+	// create under the old path fails, and the aside copy is ours alone.
 	dir := filepath.Join(stateDir, "nodes", name)
-	if err := os.RemoveAll(dir); err != nil {
+	aside, err := os.MkdirTemp(filepath.Dir(dir), ".forget-"+name+"-")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // no nodes directory: nothing to forget
+		}
 		return fmt.Errorf("forget %s: %w", name, err)
 	}
-	return nil
+	// rename(2) replaces an empty directory, so the aside name is unique
+	// (os.Rename refuses any existing directory; the syscall does not).
+	if err := unix.Rename(dir, aside); err != nil {
+		os.Remove(aside)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("forget %s: rename %s: %w", name, dir, err)
+	}
+	// A create whose path lookup finished before the rename can still land
+	// in the aside directory: one such straggler fails a RemoveAll once.
+	for try := 0; ; try++ {
+		err := os.RemoveAll(aside)
+		if err == nil {
+			return nil
+		}
+		if try == 4 {
+			return fmt.Errorf("forget %s: %w", name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // nonceTTL is how long a challenge stays valid: a node signs and posts at
