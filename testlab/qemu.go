@@ -305,7 +305,7 @@ func startSWTPM(c VMConfig, log *os.File) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("swtpm (package swtpm): %w", err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if _, err := os.Stat(c.tpmSocket()); err == nil {
+		if unixListening(cmd.Process.Pid, c.tpmSocket()) {
 			return cmd, nil
 		}
 		if time.Now().After(deadline) {
@@ -315,6 +315,27 @@ func startSWTPM(c VMConfig, log *os.File) (*exec.Cmd, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// unixListening reports whether process pid listens on the Unix socket
+// path. swtpm binds the name before it listens, so the file alone is not
+// enough (QEMU's connect would be refused); a probe connection is not an
+// option either, since --terminate ends swtpm when that connection closes.
+// The table is read in the process's own network namespace.
+func unixListening(pid int, path string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	if err != nil {
+		return false
+	}
+	// Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 is
+	// __SO_ACCEPTCON, set by listen(2).
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 8 && f[3] == "00010000" && strings.Join(f[7:], " ") == path {
+			return true
+		}
+	}
+	return false
 }
 
 // stopTPM ends the VM's swtpm (by its PID) once QEMU is gone.

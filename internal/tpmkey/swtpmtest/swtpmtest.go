@@ -2,6 +2,7 @@
 package swtpmtest
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,9 +33,14 @@ func Start(t testing.TB, dir string) string {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	// swtpm binds the socket's name before it listens on it: the file
+	// exists a moment before a connect succeeds (a loaded CI machine saw
+	// "connection refused"), so wait for a connection, not the file. The
+	// probe connection is closed at once; swtpm goes back to accept.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			return sock
 		}
 		select {
