@@ -158,7 +158,7 @@ func (b *builder) plan(keyring string, res *resolution, files OverlaySet, agent 
 		return nil, err
 	}
 	initKey := hashKey(ovlKey, "initramfs", r.KernelRelease(), initDigest)
-	packKey := hashKey(initKey, joinKey, "pack/4", "zstd-3", mkfsTime, "verity-sha256-4k-nosalt", "chunks-gear-16k-64k-256k")
+	packKey := hashKey(initKey, joinKey, "pack/4", "zstd-3", "nofrag", mkfsTime, "verity-sha256-4k-nosalt", "chunks-gear-16k-64k-256k")
 
 	ss := []*stage{
 		{name: "bootstrap", key: bootKey, layer: "root", run: func(ctx context.Context, out string, _ []string) error {
@@ -489,9 +489,13 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 		// The initrd stays out of the root image: nodes get it as its own
 		// artifact, and it is a compressed archive rebuilt on every image
 		// change (5 % of the default image, all of it new each generation,
-		// so it would dominate every delta update).
+		// so it would dominate every delta update). No fragments: a small
+		// file's tail gets its own compressed block instead of sharing a
+		// 128 KiB fragment with its neighbours, so a node reading one unit
+		// file verifies and decompresses that file alone (the kernel keeps
+		// 3 fragments), at 1 % of the image's size.
 		if err := run(command(ctx, b.log, "mksquashfs", merged, sq, "-comp", "zstd", "-Xcompression-level", "3",
-			"-noappend", "-no-progress", "-mkfs-time", mkfsTime,
+			"-noappend", "-no-progress", "-no-fragments", "-mkfs-time", mkfsTime,
 			"-e", "boot/initrd.img-"+rel, "boot/initrd.img", "boot/initrd.img.old")); err != nil {
 			return err
 		}

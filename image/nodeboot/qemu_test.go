@@ -345,7 +345,11 @@ key=$(stat -c %a:%u /var/cache/herd/identity/node.key /run/herd/identity/node.ke
 	for d in dm-0 loop0 vda vda1; do [ -e /sys/block/$d/stat ] || [ -e /sys/class/block/$d/stat ] && echo "HERDDIAG block $d $(cat /sys/class/block/$d/stat 2>/dev/null)"; done
 	echo "HERDDIAG verity $(dmesg 2>/dev/null | grep -o 'verity: sha256 using implementation.*' | head -n1)"
 	echo "HERDDIAG lower $(findmnt -n -o FSTYPE,OPTIONS /run/herd/lower 2>/dev/null)"
+	# The manager's own phases (µs since kernel start): generators, then
+	# loading units; the "Hostname set" to "Queued start job" gap.
+	echo "HERDDIAG manager $(systemctl show -p UserspaceTimestampMonotonic -p GeneratorsStartTimestampMonotonic -p GeneratorsFinishTimestampMonotonic -p UnitsLoadStartTimestampMonotonic -p UnitsLoadFinishTimestampMonotonic 2>/dev/null | tr '\n' ' ')"
 	systemd-analyze critical-chain 2>/dev/null | sed -n '1,25s/^/HERDDIAG chain /p'
+	systemd-analyze blame 2>/dev/null | sed -n '1,12s/^/HERDDIAG blame /p'
 } > /dev/ttyS0 2>&1
 echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} END" > /dev/ttyS0
 if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
