@@ -62,6 +62,9 @@ func TestMakeBuildInFreshTree(t *testing.T) {
 	// proves its own old Go fetches and runs the toolchain, which then
 	// finds the compiled packages and links. The module cache, where the
 	// toolchain lands, is never shared: that fetch is what is tested.
+	if err := os.MkdirAll(cache, 0o755); err != nil { // a fresh machine has none yet
+		t.Fatal(err)
+	}
 	gocache, err := os.MkdirTemp(cache, "gocache-")
 	if err != nil {
 		t.Fatal(err)
