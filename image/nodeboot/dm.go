@@ -122,40 +122,24 @@ func dmIoctl(ctl *os.File, cmd uintptr, name string, flags uint32, targets uint3
 // dmCreate creates the device name with one read-only table and activates
 // it; it returns the new device's number.
 func dmCreate(ctl *os.File, name string, t dmTarget) (uint64, error) {
-	return dmCreateTable(ctl, name, []dmTarget{t})
-}
-
-// dmCreateTable creates the device name with a read-only table of these
-// targets (in order, each starting where the last ended) and activates it.
-func dmCreateTable(ctl *os.File, name string, ts []dmTarget) (uint64, error) {
-	if len(ts) == 0 {
-		return 0, fmt.Errorf("device-mapper %s: empty table", name)
-	}
-	var payload []byte
-	for _, t := range ts {
-		spec := dmTargetSpec{SectorStart: t.Start, Length: t.Length}
-		copy(spec.TargetType[:len(spec.TargetType)-1], t.Type)
-		params := append([]byte(t.Params), 0)
-		n := dmTargetSpecSize + len(params)
-		n = (n + 7) &^ 7
-		spec.Next = uint32(n)
-		var pb bytes.Buffer
-		binary.Write(&pb, binary.NativeEndian, &spec)
-		one := make([]byte, n)
-		copy(one, pb.Bytes())
-		copy(one[dmTargetSpecSize:], params)
-		payload = append(payload, one...)
-	}
 	h, _, err := dmIoctl(ctl, dmDevCreate, name, 0, 0, nil, 0)
 	if err != nil {
 		return 0, fmt.Errorf("device-mapper create %s: %w", name, err)
 	}
-	if _, _, err := dmIoctl(ctl, dmTableLoad, name, dmReadonlyFlag, uint32(len(ts)), payload, 0); err != nil {
+	spec := dmTargetSpec{SectorStart: t.Start, Length: t.Length}
+	copy(spec.TargetType[:len(spec.TargetType)-1], t.Type)
+	params := append([]byte(t.Params), 0)
+	n := dmTargetSpecSize + len(params)
+	n = (n + 7) &^ 7
+	spec.Next = uint32(n)
+	var pb bytes.Buffer
+	binary.Write(&pb, binary.NativeEndian, &spec)
+	payload := make([]byte, n)
+	copy(payload, pb.Bytes())
+	copy(payload[dmTargetSpecSize:], params)
+	if _, _, err := dmIoctl(ctl, dmTableLoad, name, dmReadonlyFlag, 1, payload, 0); err != nil {
 		dmRemove(ctl, name)
-		if len(ts) == 1 {
-			return 0, fmt.Errorf("device-mapper load %s table %q: %w", ts[0].Type, ts[0].Params, err)
-		}
-		return 0, fmt.Errorf("device-mapper load %s: %d-line %s table: %w", name, len(ts), ts[0].Type, err)
+		return 0, fmt.Errorf("device-mapper load %s table %q: %w", t.Type, t.Params, err)
 	}
 	if _, _, err := dmIoctl(ctl, dmDevSuspend, name, 0, 0, nil, 0); err != nil { // no suspend flag: resume
 		dmRemove(ctl, name)

@@ -25,12 +25,6 @@ import (
 // the slowest part of its start-up. What the device returns is still
 // checked by dm-verity above it.
 func LoopAttach(file string) (string, *os.File, error) {
-	return loopAttach(file, true)
-}
-
-// loopAttach is LoopAttach; without autoclear the device stays attached
-// (and its file referenced) until it is detached explicitly.
-func loopAttach(file string, autoclear bool) (string, *os.File, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
 		return "", nil, fmt.Errorf("open /dev/loop-control (is the loop module loaded?): %w", err)
@@ -52,10 +46,7 @@ func loopAttach(file string, autoclear bool) (string, *os.File, error) {
 			return "", nil, err
 		}
 		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
-		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_DIRECT_IO
-		if autoclear {
-			cfg.Info.Flags |= unix.LO_FLAGS_AUTOCLEAR
-		}
+		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR | unix.LO_FLAGS_DIRECT_IO
 		copy(cfg.Info.File_name[:], file)
 		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY) {

@@ -23,8 +23,7 @@ const VerityName = "herd-root"
 var ErrCorrupt = errors.New("cached image failed dm-verity verification")
 
 // MapVerity maps the image file through dm-verity with the root hash from
-// the command line and returns the block device to mount (verity reads the
-// file's extents on its disk, extents.go, else a loop device): every block the
+// the command line and returns the block device to mount: every block the
 // system reads from it is hashed and checked against the tree, whose root
 // is that hash, so a changed byte anywhere fails that read with EIO. Before
 // returning it reads the squashfs superblock and metadata tables (inodes,
@@ -50,24 +49,19 @@ func MapVerity(devRoot, path string, v *verity.Params) (string, error) {
 		return "", err
 	}
 	defer ctl.Close()
-	removeMappings(ctl) // left over from an earlier attempt in this boot
-	// The data device: the file's extents on the cache partition (a
-	// linear table, extents.go), else a loop device over the file.
-	majmin, err := mapFileExtents(ctl, path, st.Size())
+	dmRemove(ctl, VerityName) // left over from an earlier attempt in this boot
+	loop, hold, err := LoopAttach(path)
 	if err != nil {
-		loop, hold, lerr := LoopAttach(path)
-		if lerr != nil {
-			return "", fmt.Errorf("%w (reading the file's extents directly: %v)", lerr, err)
-		}
-		// dm opens the loop device when the table is loaded; until then
-		// our handle keeps the autoclear loop device alive.
-		defer hold.Close()
-		var lst unix.Stat_t
-		if err := unix.Stat(loop, &lst); err != nil {
-			return "", fmt.Errorf("stat %s: %w", loop, err)
-		}
-		majmin = fmt.Sprintf("%d:%d", unix.Major(lst.Rdev), unix.Minor(lst.Rdev))
+		return "", err
 	}
+	// dm opens the loop device when the table is loaded; until then our
+	// handle keeps the autoclear loop device alive.
+	defer hold.Close()
+	var lst unix.Stat_t
+	if err := unix.Stat(loop, &lst); err != nil {
+		return "", fmt.Errorf("stat %s: %w", loop, err)
+	}
+	majmin := fmt.Sprintf("%d:%d", unix.Major(lst.Rdev), unix.Minor(lst.Rdev))
 	// try_verify_in_tasklet: a read whose hash blocks are already cached
 	// is checked in the I/O completion (softirq) instead of a hop through
 	// the kverityd workqueue; most reads of a booting system are such
@@ -81,45 +75,28 @@ func MapVerity(devRoot, path string, v *verity.Params) (string, error) {
 		devnum, err = dmCreate(ctl, VerityName, target)
 	}
 	if err != nil {
-		removeMappings(ctl)
 		return "", err
 	}
 	dev, err := blockDevNode(devRoot, "dm-", devnum)
 	if err != nil {
-		removeMappings(ctl)
+		dmRemove(ctl, VerityName)
 		return "", err
 	}
 	if err := preRead(dev, v.HashOffset()); err != nil {
-		removeMappings(ctl)
+		dmRemove(ctl, VerityName)
 		return "", fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
 	}
 	return dev, nil
 }
 
-// UnmapVerity removes the dm-verity mapping and the device under it
-// (before its file is deleted).
+// UnmapVerity removes the dm-verity mapping (before its file is deleted).
 func UnmapVerity() error {
 	ctl, err := openDMControl()
 	if err != nil {
 		return err
 	}
 	defer ctl.Close()
-	return removeMappings(ctl)
-}
-
-// removeMappings removes the verity device, then its data device and the
-// loop device pinning the file (each only if present).
-func removeMappings(ctl *os.File) error {
-	var errs []error
-	for _, name := range []string{VerityName, VerityDataName} {
-		if err := dmRemove(ctl, name); err != nil && !errors.Is(err, unix.ENXIO) {
-			errs = append(errs, fmt.Errorf("device-mapper remove %s: %w", name, err))
-		}
-	}
-	if err := unpinLoop(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return dmRemove(ctl, VerityName)
 }
 
 // squashfs superblock fields preRead uses (little-endian).
