@@ -186,14 +186,12 @@ exec chroot "$t" env -i "$@"
 }
 
 // pristineTree returns a tarball of a fresh minbase tree of d with make in it,
-// made by mmdebstrap and cached under cache for treeMaxAge.
+// made by mmdebstrap and cached under cache (which the test creates) for
+// treeMaxAge.
 func pristineTree(ctx context.Context, t *testing.T, repo, cache string, d distro) (string, error) {
 	tarball := filepath.Join(cache, d.suite+"-minbase.tar")
 	if fi, err := os.Stat(tarball); err == nil && time.Since(fi.ModTime()) < treeMaxAge {
 		return tarball, nil
-	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", err
 	}
 	args := []string{"--variant=minbase", "--include=" + d.include}
 	if d.recipe != "" {
