@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdlab/herd/internal/qemuaccel"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -94,5 +95,87 @@ func TestVMNetbootsOnTapAndResets(t *testing.T) {
 				t.Fatalf("qemu pid %d alive after Stop", pid)
 			}
 		})
+	}
+}
+
+// TestVMResetOnOops: on a QEMU whose multi-threaded TCG can run stale code, a
+// kernel oops on a node's console makes StartVM's watch press reset once. The
+// race cannot be started on demand, so the oops line is written into the
+// serial log here (the one mocked part); QEMU, its reset and the firmware's
+// second boot are real.
+func TestVMResetOnOops(t *testing.T) {
+	testenv.Long(t)
+	testenv.RequireNetns(t)
+	testenv.RequireQEMU(t)
+	testenv.RequireCommands(t, "dnsmasq")
+	if !qemuaccel.StaleCodeRace(qemuaccel.Multi) {
+		t.Skip("deliberate: this QEMU's multi-threaded TCG has no stale-code race, so nothing watches for oopses")
+	}
+	ns, err := NewNetns("vmoops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.AddBridge("br0", "10.78.0.1/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.AddTap("tap0", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	const mac = "52:54:00:78:00:22"
+	startDnsmasq(t, ns, dir, "--dhcp-range=10.78.0.100,10.78.0.150,1h", "--dhcp-host="+mac+",10.78.0.22")
+	vm, err := StartVM(context.Background(), VMConfig{Netns: ns, Name: "fxoops", Tap: "tap0", MAC: mac,
+		Dir: filepath.Join(dir, "vm"), MemoryMiB: 512, CPUs: 2, Accel: qemuaccel.Multi})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Stop()
+	got := regexp.MustCompile(`net0: 10\.78\.0\.22/`)
+	if _, err := vm.Console.Expect(context.Background(), got, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// A line a guest kernel's own panic prints is not the emulator's fault.
+	appendSerial(t, vm, "[    3.245804] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n")
+	time.Sleep(5 * time.Second)
+	if n := vm.OopsResets(); n != 0 {
+		t.Fatalf("reset %d times for a panic of the guest's own", n)
+	}
+	vm.Console.Mark()
+	appendSerial(t, vm, "[   62.100237] general protection fault, probably for non-canonical address 0x1a7de42ff0000: 0000 [#1] PREEMPT SMP NOPTI\n")
+	deadline := time.Now().Add(time.Minute)
+	for vm.OopsResets() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no reset a minute after the oops")
+		}
+		time.Sleep(time.Second)
+	}
+	// The reset machine starts its firmware again (SeaBIOS's own retry
+	// comes only after 60 s of "No bootable device").
+	if _, err := vm.Console.Expect(context.Background(), regexp.MustCompile(`SeaBIOS \(version`), 30*time.Second); err != nil {
+		t.Fatalf("after the reset: %v", err)
+	}
+	if _, err := vm.Console.Expect(context.Background(), got, 3*time.Minute); err != nil {
+		t.Fatalf("after the reset: %v", err)
+	}
+	b, err := os.ReadFile(vm.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`fxoops: EMULATOR FAULT: .*pressing reset \(1 of 2\)`).Match(b) {
+		t.Fatalf("qemu.log does not record the reset:\n%s", b)
+	}
+}
+
+// appendSerial writes line to vm's serial log as if the guest printed it.
+func appendSerial(t *testing.T, vm *VM, line string) {
+	t.Helper()
+	f, err := os.OpenFile(vm.SerialPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(line); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -142,7 +142,7 @@ expression, or fails after --timeout. Ctrl-C stops the node.`,
 	f.BoolVar(&noDisk, "no-disk", false, "no SSD: the node runs from RAM")
 	f.StringVar(&dir, "dir", "", "where the SSD, serial log and firmware vars live (default /var/tmp/herd-vms/NAME)")
 	f.StringVar(&netns, "netns", "", "network namespace herd serve runs in (the bridge is looked up there)")
-	f.StringVar(&accel, "accel", testlab.DefaultAccel, "QEMU accelerator (kvm works only where the guest kernel survives it)")
+	f.StringVar(&accel, "accel", "", "QEMU accelerator (default TCG, multi-threaded from QEMU 8.1; kvm works only where the guest kernel survives it)")
 	f.IntVar(&memory, "memory", 2048, "memory in MiB")
 	f.IntVar(&cpus, "cpus", 2, "virtual CPUs")
 	f.StringVar(&until, "until", "", "stop the node and exit 0 once the console matches this regular expression")

@@ -18,6 +18,7 @@ import (
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/recipe"
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/qemuaccel"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -449,7 +450,7 @@ func TestQEMUBootsMinimalImage(t *testing.T) {
 	defer cancel()
 	var console bytes.Buffer
 	// KVM dies on Ubuntu's 6.8 kernel here (see ENVIRONMENT.md): use TCG.
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", qemuaccel.Default(), "-cpu", "max", "-smp", "2", "-m", "1024",
 		"-nographic", "-no-reboot", "-nic", "none",
 		"-kernel", filepath.Join(dir, manifest.Kernel), "-initrd", filepath.Join(dir, manifest.Initrd),
 		"-append", "root=/dev/vda rootfstype=squashfs ro console=ttyS0,115200n8 panic=-1",

@@ -28,6 +28,7 @@ import (
 	"github.com/herdlab/herd/image/nodeboot"
 	"github.com/herdlab/herd/internal/cpio"
 	"github.com/herdlab/herd/internal/nodeauth"
+	"github.com/herdlab/herd/internal/qemuaccel"
 	"github.com/herdlab/herd/internal/testenv"
 )
 
@@ -566,12 +567,14 @@ wait:
 }
 
 // accel is TCG unless HERD_QEMU_ACCEL says otherwise (see ENVIRONMENT.md:
-// the Ubuntu kernel dies under this host's KVM).
+// the Ubuntu kernel dies under this host's KVM), single-threaded on a QEMU
+// whose multi-threaded TCG can run stale code (qemuaccel): nothing here
+// resets a guest that oopses.
 func accel() string {
 	if a := os.Getenv("HERD_QEMU_ACCEL"); a != "" {
 		return a
 	}
-	return "tcg,thread=multi"
+	return qemuaccel.Default()
 }
 
 func requireQEMUBoot(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/herdlab/herd/image/manifest"
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/qemuaccel"
 	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/site"
@@ -205,7 +206,7 @@ nodes:
 	// messages are checked below and, with HERD_WRITE_FUZZ_SEEDS=1, kept as
 	// pxe/dhcp's captured fuzz seeds.
 	pcap := filepath.Join(dir, "net.pcap")
-	args := []string{"-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024",
+	args := []string{"-accel", qemuaccel.Default(), "-cpu", "max", "-m", "1024",
 		"-display", "none", "-monitor", "none", "-serial", "file:" + serial, "-no-reboot",
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
 		"-object", "filter-dump,id=dump0,netdev=n0,file=" + pcap + ",maxlen=2048"}
