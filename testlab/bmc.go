@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/herdlab/herd/internal/qemuaccel"
 )
 
 // BMCConfig describes an emulated baseboard management controller: OpenIPMI's
@@ -78,6 +80,11 @@ func StartBMC(ctx context.Context, c BMCConfig) (*BMC, error) {
 		return nil, fmt.Errorf("bmc: Addr %q: %w", c.Addr, err)
 	}
 	vm := c.VM
+	if vm.Accel == "" {
+		// ipmi_sim starts this QEMU, not StartVM: nothing watches its
+		// console for the stale-code oopses of multi-threaded TCG.
+		vm.Accel = qemuaccel.Default()
+	}
 	vm.SerialTCP = net.JoinHostPort("127.0.0.1", strconv.Itoa(c.SOLPort))
 	vm.Extra = append(append([]string{}, vm.Extra...),
 		"-chardev", fmt.Sprintf("socket,id=ipmi0,host=127.0.0.1,port=%d,reconnect=1", c.VMPort),
