@@ -33,12 +33,19 @@ type skip struct {
 	Deliberate   bool
 }
 
-// Summary is what testsummary counted.
+// Summary is what testsummary counted. Failed includes NoResult: tests that
+// started but never ended, because their test binary died (a -timeout panic,
+// a crash) before they did.
 type Summary struct {
 	Passed, Failed int
 	Skips          []skip
 	FailedPkgs     []string
+	NoResult       []string
 }
+
+// noResultTail is how many of an unfinished test's output lines are printed
+// (tailAround).
+const noResultTail = 60
 
 // logLine is a t.Log/t.Skip line: "    file_test.go:12: message".
 var logLine = regexp.MustCompile(`^\s+\S+\.go:\d+: (.*)$`)
@@ -49,6 +56,7 @@ const deliberatePrefix = "deliberate: " // internal/testenv.DeliberatePrefix
 func Run(in io.Reader, out io.Writer) (*Summary, error) {
 	sum := &Summary{}
 	buf := map[string][]string{} // package/test → output lines
+	var running []event          // tests started, in order, until they end
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
@@ -59,6 +67,19 @@ func Run(in io.Reader, out io.Writer) (*Summary, error) {
 			continue
 		}
 		key := e.Package + "/" + e.Test
+		if e.Test != "" {
+			switch e.Action {
+			case "run":
+				running = append(running, e)
+			case "pass", "fail", "skip":
+				for i, r := range running {
+					if r.Package == e.Package && r.Test == e.Test {
+						running = append(running[:i], running[i+1:]...)
+						break
+					}
+				}
+			}
+		}
 		switch e.Action {
 		case "build-output": // compiler errors (go 1.24+ reports them as JSON)
 			fmt.Fprint(out, e.Output)
@@ -103,7 +124,34 @@ func Run(in io.Reader, out io.Writer) (*Summary, error) {
 			delete(buf, key)
 		}
 	}
+	// A test that never ended: its binary died under it. Its output holds
+	// why (go test's "panic: test timed out after …" goes to the tests
+	// running then), so it is printed, not dropped.
+	for _, r := range running {
+		key := r.Package + "/" + r.Test
+		sum.Failed++
+		sum.NoResult = append(sum.NoResult, r.Package+"."+r.Test)
+		fmt.Fprintf(out, "--- NO RESULT: %s (the test binary ended before the test did: a -timeout panic or a crash)\n", r.Test)
+		for _, o := range tailAround(buf[key]) {
+			if !strings.HasPrefix(o, "=== ") {
+				fmt.Fprint(out, o)
+			}
+		}
+	}
 	return sum, sc.Err()
+}
+
+// tailAround returns the lines around a panic (a third of noResultTail
+// before it, the rest after: the timeout, the tests running then and the top
+// of the goroutine dump), else the last noResultTail lines.
+func tailAround(lines []string) []string {
+	for i, l := range lines {
+		if strings.HasPrefix(l, "panic: ") {
+			from := max(0, i-noResultTail/3)
+			return lines[from:min(len(lines), from+noResultTail)]
+		}
+	}
+	return lines[max(0, len(lines)-noResultTail):]
 }
 
 // Print writes the summary block; it returns the number of prerequisite skips.
@@ -128,6 +176,9 @@ func (s *Summary) Print(w io.Writer) int {
 			kind = "deliberate"
 		}
 		fmt.Fprintf(w, "SKIP %s [%s]: %s\n", k.Test, kind, k.Reason)
+	}
+	for _, t := range s.NoResult {
+		fmt.Fprintf(w, "NO RESULT %s (counted as failed)\n", t)
 	}
 	for _, p := range s.FailedPkgs {
 		fmt.Fprintf(w, "FAILED PACKAGE %s\n", p)

@@ -60,3 +60,44 @@ func TestBench(t *testing.T) { t.Skip("deliberate: benchmark, run by bench/x.sh"
 		t.Errorf("a passing test's log or a RUN line leaked into the plain output")
 	}
 }
+
+// A real `go test -json -timeout` run whose test outlives the timeout: the
+// binary panics and no test ends, which once read "0 failed".
+func TestSummaryOfTimedOutRun(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module example.com/s\n\ngo 1.22\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "s_test.go"), []byte(`package s
+import ("testing"; "time")
+func TestFast(t *testing.T) {}
+func TestSlow(t *testing.T) {
+	t.Run("inner", func(t *testing.T) { t.Log("waiting for the node"); time.Sleep(time.Minute) })
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "test", "-json", "-count=1", "-timeout", "3s", "./...")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOFLAGS=", "GOTOOLCHAIN=local")
+	js, _ := cmd.Output()
+	var out, printed strings.Builder
+	sum, err := Run(strings.NewReader(string(js)), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum.Print(&printed)
+	text := out.String() + printed.String()
+	t.Log(text)
+	for _, want := range []string{
+		"--- NO RESULT: TestSlow/inner",
+		"test timed out after 3s",
+		"waiting for the node",
+		"NO RESULT example.com/s.TestSlow (counted as failed)",
+		"summary: 1 passed, 2 failed, 0 skipped",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
