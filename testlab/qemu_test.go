@@ -33,6 +33,24 @@ func startDnsmasq(t *testing.T, ns *Netns, dir string, args ...string) {
 	t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGTERM); c.Wait(); f.Close() })
 }
 
+// fixtureNet makes a namespace (closed when t ends) with bridge br0 at
+// 10.78.0.1/24 and tap0 on it, for one fixture VM and dnsmasq.
+func fixtureNet(t *testing.T, name string) *Netns {
+	t.Helper()
+	ns, err := NewNetns(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	if err := ns.AddBridge("br0", "10.78.0.1/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.AddTap("tap0", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
 func TestVMNetbootsOnTapAndResets(t *testing.T) {
 	testenv.Long(t)
 	testenv.RequireNetns(t)
@@ -44,17 +62,7 @@ func TestVMNetbootsOnTapAndResets(t *testing.T) {
 			name = "ovmf"
 		}
 		t.Run(name, func(t *testing.T) {
-			ns, err := NewNetns("vm")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ns.Close()
-			if err := ns.AddBridge("br0", "10.78.0.1/24"); err != nil {
-				t.Fatal(err)
-			}
-			if err := ns.AddTap("tap0", "br0"); err != nil {
-				t.Fatal(err)
-			}
+			ns := fixtureNet(t, "vm")
 			dir := t.TempDir()
 			const mac = "52:54:00:78:00:21"
 			dargs := []string{"--dhcp-range=10.78.0.100,10.78.0.150,1h", "--dhcp-host=" + mac + ",10.78.0.21"}
@@ -111,17 +119,7 @@ func TestVMResetOnOops(t *testing.T) {
 	if !qemuaccel.StaleCodeRace(qemuaccel.Multi) {
 		t.Skip("deliberate: this QEMU's multi-threaded TCG has no stale-code race, so nothing watches for oopses")
 	}
-	ns, err := NewNetns("vmoops")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	if err := ns.AddBridge("br0", "10.78.0.1/24"); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.AddTap("tap0", "br0"); err != nil {
-		t.Fatal(err)
-	}
+	ns := fixtureNet(t, "vmoops")
 	dir := t.TempDir()
 	const mac = "52:54:00:78:00:22"
 	startDnsmasq(t, ns, dir, "--dhcp-range=10.78.0.100,10.78.0.150,1h", "--dhcp-host="+mac+",10.78.0.22")
