@@ -54,14 +54,15 @@ build:
 # scripts/testsummary prints go test's usual lines, then the counts and every
 # skipped test with its reason; under CI=true a skip for a missing
 # prerequisite fails the run (deliberate skips say "deliberate:").
-# The QEMU suite is the longest package and goes first (go test starts
-# packages in the order named), image/nodeboot's QEMU tests next; the short
-# packages fill the second slot meanwhile.
+# TestLab's package is the longest and goes first (go test starts packages
+# in the order named, two at a time on 2 cores); the second slot runs
+# image/nodeboot's QEMU tests, then qemu-tests/solo's own small labs beside
+# TestLab's rollouts, then the short packages.
 test: deps build
 	$(GO) vet ./...
 	$(GO) build -o $(BIN)/testsummary ./scripts/testsummary
 	set -o pipefail; HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
-		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./qemu-tests/ ./image/nodeboot/ ./... 2>&1 | $(BIN)/testsummary | tee test.log
+		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./qemu-tests/ ./image/nodeboot/ ./qemu-tests/solo/ ./... 2>&1 | $(BIN)/testsummary | tee test.log
 
 unit: deps build
 	$(GO) test -count=1 -short ./...

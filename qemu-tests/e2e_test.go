@@ -9,8 +9,6 @@ package qemutests
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -39,8 +37,8 @@ func TestLab(t *testing.T) {
 	herd := testenv.Bin(t, "HERD_BIN")
 	ctx := context.Background()
 
-	img := suiteImage(t, herd)
-	dir := labDir(t)
+	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
+	dir := testlab.TempLabDir(t)
 	cfg := testlab.LabConfig{Dir: dir, HerdBin: herd, ImageDir: img,
 		// gpu01 enrolls through `herd node approve` once its console shows
 		// its key; gpu02 through the lab's enrollment window (identity_test.go).
@@ -76,9 +74,6 @@ func TestLab(t *testing.T) {
 		}
 		mu.Unlock()
 		lab.Close()
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
-			os.RemoveAll(dir)
-		}
 	})
 	uid, gid, err := lab.AddUser(ctx, "alice", alicePassword)
 	if err != nil {
@@ -201,40 +196,3 @@ var labConfigure []func(*testlab.LabConfig)
 // is up then), in the order they were registered: what must survive a
 // reboot.
 var labAfterReboot []labExtra
-
-// labDir is where the lab keeps its files: under /var/tmp (not a tmpfs, the
-// image is linked there from the test store on the same file system).
-func labDir(t *testing.T) string {
-	d, err := os.MkdirTemp("/var/tmp", "herd-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-// suiteImage returns the image directory to boot: $HERD_E2E_IMAGE, else the
-// default recipe built with `herd image build` and the lab's herd.yaml (the
-// overlays bake the NAS and LDAP addresses in) into the shared test store
-// (/var/tmp/herd-test-store, HACKING.md): the builder's stage cache makes
-// that a no-op when neither the recipe nor herd changed.
-func suiteImage(t *testing.T, herd string) string {
-	return labImage(t, herd, "HERD_E2E_IMAGE", testlab.WriteLabSite)
-}
-
-// labImage returns $env if set, else the default recipe built into the test
-// store with the herd.yaml writeSite writes (the image bakes its NAS and LDAP in).
-func labImage(t *testing.T, herd, env string, writeSite func(path string) error) string {
-	if p := os.Getenv(env); p != "" {
-		return p
-	}
-	tmp := t.TempDir()
-	site := filepath.Join(tmp, "herd.yaml")
-	if err := writeSite(site); err != nil {
-		t.Fatal(err)
-	}
-	dir, err := testlab.BuildImage(context.Background(), herd, testlab.TestStore, defaultRecipe, site, filepath.Join(tmp, "build.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}

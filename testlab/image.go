@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"testing"
 
 	"github.com/herdlab/herd/image/store"
 )
@@ -92,4 +93,44 @@ func WriteLabSite(path string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(SiteYAML(LabConfig{}, "cn=admin,"+LabBase, secret)), 0o644)
+}
+
+// TempLabDir makes a directory for one lab's files under /var/tmp: not a
+// tmpfs, and on the same file system as TestStore, so the image is linked
+// into the lab rather than copied. It is removed after every later cleanup
+// (the lab's) when the test passed; a failed test or HERD_E2E_KEEP=1 keeps
+// it for the post-mortem.
+func TempLabDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("/var/tmp", "herd-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
+			os.RemoveAll(d)
+		}
+	})
+	return d
+}
+
+// RecipeImage returns the image directory a QEMU test boots: $env if set,
+// else recipe built into TestStore with the herd.yaml that writeSite writes
+// (the image bakes the lab's NAS and LDAP addresses in). The builder's stage
+// cache makes that a no-op when neither the recipe nor herd changed.
+func RecipeImage(t testing.TB, herd, env, recipe string, writeSite func(path string) error) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	tmp := t.TempDir()
+	site := filepath.Join(tmp, "herd.yaml")
+	if err := writeSite(site); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := BuildImage(context.Background(), herd, TestStore, recipe, site, filepath.Join(tmp, "build.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

@@ -1,4 +1,4 @@
-package qemutests
+package solo
 
 import (
 	"os"
@@ -22,7 +22,7 @@ func TestImageTestCommand(t *testing.T) {
 	testenv.RequireQEMU(t)
 	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
 	herd := testenv.Bin(t, "HERD_BIN")
-	img := suiteImage(t, herd)
+	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
 	state, err := os.MkdirTemp("/var/tmp", "herd-imgtest-state-")
 	if err != nil {
 		t.Fatal(err)

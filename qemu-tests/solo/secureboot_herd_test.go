@@ -1,4 +1,4 @@
-package qemutests
+package solo
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func secureBootImage(t *testing.T, herd string) string {
 	if p := os.Getenv("HERD_E2E_SB_IMAGE"); p != "" {
 		return p
 	}
-	data, err := os.ReadFile(filepath.Join("..", "recipes", "test-noble-minimal.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "recipes", "test-noble-minimal.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestSecureBootHerd(t *testing.T) {
 	ctx := context.Background()
 
 	img := secureBootImage(t, herd)
-	dir := labDir(t)
+	dir := testlab.TempLabDir(t)
 	nodes := []testlab.LabNode{{Name: "gpu02", MAC: "52:54:00:77:00:12", IP: "10.77.0.12"}}
 	// no_timer_check: TCG with SMM (see TestSecureBootDistro). It is
 	// site-wide: the signed command line has no per-node arguments.
@@ -104,9 +104,6 @@ func TestSecureBootHerd(t *testing.T) {
 			vm.Stop()
 		}
 		lab.Close()
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
-			os.RemoveAll(dir)
-		}
 	})
 	expect := func(re string, d time.Duration) []string {
 		t.Helper()

@@ -1,4 +1,4 @@
-package qemutests
+package solo
 
 import (
 	"context"
@@ -30,7 +30,7 @@ func TestStorageNetwork(t *testing.T) {
 	ctx := context.Background()
 
 	img := storageImage(t, herd)
-	dir := labDir(t)
+	dir := testlab.TempLabDir(t)
 	cfg := testlab.StorageLabConfig(dir, herd, img)
 	cfg.Nodes = append([]testlab.LabNode(nil), cfg.Nodes...) // not the package's slice
 	// gpu02 (booted unplugged): systemd logs to the kernel ring, so a
@@ -56,9 +56,6 @@ func TestStorageNetwork(t *testing.T) {
 			b.VM.Stop()
 		}
 		lab.Close()
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
-			os.RemoveAll(dir)
-		}
 	})
 	uid, gid, err := lab.AddUser(ctx, "alice", alicePassword)
 	if err != nil {
@@ -341,5 +338,5 @@ func out2s(b []byte) string { return string(b) }
 // only the overlays stage and after differ from TestLab's image), or
 // $HERD_E2E_STORAGE_IMAGE.
 func storageImage(t *testing.T, herd string) string {
-	return labImage(t, herd, "HERD_E2E_STORAGE_IMAGE", testlab.WriteStorageLabSite)
+	return testlab.RecipeImage(t, herd, "HERD_E2E_STORAGE_IMAGE", defaultRecipe, testlab.WriteStorageLabSite)
 }

@@ -1,4 +1,4 @@
-package qemutests
+package solo
 
 import (
 	"bytes"

@@ -1,8 +1,7 @@
-package qemutests
+package solo
 
 import (
 	"context"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -30,8 +29,8 @@ func TestSecureBootDistro(t *testing.T) {
 	herd := testenv.Bin(t, "HERD_BIN")
 	ctx := context.Background()
 
-	img := suiteImage(t, herd)
-	dir := labDir(t)
+	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
+	dir := testlab.TempLabDir(t)
 	// no_timer_check: under TCG with SMM (the Secure Boot OVMF) a busy
 	// host makes the kernel's IO-APIC timer check fail ("IO-APIC + timer
 	// doesn't work!" panic); a real server never runs that slowly.
@@ -56,9 +55,6 @@ func TestSecureBootDistro(t *testing.T) {
 			b.VM.Stop()
 		}
 		lab.Close()
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
-			os.RemoveAll(dir)
-		}
 	})
 	uid, gid, err := lab.AddUser(ctx, "alice", alicePassword)
 	if err != nil {
