@@ -1,8 +1,9 @@
 // Command testsummary reads `go test -json` on stdin and writes what a plain
 // `go test` prints (each package's closing line, the output of failed tests)
-// followed by a summary: tests passed, failed and skipped, and every skip
-// with its reason, prerequisite skips counted apart from deliberate ones
-// (reasons starting "deliberate: ", see internal/testenv). With -ci it exits
+// followed by a summary: tests passed, failed and skipped, every skip with
+// its reason, prerequisite skips counted apart from deliberate ones
+// (reasons starting "deliberate: ", see internal/testenv), and the slowest
+// tests and subtests (where the suite's wall time goes). With -ci it exits
 // 1 when any test skipped for a missing prerequisite. Lines that are not
 // JSON (build errors) pass through unchanged. Used by `make test`.
 package main
@@ -15,6 +16,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -25,6 +27,13 @@ type event struct {
 	Package string
 	Test    string
 	Output  string
+	Elapsed float64 // seconds, on pass, fail and skip
+}
+
+// timing is how long one test or subtest ran.
+type timing struct {
+	Test    string
+	Elapsed float64
 }
 
 // skip is one skipped test and why.
@@ -41,7 +50,15 @@ type Summary struct {
 	Skips          []skip
 	FailedPkgs     []string
 	NoResult       []string
+	Timings        []timing // every test and subtest that passed or failed
 }
+
+// slowest is how many of the longest tests the summary lists, and
+// slowMin the shortest time (seconds) one must take to be listed.
+const (
+	slowest = 20
+	slowMin = 30
+)
 
 // noResultTail is how many of an unfinished test's output lines are printed
 // (tailAround).
@@ -72,6 +89,9 @@ func Run(in io.Reader, out io.Writer) (*Summary, error) {
 			case "run":
 				running = append(running, e)
 			case "pass", "fail", "skip":
+				if e.Action != "skip" {
+					sum.Timings = append(sum.Timings, timing{e.Package + "." + e.Test, e.Elapsed})
+				}
 				for i, r := range running {
 					if r.Package == e.Package && r.Test == e.Test {
 						running = append(running[:i], running[i+1:]...)
@@ -176,6 +196,14 @@ func (s *Summary) Print(w io.Writer) int {
 			kind = "deliberate"
 		}
 		fmt.Fprintf(w, "SKIP %s [%s]: %s\n", k.Test, kind, k.Reason)
+	}
+	slow := slices.Clone(s.Timings)
+	sort.SliceStable(slow, func(i, j int) bool { return slow[i].Elapsed > slow[j].Elapsed })
+	for i, t := range slow {
+		if i == slowest || t.Elapsed < slowMin {
+			break
+		}
+		fmt.Fprintf(w, "SLOW %6.0fs %s\n", t.Elapsed, t.Test)
 	}
 	for _, t := range s.NoResult {
 		fmt.Fprintf(w, "NO RESULT %s (counted as failed)\n", t)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,5 +100,34 @@ func TestSlow(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+}
+
+// The summary lists the tests and subtests that took slowMin seconds or
+// more, longest first, from the Elapsed of go test's pass and fail events
+// (lines as test2json writes them).
+func TestSummaryListsSlowTests(t *testing.T) {
+	in := `{"Action":"run","Package":"p","Test":"TestLab"}
+{"Action":"run","Package":"p","Test":"TestLab/rollout"}
+{"Action":"pass","Package":"p","Test":"TestLab/rollout","Elapsed":612.5}
+{"Action":"run","Package":"p","Test":"TestQuick"}
+{"Action":"pass","Package":"p","Test":"TestQuick","Elapsed":2}
+{"Action":"run","Package":"q","Test":"TestBoot"}
+{"Action":"fail","Package":"q","Test":"TestBoot","Elapsed":95}
+{"Action":"pass","Package":"p","Test":"TestLab","Elapsed":4000}
+`
+	sum, err := Run(strings.NewReader(in), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var printed strings.Builder
+	sum.Print(&printed)
+	text := printed.String()
+	want := "SLOW   4000s p.TestLab\nSLOW    612s p.TestLab/rollout\nSLOW     95s q.TestBoot\n"
+	if !strings.Contains(text, want) {
+		t.Errorf("summary lacks the slow tests in order:\n%s\nwant:\n%s", text, want)
+	}
+	if strings.Contains(text, "TestQuick") {
+		t.Errorf("a 2 s test is listed as slow:\n%s", text)
 	}
 }
