@@ -13,7 +13,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
 
@@ -30,11 +29,7 @@ const (
 // N+1 as a delta), runs the basic checks on gpu02, and reboots gpu01 to see
 // the image come from its SSD.
 func TestLab(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
-	herd := testenv.Bin(t, "HERD_BIN")
+	herd := testlab.RequireLab(t)
 	ctx := context.Background()
 
 	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/herdlab/herd/image/store"
+	"github.com/herdlab/herd/internal/testenv"
 )
 
 // TestStore is the state directory the real-build tests and the e2e suite
@@ -93,6 +94,18 @@ func WriteLabSite(path string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(SiteYAML(LabConfig{}, "cn=admin,"+LabBase, secret)), 0o644)
+}
+
+// RequireLab checks what StartLab needs (a long run, network namespaces,
+// QEMU, nfs-ganesha and slapd) through testenv and returns $HERD_BIN, the
+// herd the lab serves with.
+func RequireLab(t testing.TB) string {
+	t.Helper()
+	testenv.Long(t)
+	testenv.RequireNetns(t)
+	testenv.RequireQEMU(t)
+	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
+	return testenv.Bin(t, "HERD_BIN")
 }
 
 // TempLabDir makes a directory for one lab's files under /var/tmp: not a

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
 
@@ -17,11 +16,7 @@ import (
 // promote --require-test accepts it after. The reboot check is left to
 // TestLab (--no-reboot) to keep the suite's wall time down.
 func TestImageTestCommand(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
-	herd := testenv.Bin(t, "HERD_BIN")
+	herd := testlab.RequireLab(t)
 	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
 	state, err := os.MkdirTemp("/var/tmp", "herd-imgtest-state-")
 	if err != nil {

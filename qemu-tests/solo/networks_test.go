@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/pxe/inventory"
 	"github.com/herdlab/herd/testlab"
 )
@@ -22,11 +21,7 @@ import (
 // second NIC there, named by MAC in herd.yaml. TestLab's lab and `herd
 // image test` stay single-network and prove the old layout still works.
 func TestStorageNetwork(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
-	herd := testenv.Bin(t, "HERD_BIN")
+	herd := testlab.RequireLab(t)
 	ctx := context.Background()
 
 	img := storageImage(t, herd)

@@ -74,12 +74,9 @@ func replaceFile(t *testing.T, path string, data []byte) {
 //
 // SeaBIOS and secure_boot: off UEFI nodes are TestLab's.
 func TestSecureBootHerd(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd", "sbsign", "sbvarsign")
+	herd := testlab.RequireLab(t)
+	testenv.RequireCommands(t, "sbsign", "sbvarsign")
 	testenv.RequireFiles(t, "package ovmf", testlab.OVMFSecureCode, testlab.OVMFVars)
-	herd := testenv.Bin(t, "HERD_BIN")
 	ctx := context.Background()
 
 	img := secureBootImage(t, herd)

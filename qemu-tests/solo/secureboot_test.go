@@ -21,12 +21,8 @@ import (
 // SeaBIOS and UEFI without Secure Boot boot as before. Own lab (one node):
 // the setting is site-wide, so it cannot share TestLab's.
 func TestSecureBootDistro(t *testing.T) {
-	testenv.Long(t)
-	testenv.RequireNetns(t)
-	testenv.RequireQEMU(t)
-	testenv.RequireCommands(t, "ganesha.nfsd", "slapd", "slapadd")
+	herd := testlab.RequireLab(t)
 	testenv.RequireFiles(t, "package ovmf", testlab.OVMFSecureCode, testlab.OVMFMSVars)
-	herd := testenv.Bin(t, "HERD_BIN")
 	ctx := context.Background()
 
 	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
