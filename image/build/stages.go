@@ -472,17 +472,25 @@ const verityFile = "verity.json"
 // pack turns the merged layers into rootfs.squashfs (zstd level 3: nearly
 // as small as the default level at a tenth of the time, because most of the
 // tree is already-compressed modules and firmware) and copies out the
-// kernel and initrd, plus the installed package list for the manifest.
+// kernel and initrd, plus the installed package list for the manifest. The
+// tree gets systemd's update stamps first (StampUpdated).
 func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 	rel := b.recipe.KernelRelease()
-	merged := filepath.Join(out, "..", "merged")
-	if err := os.MkdirAll(merged, 0o755); err != nil {
-		return err
+	// The merged tree gets a scratch upper for the two stamp files, and
+	// nothing else writes to it.
+	merged, upper, work := filepath.Join(out, "..", "merged"), filepath.Join(out, "..", "stamps"), filepath.Join(out, "..", "ovl-work")
+	for _, d := range []string{merged, upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	return inMountNS(func() error {
 		var m mounts
 		defer m.unmountAll()
-		if err := m.overlay(lowers, "", "", merged); err != nil {
+		if err := m.overlay(lowers, upper, work, merged); err != nil {
+			return err
+		}
+		if err := StampUpdated(merged); err != nil {
 			return err
 		}
 		sq := filepath.Join(out, manifest.Rootfs)

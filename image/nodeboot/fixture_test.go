@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/herdlab/herd/image/build"
 	"github.com/herdlab/herd/image/chunks"
 	"github.com/herdlab/herd/image/initramfs"
 	"github.com/herdlab/herd/image/manifest"
@@ -68,7 +69,7 @@ func testImage(t *testing.T, recipe string) bootImage {
 			h.Write(b)
 		}
 	}
-	fmt.Fprintln(h, "verity-v1 chunks-v1")
+	fmt.Fprintln(h, "verity-v1 chunks-v1 updated-v1")
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	dir := filepath.Join("/var/tmp/herd-nodeboot-fixture", key)
 	if _, err := os.Stat(filepath.Join(dir, "ok")); err == nil {
@@ -116,6 +117,8 @@ func testImage(t *testing.T, recipe string) bootImage {
 	must(t, os.MkdirAll(out2, 0o755))
 	copyTo(t, kernels[0], filepath.Join(out2, "vmlinuz"))
 	copyTo(t, filepath.Join(tree, "boot/initrd.img-"+ver), filepath.Join(out2, "initrd.img"))
+	// As herd's pack stage does, so a boot does not rerun ldconfig.
+	must(t, build.StampUpdated(tree))
 	run("mksquashfs", tree, filepath.Join(out2, "rootfs.squashfs"), "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-quiet")
 	// The hash tree, as the build's pack stage appends it.
 	testenv.RequireCommands(t, "veritysetup")

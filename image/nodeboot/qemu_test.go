@@ -338,6 +338,9 @@ if grep -q herdtest.readall /proc/cmdline; then
 	imgs=$(ls /var/cache/herd/images 2>/dev/null | tr '\n' ,)
 fi
 key=$(stat -c %a:%u /var/cache/herd/identity/node.key /run/herd/identity/node.key 2>/dev/null | head -n1)
+# Whether this boot reran ldconfig.service (ConditionNeedsUpdate=/etc): the
+# image's update stamps should have made systemd skip it (yes/no:µs checked).
+ldc="$(systemctl show -p ConditionResult --value ldconfig.service 2>/dev/null):$(systemctl show -p ConditionTimestampMonotonic --value ldconfig.service 2>/dev/null)"
 # Where the boot's time went (bench/boot.sh keeps the console): systemd's
 # own figures and what each block device read (sysfs stat: reads, sectors,
 # ms), before the report so the host sees them before it cuts the power.
@@ -357,7 +360,7 @@ key=$(stat -c %a:%u /var/cache/herd/identity/node.key /run/herd/identity/node.ke
 	echo "HERDDIAG cpu $(head -n1 /proc/stat)"
 	ps -eo times,comm --sort=-times 2>/dev/null | sed -n '2,16s/^/HERDDIAG top /p'
 } > /dev/ttyS0 2>&1
-echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} END" > /dev/ttyS0
+echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} ldconfig=$ldc END" > /dev/ttyS0
 if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
 `,
 		"etc/systemd/system/herd-test-report.service": `[Unit]
@@ -782,6 +785,7 @@ func TestQEMUCacheLifecycle(t *testing.T) {
 		if !strings.HasPrefix(rep["lower"], "/dev/dm-") {
 			t.Errorf("root image mounted from %q, want the dm-verity device", rep["lower"])
 		}
+		checkNoUpdateRerun(t, rep)
 	})
 
 	t.Run("corrupted metadata in the cached image is caught at boot and downloaded again", func(t *testing.T) {
@@ -962,9 +966,22 @@ func TestQEMUNoDiskBootsFromRAM(t *testing.T) {
 	if !strings.Contains(console, "no cache disk, running from RAM") {
 		t.Errorf("console:\n%s", tail([]byte(console)))
 	}
+	checkNoUpdateRerun(t, rep)
 	log, _ := h.snapshot()
 	if rootfsGets(log) == 0 {
 		t.Errorf("no download: %v", log)
+	}
+}
+
+// checkNoUpdateRerun fails when the boot reran ldconfig.service: systemd
+// evaluated its ConditionNeedsUpdate= and found the image's /etc older
+// than its /usr, so the build's update stamps (image/build) are missing or
+// wrong and every boot rebuilds what the image holds.
+func checkNoUpdateRerun(t *testing.T, rep map[string]string) {
+	t.Helper()
+	res, ts, _ := strings.Cut(rep["ldconfig"], ":")
+	if res != "no" || ts == "" || ts == "0" {
+		t.Errorf("ldconfig.service condition %q (result:checked at µs), want it checked and false: the image's /etc/.updated does not match its /usr", rep["ldconfig"])
 	}
 }
 

@@ -1,0 +1,104 @@
+package build
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// needsUpdate is systemd's ConditionNeedsUpdate= test (condition.c, v255)
+// as it reads a tree whose filesystem keeps only seconds, like the node's
+// squashfs: whole seconds first, then the stamp file's TIMESTAMP_NSEC.
+func needsUpdate(t *testing.T, root, dir string) bool {
+	t.Helper()
+	usr, err := os.Lstat(filepath.Join(root, "usr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp := filepath.Join(root, dir, ".updated")
+	st, err := os.Lstat(stamp)
+	if err != nil {
+		return true
+	}
+	us, ss := usr.ModTime().Unix(), st.ModTime().Unix() // squashfs: seconds
+	if us != ss {
+		return us > ss
+	}
+	b, err := os.ReadFile(stamp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^TIMESTAMP_NSEC=(\d+)$`).FindSubmatch(b)
+	if m == nil {
+		return true // systemd: no timestamp in the file, so update
+	}
+	ns, err := strconv.ParseInt(string(m[1]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return us*int64(time.Second) > ns
+}
+
+func TestStampUpdated(t *testing.T) {
+	root := t.TempDir()
+	usrTime := time.Date(2026, 11, 2, 10, 4, 5, 123456789, time.UTC)
+	etcTime := time.Date(2026, 11, 2, 9, 0, 0, 5, time.UTC)
+	for _, d := range []string{"usr", "etc", "var"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chtimes(filepath.Join(root, "usr"), usrTime, usrTime); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"etc", "var"} {
+		if err := os.Chtimes(filepath.Join(root, d), etcTime, etcTime); err != nil {
+			t.Fatal(err)
+		}
+		if !needsUpdate(t, root, d) {
+			t.Fatalf("/%s without a stamp: systemd would not rerun its update units; the test's model is wrong", d)
+		}
+	}
+	if err := StampUpdated(root); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"etc", "var"} {
+		if needsUpdate(t, root, d) {
+			t.Errorf("/%s/.updated: systemd would still rerun the update units", d)
+		}
+		st, err := os.Lstat(filepath.Join(root, d, ".updated"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.ModTime().Equal(usrTime) || st.Mode().Perm() != 0o644 {
+			t.Errorf("/%s/.updated: mtime %v mode %v, want /usr's %v and 0644", d, st.ModTime(), st.Mode(), usrTime)
+		}
+		di, err := os.Lstat(filepath.Join(root, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !di.ModTime().Equal(etcTime) {
+			t.Errorf("/%s: mtime %v after stamping, want it kept at %v", d, di.ModTime(), etcTime)
+		}
+	}
+	// A /usr newer than the stamps (a later layer changed it) needs an
+	// update again: the stamps say exactly what they were made from.
+	later := usrTime.Add(2 * time.Second)
+	if err := os.Chtimes(filepath.Join(root, "usr"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	if !needsUpdate(t, root, "etc") {
+		t.Error("a /usr newer than /etc/.updated does not need an update: the stamp is too late")
+	}
+}
+
+func TestStampUpdatedNoUsr(t *testing.T) {
+	root := t.TempDir()
+	err := StampUpdated(root)
+	if err == nil || !regexp.MustCompile(`stat /usr`).MatchString(err.Error()) {
+		t.Fatalf("StampUpdated on a tree without /usr: %v, want an error naming /usr", err)
+	}
+}
