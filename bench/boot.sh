@@ -13,7 +13,12 @@
 # (its stage cache makes this cheap: the agent's stages and the pack), so
 # the bench boots this tree's node code. The VM gets 4 GiB so the default
 # image (~900 MiB) also fits in RAM mode. HERD_BENCH_CONSOLE_DIR keeps each
-# boot's serial console with host timestamps (where the time goes).
+# boot's serial console with host timestamps (where the time goes): the
+# probe prints systemd's phases, CPU by cgroup, context switches and forks,
+# and with HERD_QEMU_APPEND=profile=2 (extra kernel parameters for every
+# boot) the kernel's own profile: its top lines, and all of it as one
+# "HERDDIAG profgz" line (sed 's/.*profgz //' | base64 -d | gunzip gives
+# readprofile's listing, to compare two boots).
 # Prints BENCH lines; never fails on timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -363,10 +363,23 @@ ldc="$(systemctl show -p ConditionResult --value ldconfig.service 2>/dev/null):$
 	# ended): PID 1 and its reaped children (initramfs included), the
 	# slices, and the system units that used most; what the root has
 	# beyond them is kernel threads and interrupts.
+	# Context switches, interrupts and forks since power-on, and the
+	# processes that switched most (a TCG vCPU pays for every switch).
+	echo "HERDDIAG stat $(grep -E '^(ctxt|processes)' /proc/stat | tr '\n' ' ') intr=$(awk '/^intr/ {print $2}' /proc/stat)"
+	for st in /proc/[0-9]*/status; do
+		awk '/^Name:/ {n=$2} /^Pid:/ {p=$2} /^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {nv=$2} END {print v+nv, v, nv, p, n}' "$st" 2>/dev/null
+	done | sort -nr | sed -n '1,12s/^/HERDDIAG ctxt /p'
 	echo "HERDDIAG pid1 $(awk '{print "utime="$14, "stime="$15, "cutime="$16, "cstime="$17}' /proc/1/stat)"
 	for g in /sys/fs/cgroup /sys/fs/cgroup/init.scope /sys/fs/cgroup/system.slice /sys/fs/cgroup/user.slice /sys/fs/cgroup/system.slice/*/; do
 		[ -r "$g/cpu.stat" ] && echo "$(awk '{printf "%s=%s ", $1, $2}' "$g/cpu.stat" | cut -d' ' -f1-3) ${g#/sys/fs/cgroup}"
 	done | sort -t= -k2 -n -r | sed -n '1,25s/^/HERDDIAG cg /p'
+	# With profile=N on the command line (HERD_QEMU_APPEND): the kernel
+	# functions the timer ticks found running, since power-on.
+	if [ -r /proc/profile ] && command -v readprofile >/dev/null; then
+		readprofile -m "/boot/System.map-$(uname -r)" 2>/dev/null | sort -k1,1nr | sed -n '1,45s/^/HERDDIAG prof /p'
+		# All of it, for a host-side diff: base64 of gzip, one line.
+		echo "HERDDIAG profgz $(readprofile -m "/boot/System.map-$(uname -r)" 2>/dev/null | gzip -9 | base64 -w0)"
+	fi
 } > /dev/ttyS0 2>&1
 echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} ldconfig=$ldc END" > /dev/ttyS0
 if grep -q herdtest.poweroff /proc/cmdline; then systemctl --no-block poweroff; fi
@@ -468,6 +481,11 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 	}
 	if n.untilLogin {
 		appendLine = strings.TrimSuffix(appendLine, " herdtest.poweroff=1")
+	}
+	// Extra kernel parameters for a diagnosis, on every boot alike (e.g.
+	// profile=2: the probe then prints the kernel's own profile).
+	if x := os.Getenv("HERD_QEMU_APPEND"); x != "" {
+		appendLine += " " + x
 	}
 	log := filepath.Join(dir, "console.log")
 	mem := os.Getenv("HERD_QEMU_MEM")
