@@ -186,6 +186,7 @@ func TestBuildMinimalImage(t *testing.T) {
 	if held := unsquashCat(t, sq, "var/lib/dpkg/status"); !strings.Contains(held, "Package: linux-image-6.8.0-149-generic\nStatus: hold ok installed") {
 		t.Errorf("kernel not held with apt-mark")
 	}
+	checkUpdateStamps(t, sq)
 	if h := unsquashCat(t, sq, "etc/hostname"); h != "localhost\n" {
 		t.Errorf("image carries hostname %q", h)
 	}

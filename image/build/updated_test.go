@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/squashfs"
 )
 
 // needsUpdate is systemd's ConditionNeedsUpdate= test (condition.c, v255)
@@ -100,5 +103,60 @@ func TestStampUpdatedNoUsr(t *testing.T) {
 	err := StampUpdated(root)
 	if err == nil || !regexp.MustCompile(`stat /usr`).MatchString(err.Error()) {
 		t.Fatalf("StampUpdated on a tree without /usr: %v, want an error naming /usr", err)
+	}
+}
+
+// checkUpdateStamps reads a built rootfs.squashfs (go-diskfs) and fails
+// unless /etc/.updated and /var/.updated say what systemd needs to skip
+// its update units on a node: dated /usr's second, TIMESTAMP_NSEC not
+// before it.
+func checkUpdateStamps(t *testing.T, sq string) {
+	t.Helper()
+	f, err := os.Open(sq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	fsys, err := squashfs.Read(file.New(f, true), fi.Size(), 0, 0)
+	if err != nil {
+		t.Fatalf("go-diskfs cannot read %s: %v", sq, err)
+	}
+	mtime := func(dir, name string) (time.Time, bool) {
+		ents, err := fsys.ReadDir(dir)
+		if err != nil {
+			t.Fatalf("%s: read %s: %v", sq, dir, err)
+		}
+		for _, e := range ents {
+			if e.Name() == name {
+				info, err := e.Info()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return info.ModTime(), true
+			}
+		}
+		return time.Time{}, false
+	}
+	// go-diskfs names the root "." and other paths without a leading slash.
+	usr, ok := mtime(".", "usr")
+	if !ok {
+		t.Fatalf("%s has no /usr", sq)
+	}
+	for _, d := range []string{"etc", "var"} {
+		st, ok := mtime(d, ".updated")
+		if !ok {
+			t.Errorf("/%s/.updated is missing from the image: every boot would rerun ldconfig", d)
+			continue
+		}
+		content := unsquashCat(t, sq, d+"/.updated")
+		m := regexp.MustCompile(`(?m)^TIMESTAMP_NSEC=(\d+)$`).FindStringSubmatch(content)
+		var ns int64
+		if m != nil {
+			ns, _ = strconv.ParseInt(m[1], 10, 64)
+		}
+		if st.Unix() != usr.Unix() || ns/int64(time.Second) != usr.Unix() {
+			t.Errorf("/%s/.updated: mtime %v, TIMESTAMP_NSEC %d; the image's /usr is from %v", d, st, ns, usr)
+		}
 	}
 }
