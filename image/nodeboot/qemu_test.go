@@ -359,16 +359,16 @@ ldc="$(systemctl show -p ConditionResult --value ldconfig.service 2>/dev/null):$
 	# processes and kernel threads that used most.
 	echo "HERDDIAG cpu $(head -n1 /proc/stat)"
 	ps -eo times,comm --sort=-times 2>/dev/null | sed -n '2,16s/^/HERDDIAG top /p'
-	# CPU by cgroup (cgroup v2 keeps the usage of units that already
-	# ended): PID 1 and its reaped children (initramfs included), the
-	# slices, and the system units that used most; what the root has
-	# beyond them is kernel threads and interrupts.
 	# Context switches, interrupts and forks since power-on, and the
 	# processes that switched most (a TCG vCPU pays for every switch).
 	echo "HERDDIAG stat $(grep -E '^(ctxt|processes)' /proc/stat | tr '\n' ' ') intr=$(awk '/^intr/ {print $2}' /proc/stat)"
 	for st in /proc/[0-9]*/status; do
 		awk '/^Name:/ {n=$2} /^Pid:/ {p=$2} /^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {nv=$2} END {print v+nv, v, nv, p, n}' "$st" 2>/dev/null
 	done | sort -nr | sed -n '1,12s/^/HERDDIAG ctxt /p'
+	# CPU by cgroup (cgroup v2 keeps the usage of units that already
+	# ended): PID 1 and its reaped children (initramfs included), the
+	# slices, and the system units that used most; what the root has
+	# beyond them is kernel threads and interrupts.
 	echo "HERDDIAG pid1 $(awk '{print "utime="$14, "stime="$15, "cutime="$16, "cstime="$17}' /proc/1/stat)"
 	for g in /sys/fs/cgroup /sys/fs/cgroup/init.scope /sys/fs/cgroup/system.slice /sys/fs/cgroup/user.slice /sys/fs/cgroup/system.slice/*/; do
 		[ -r "$g/cpu.stat" ] && echo "$(awk '{printf "%s=%s ", $1, $2}' "$g/cpu.stat" | cut -d' ' -f1-3) ${g#/sys/fs/cgroup}"
