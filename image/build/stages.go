@@ -484,6 +484,9 @@ func (b *builder) pack(ctx context.Context, out string, lowers []string) error {
 			return err
 		}
 	}
+	if err := matchDir(lowers[0], upper); err != nil {
+		return err
+	}
 	return inMountNS(func() error {
 		var m mounts
 		defer m.unmountAll()

@@ -65,8 +65,15 @@ func TestStampUpdated(t *testing.T) {
 			t.Fatalf("/%s without a stamp: systemd would not rerun its update units; the test's model is wrong", d)
 		}
 	}
+	rootTime := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(root, rootTime, rootTime); err != nil {
+		t.Fatal(err)
+	}
 	if err := StampUpdated(root); err != nil {
 		t.Fatal(err)
+	}
+	if ri, err := os.Lstat(root); err != nil || !ri.ModTime().Equal(rootTime) {
+		t.Errorf("/: mtime %v (%v) after stamping, want it kept at %v", ri.ModTime(), err, rootTime)
 	}
 	for _, d := range []string{"etc", "var"} {
 		if needsUpdate(t, root, d) {
