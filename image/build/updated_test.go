@@ -34,15 +34,21 @@ func needsUpdate(t *testing.T, root, dir string) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^TIMESTAMP_NSEC=(\d+)$`).FindSubmatch(b)
-	if m == nil {
+	ns, ok := stampNsec(string(b))
+	if !ok {
 		return true // systemd: no timestamp in the file, so update
 	}
-	ns, err := strconv.ParseInt(string(m[1]), 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
 	return us*int64(time.Second) > ns
+}
+
+// stampNsec is the TIMESTAMP_NSEC a stamp file holds, false if none.
+func stampNsec(content string) (int64, bool) {
+	m := regexp.MustCompile(`(?m)^TIMESTAMP_NSEC=(\d+)$`).FindStringSubmatch(content)
+	if m == nil {
+		return 0, false
+	}
+	ns, err := strconv.ParseInt(m[1], 10, 64)
+	return ns, err == nil
 }
 
 func TestStampUpdated(t *testing.T) {
@@ -156,12 +162,7 @@ func checkUpdateStamps(t *testing.T, sq string) {
 			t.Errorf("/%s/.updated is missing from the image: every boot would rerun ldconfig", d)
 			continue
 		}
-		content := unsquashCat(t, sq, d+"/.updated")
-		m := regexp.MustCompile(`(?m)^TIMESTAMP_NSEC=(\d+)$`).FindStringSubmatch(content)
-		var ns int64
-		if m != nil {
-			ns, _ = strconv.ParseInt(m[1], 10, 64)
-		}
+		ns, _ := stampNsec(unsquashCat(t, sq, d+"/.updated"))
 		if st.Unix() != usr.Unix() || ns/int64(time.Second) != usr.Unix() {
 			t.Errorf("/%s/.updated: mtime %v, TIMESTAMP_NSEC %d; the image's /usr is from %v", d, st, ns, usr)
 		}
