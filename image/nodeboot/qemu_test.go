@@ -376,9 +376,10 @@ ldc="$(systemctl show -p ConditionResult --value ldconfig.service 2>/dev/null):$
 	# With profile=N on the command line (HERD_QEMU_APPEND): the kernel
 	# functions the timer ticks found running, since power-on.
 	if [ -r /proc/profile ] && command -v readprofile >/dev/null; then
-		readprofile -m "/boot/System.map-$(uname -r)" 2>/dev/null | sort -k1,1nr | sed -n '1,45s/^/HERDDIAG prof /p'
+		prof=$(readprofile -m "/boot/System.map-$(uname -r)" 2>/dev/null)
+		echo "$prof" | sort -k1,1nr | sed -n '1,45s/^/HERDDIAG prof /p'
 		# All of it, for a host-side diff: base64 of gzip, one line.
-		echo "HERDDIAG profgz $(readprofile -m "/boot/System.map-$(uname -r)" 2>/dev/null | gzip -9 | base64 -w0)"
+		echo "HERDDIAG profgz $(echo "$prof" | gzip -9 | base64 -w0)"
 	fi
 } > /dev/ttyS0 2>&1
 echo "HERDTEST lower=${lower:-none} readall=$ra state=$s root=$root cache=${cache:-none} images=${imgs:-none} ram=${ram:-none} memavail_kb=$mem secret=$sec key=${key:-none} ldconfig=$ldc END" > /dev/ttyS0
