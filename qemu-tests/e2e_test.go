@@ -26,8 +26,9 @@ const (
 // with OVMF, gpu03 with SeaBIOS — against one server and NAS, runs every
 // check on gpu01 and the extras (labExtras) on all, rolls two new
 // generations out across the three (rollout_test.go: a failed canary, then
-// N+1 as a delta), runs the basic checks on gpu02, and reboots gpu01 to see
-// the image come from its SSD.
+// N+1 as a delta), runs the basic checks on gpu02, then on gpu01 (rebooted
+// as the canary) what must survive a reboot, and last flips a byte of its
+// cached image.
 func TestLab(t *testing.T) {
 	herd := testlab.RequireLab(t)
 	ctx := context.Background()
@@ -149,11 +150,12 @@ func TestLab(t *testing.T) {
 		results[1].VM.Stop()
 	}
 
-	// gpu01's reboot is verity-flipped-byte's recovery boot (delta_test.go):
-	// a flipped byte in its cached N+1, then the node must fetch N+1 again.
-	// The reboot from the SSD cache that downloads nothing is gpu02's under
-	// hostile traffic (hostile_test.go): one TCG boot fewer for the suite.
-	t.Run("verity-flipped-byte", func(t *testing.T) { verityChecks(t, ctx, lab, map[string]*testlab.Booted{"gpu01": gpu01}) })
+	// gpu01 rebooted onto N+1 as the rollout's canary: what must survive a
+	// reboot is checked on it now. The reboot from the SSD cache that
+	// downloads nothing is gpu02's under hostile traffic (identity_test.go).
+	if rolledOut == nil {
+		t.Fatal("the rollout did not reboot gpu01 onto N+1 (see rollout); the after-reboot checks need it")
+	}
 	t.Run("node-whole-after-reboot", func(t *testing.T) {
 		// Same checks that touch the SSD and the NAS.
 		for _, c := range testlab.NodeChecks() {
@@ -168,12 +170,14 @@ func TestLab(t *testing.T) {
 	for _, x := range labAfterReboot {
 		t.Run(x.name, func(t *testing.T) { x.run(t, ctx, lab, map[string]*testlab.Booted{"gpu01": gpu01}) })
 	}
+	// Last: it leaves gpu01's cached image corrupt and removed.
+	t.Run("verity-flipped-byte", func(t *testing.T) { verityChecks(t, ctx, lab, map[string]*testlab.Booted{"gpu01": gpu01}) })
 }
 
 // labExtra is a group of checks another file of this suite runs on TestLab's
 // booted lab (appended to labExtras in its init), so a feature adds its
 // end-to-end checks without booting a lab of its own. It runs after the
-// standard checks, while both nodes are up, and before gpu01's reboot.
+// standard checks, while every node is up, and before the rollouts.
 type labExtra struct {
 	name string
 	run  func(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted)
@@ -187,7 +191,7 @@ var labExtras []labExtra
 // a node's expect_gpus); they must not change what the image is built from.
 var labConfigure []func(*testlab.LabConfig)
 
-// labAfterReboot are run by TestLab after gpu01's last reboot (only gpu01
-// is up then), in the order they were registered: what must survive a
-// reboot.
+// labAfterReboot are run by TestLab after the rollouts rebooted gpu01 (only
+// gpu01 is up then), in the order they were registered: what must survive
+// a reboot.
 var labAfterReboot []labExtra

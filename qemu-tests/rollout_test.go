@@ -339,5 +339,6 @@ func rolloutChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 }
 
 // rolledOut is generation N+1 once rolloutChecks put every node on it (nil
-// before): the verity checks after gpu01's reboot flip a byte of it.
+// before): TestLab's checks after the rollouts use it, and the verity check
+// flips a byte of it.
 var rolledOut *store.Image
