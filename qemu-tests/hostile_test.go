@@ -1,7 +1,6 @@
 package qemutests
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -10,21 +9,20 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/herdlab/herd/internal/testenv"
 	"github.com/herdlab/herd/testlab"
 )
 
 // A real node boots through hostile traffic (issue 15, DESIGN.md "Trust";
 // attacker: any host on the boot LAN, which may spoof source addresses).
 // While gpu02 (OVMF: firmware DHCP, then snponly.efi over TFTP, then HTTP)
-// reboots, an attacker host floods herd's TFTP port with read requests
-// from its own and spoofed addresses and holds HTTP connections open with
-// trickled headers (slowloris). gpu02 must still reach multi-user with its
-// SSH login before the suite's generous boot deadline. It is also the
-// suite's reboot from the SSD cache (issue 17): gpu02 has the image cached
-// and must not download it again, chunk or whole.
-func init() {
-	labExtras = append(labExtras, labExtra{name: "hostile-traffic-during-reboot", run: hostileReboot})
-}
+// reboots from its SSD (identity_test.go's reboot-from-ssd-under-flood),
+// an attacker host floods herd's TFTP port with read requests from its own
+// and spoofed addresses and holds HTTP connections open with trickled
+// headers (slowloris). gpu02 must still reach multi-user with its SSH
+// login before the suite's generous boot deadline. It is also the suite's
+// reboot from the SSD cache (issue 17): gpu02 has the image cached and must
+// not download it again, chunk or whole (cachedRebootChecks).
 
 // hostilePy floods TFTP RRQs (raw socket: own and spoofed sources) at rate
 // per second and keeps slowloris connections to the HTTP port, until
@@ -64,19 +62,23 @@ while True:
     time.sleep(1.0 / rate)
 `
 
-func hostileReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes map[string]*testlab.Booted) {
-	b := nodes["gpu02"]
-	if b == nil {
-		b = nodes["gpu01"] // gpu02's failure is reported by seabios-and-ovmf-both-boot
-	}
-	if b == nil {
-		t.Fatal("no node booted")
-	}
+// flood is hostilePy running in an attacker host of its own on the lab's
+// bridge.
+type flood struct {
+	att  *testlab.Attacker
+	stop context.CancelFunc
+	out  testenv.Buffer
+	done chan struct{} // closed when the attacker's process ended
+}
+
+// startFlood starts the attacker; the test's cleanup stops it.
+func startFlood(t *testing.T, ctx context.Context, lab *testlab.Lab) *flood {
+	t.Helper()
 	att, err := lab.NewAttacker()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer att.Close()
+	t.Cleanup(func() { att.Close() })
 	const own = "10.77.0.66"
 	if err := att.Become(own, "52:54:00:66:66:66"); err != nil {
 		t.Fatal(err)
@@ -86,25 +88,38 @@ func hostileReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 		t.Fatal(err)
 	}
 	fctx, stop := context.WithCancel(ctx)
-	defer stop()
-	flood := att.Netns.Command(fctx, "/usr/bin/python3", "-u", script, testlab.LabServer, "69", strconv.Itoa(testlab.LabHTTP), "300", own)
-	var out bytes.Buffer
-	flood.Stdout, flood.Stderr = &out, &out
-	if err := flood.Start(); err != nil {
+	f := &flood{att: att, stop: stop, done: make(chan struct{})}
+	cmd := att.Netns.Command(fctx, "/usr/bin/python3", "-u", script, testlab.LabServer, "69", strconv.Itoa(testlab.LabHTTP), "300", own)
+	cmd.Stdout, cmd.Stderr = &f.out, &f.out
+	if err := cmd.Start(); err != nil {
+		stop()
 		t.Fatal(err)
 	}
-	defer func() { stop(); flood.Wait() }()
-	if first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, b.Node.IP); first == 0 {
-		t.Errorf("%s's first boot's rootfs download is not in the server log %s", b.Node.Name, lab.ServerLog)
+	go func() { cmd.Wait(); close(f.done) }()
+	t.Cleanup(func() { stop(); <-f.done })
+	return f
+}
+
+// running says whether the attacker is still at it.
+func (f *flood) running() bool {
+	select {
+	case <-f.done:
+		return false
+	default:
+		return true
 	}
-	before := len(lab.ServerLogText())
-	if err := b.Reboot(ctx); err != nil { // BootTimeout is the liveness deadline
-		t.Fatalf("%s did not come back up under the flood: %v\nattacker: %s", b.Node.Name, err, lastLine(out.String()))
-	}
-	if flood.ProcessState != nil {
-		t.Fatalf("the attacker stopped before %s was up: %s", b.Node.Name, out.String())
-	}
-	since := lab.ServerLogText()[before:]
+}
+
+// last is the attacker's latest progress line (packets sent, connections
+// held).
+func (f *flood) last() string { return lastLine(f.out.String()) }
+
+// cachedRebootChecks are what the server's log must show of b's reboot
+// from its SSD cache (since: the log from just before the reboot): its boot
+// script came from herd, no byte of its cached image was downloaded again,
+// and it reported booting the cached copy.
+func cachedRebootChecks(t *testing.T, lab *testlab.Lab, b *testlab.Booted, since string) {
+	t.Helper()
 	if !strings.Contains(since, "/boot/"+b.Node.MAC) && !strings.Contains(since, "/boot/"+strings.ReplaceAll(b.Node.MAC, ":", "-")) {
 		t.Errorf("%s's reboot did not fetch its boot script from herd (server log %s)", b.Node.Name, lab.ServerLog)
 	}
@@ -114,7 +129,6 @@ func hostileReboot(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes ma
 	if !regexp.MustCompile(`msg="boot event" .*\bnode=` + b.Node.Name + ` .*\bstage=verify .*cached image`).MatchString(since) {
 		t.Errorf("%s's reboot reported no boot from its cached image (server log %s)", b.Node.Name, lab.ServerLog)
 	}
-	t.Logf("%s rebooted under the flood; attacker: %s", b.Node.Name, lastLine(out.String()))
 }
 
 func lastLine(s string) string {

@@ -20,8 +20,9 @@ import (
 
 // Node identity on TestLab's lab (issue 14, DESIGN.md "Trust"): the nodes
 // enrolled through the lab's enrollment window (`herd node enroll`). gpu02
-// reboots from its SSD with a sniffer on the bridge: it must get its
-// secrets with no admin action and present the same SSH host key. Then an
+// reboots from its SSD with a sniffer on the bridge and a flood from another
+// attacker host (hostile_test.go): it must get its secrets with no admin
+// action, present the same SSH host key and download nothing. Then an
 // attacker host on the bridge takes gpu02's IP and MAC and tries every way
 // to its secrets and to the inventory; each attack is a subtest that fails
 // when the attack works.
@@ -63,7 +64,7 @@ func identityChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes m
 	})
 
 	var captured []testlab.CapturedRequest
-	t.Run("reboot-from-ssd-keeps-identity", func(t *testing.T) {
+	t.Run("reboot-from-ssd-under-flood-keeps-identity", func(t *testing.T) {
 		enrolled, err := lab.EnrolledKey(ctx, victim)
 		if err != nil || enrolled == "" {
 			t.Fatalf("%s has no enrolled key before the reboot: %q %v", victim, enrolled, err)
@@ -72,16 +73,28 @@ func identityChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes m
 		if err != nil {
 			t.Fatal(err)
 		}
+		if first := testlab.RootfsDownloads(lab.ServerLogText(), lab.ImageID, b.Node.IP); first == 0 {
+			t.Errorf("%s's first boot's rootfs download is not in the server log %s", victim, lab.ServerLog)
+		}
+		// The reboot is also the suite's boot through hostile traffic
+		// (hostile_test.go): one TCG boot for both.
+		fl := startFlood(t, ctx, lab)
 		// The sniffer sees the bridge as a mirror port would.
 		sn, err := testlab.Sniff(lab.Netns, testlab.LabBridge, testlab.LabHTTP)
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = b.Reboot(ctx) // no approval, no window: the key on the SSD must do
+		logBefore := len(lab.ServerLogText())
+		err = b.Reboot(ctx) // no approval, no window: the key on the SSD must do; BootTimeout is the flood's liveness deadline
 		captured = sn.Stop()
 		if err != nil {
-			t.Fatalf("reboot: %v", err)
+			t.Fatalf("%s did not come back up under the flood: %v\nattacker: %s", victim, err, fl.last())
 		}
+		if !fl.running() {
+			t.Fatalf("the attacker stopped before %s was up: %s", victim, fl.out.String())
+		}
+		cachedRebootChecks(t, lab, b, lab.ServerLogText()[logBefore:])
+		t.Logf("%s rebooted under the flood; attacker: %s", victim, fl.last())
 		after, err := b.User.HostKeySeen()
 		if err != nil {
 			t.Fatal(err)
