@@ -1,6 +1,7 @@
 // Package solo holds the end-to-end tests that each boot a small lab of
 // their own rather than join TestLab's: the storage network, Secure Boot in
-// both modes, `herd image test` and `herd vm run`. They live apart from
+// both modes and `herd vm run` (`herd image test`'s test, which boots its
+// own lab too, runs after TestLab in package qemutests). They live apart from
 // package qemutests so that go test runs them beside TestLab (the Makefile
 // names this package right after the long ones), in the CPU TestLab's
 // rollouts leave idle.

@@ -1,4 +1,4 @@
-package solo
+package qemutests
 
 import (
 	"os"
@@ -14,7 +14,9 @@ import (
 // store holding the suite's image: promote --require-test refuses the image
 // before, the command prints a PASS line per check and exits 0, and
 // promote --require-test accepts it after. The reboot check is left to
-// TestLab (--no-reboot) to keep the suite's wall time down.
+// TestLab (--no-reboot) to keep the suite's wall time down. It boots a lab
+// of its own, yet lives in this package, after TestLab: qemu-tests/solo
+// and the other packages beside TestLab ran longer than it.
 func TestImageTestCommand(t *testing.T) {
 	herd := testlab.RequireLab(t)
 	img := testlab.RecipeImage(t, herd, "HERD_E2E_IMAGE", defaultRecipe, testlab.WriteLabSite)
