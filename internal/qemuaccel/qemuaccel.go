@@ -99,4 +99,4 @@ func ParseVersion(out string) (major, minor int, err error) {
 // the EFI runtime mapping failure it caused once after a reset. It does not
 // match "Kernel panic" alone: a boot that panics on its own (no root, init
 // died) is the code under test failing, not the emulator.
-var Oops = regexp.MustCompile(`(?m)^\[ *[0-9]+\.[0-9]+\] (general protection fault|BUG: unable to handle page fault|int3: 0000 \[#|invalid opcode: 0000 \[#|stack segment: 0000 \[#|Oops: |efi: Error mapping PA )[^\r\n]*`)
+var Oops = regexp.MustCompile(`(?m)^\[ *[0-9]+\.[0-9]+\] (general protection fault|BUG: unable to handle page fault|int3: 0000 \[#|invalid opcode: 0000 \[#|stack segment: 0000 \[#|double fault: 0000 \[#|Oops: |efi: Error mapping PA )[^\r\n]*`)

@@ -42,6 +42,10 @@ func TestOops(t *testing.T) {
 		{"[ 1985.073189] int3: 0000 [#1] PREEMPT SMP NOPTI", true},
 		{"[   19.368130] BUG: unable to handle page fault for address: ff485ce9fe01df00", true},
 		{"[   19.368130] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI", true},
+		// gpu03 in TestLab, 2026-12-01, in kmem_cache_alloc with EFLAGS
+		// 87225e12; unmatched, the guest spun in its panic at half a host
+		// core until TestLab gave up on it.
+		{"[  460.488198] double fault: 0000 [#1] PREEMPT SMP NOPTI", true},
 		// A boot that fails by itself is the test's to see.
 		{"[    3.245804] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100", false},
 		{"[    3.245804] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)", false},
