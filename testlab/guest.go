@@ -75,15 +75,11 @@ func (g *Guest) Dial() (*ssh.Client, error) {
 // Run runs cmd in a login session and returns its stdout; a non-zero exit
 // is an error carrying stderr.
 func (g *Guest) Run(ctx context.Context, cmd string) (string, error) {
-	c, err := g.Dial()
+	c, s, err := g.session(ctx)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	s, err := c.NewSession()
-	if err != nil {
-		return "", err
-	}
 	defer s.Close()
 	var out, errb bytes.Buffer
 	s.Stdout, s.Stderr = &out, &errb
@@ -99,6 +95,39 @@ func (g *Guest) Run(ctx context.Context, cmd string) (string, error) {
 		return out.String(), fmt.Errorf("ssh %s@%s %q: %w: %s", g.User, g.Addr, cmd, err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
+}
+
+// sessionTries is how often session dials again when the node's sshd
+// closed a logged-in connection before opening a session on it.
+const sessionTries = 3
+
+// session dials the node and opens a session. Under TCG load a node's sshd
+// has closed an authenticated connection at the channel open ("unexpected
+// packet in response to channel open: <nil>", TestLab, 2026-12-01, gpu01
+// up for 20 minutes): no command ran, so dialling again is safe; a node
+// that keeps doing it still fails after sessionTries.
+func (g *Guest) session(ctx context.Context) (*ssh.Client, *ssh.Session, error) {
+	var err error
+	for i := 0; i < sessionTries; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, nil, fmt.Errorf("ssh %s@%s: %w (after %v)", g.User, g.Addr, ctx.Err(), err)
+			case <-time.After(3 * time.Second):
+			}
+		}
+		var c *ssh.Client
+		if c, err = g.Dial(); err != nil {
+			return nil, nil, err
+		}
+		var s *ssh.Session
+		if s, err = c.NewSession(); err == nil {
+			return c, s, nil
+		}
+		c.Close()
+		err = fmt.Errorf("ssh %s@%s: session: %w", g.User, g.Addr, err)
+	}
+	return nil, nil, err
 }
 
 // Sudo runs cmd as root through sudo, answering its password prompt with
