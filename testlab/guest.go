@@ -104,7 +104,7 @@ const sessionTries = 3
 // session dials the node and opens a session. Under TCG load a node's sshd
 // has closed an authenticated connection at the channel open ("unexpected
 // packet in response to channel open: <nil>", TestLab, 2026-12-01, gpu01
-// up for 20 minutes): no command ran, so dialling again is safe; a node
+// ten minutes after its reboot): no command ran, so dialling again is safe; a node
 // that keeps doing it still fails after sessionTries.
 func (g *Guest) session(ctx context.Context) (*ssh.Client, *ssh.Session, error) {
 	var err error
