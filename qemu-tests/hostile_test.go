@@ -65,8 +65,6 @@ while True:
 // flood is hostilePy running in an attacker host of its own on the lab's
 // bridge.
 type flood struct {
-	att  *testlab.Attacker
-	stop context.CancelFunc
 	out  testenv.Buffer
 	done chan struct{} // closed when the attacker's process ended
 }
@@ -88,7 +86,7 @@ func startFlood(t *testing.T, ctx context.Context, lab *testlab.Lab) *flood {
 		t.Fatal(err)
 	}
 	fctx, stop := context.WithCancel(ctx)
-	f := &flood{att: att, stop: stop, done: make(chan struct{})}
+	f := &flood{done: make(chan struct{})}
 	cmd := att.Netns.Command(fctx, "/usr/bin/python3", "-u", script, testlab.LabServer, "69", strconv.Itoa(testlab.LabHTTP), "300", own)
 	cmd.Stdout, cmd.Stderr = &f.out, &f.out
 	if err := cmd.Start(); err != nil {
