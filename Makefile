@@ -58,8 +58,17 @@ build:
 # in the order named, two at a time on 2 cores); the second slot runs
 # image/nodeboot's QEMU tests, then qemu-tests/solo's own small labs beside
 # TestLab's rollouts, then the short packages.
+# The image store the tests build into, kept across runs for its stage cache
+# (testlab.TestStore). Each change to herd-boot makes new image IDs there, so
+# `make test` first keeps only the newest 16 images (a whole run builds fewer)
+# and the stages they were built from; a machine that runs the suite again and
+# again would otherwise fill its disk (CI did, at 3662 s). The --config names
+# no file: the test store has no nodes, so no pins.
+HERD_TEST_STORE ?= /var/tmp/herd-test-store
 test: deps build
 	$(GO) vet ./...
+	$(BIN)/herd --state $(HERD_TEST_STORE) --config /nonexistent/herd.yaml image gc --keep 16
+	df -h /var/tmp /tmp
 	$(GO) build -o $(BIN)/testsummary ./scripts/testsummary
 	set -o pipefail; HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
 		$(GO) test -json -count=1 -timeout $(TEST_TIMEOUT) ./qemu-tests/ ./image/nodeboot/ ./qemu-tests/solo/ ./... 2>&1 | $(BIN)/testsummary | tee test.log

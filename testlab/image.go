@@ -3,6 +3,7 @@ package testlab
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,8 +112,9 @@ func RequireLab(t testing.TB) string {
 // TempLabDir makes a directory for one lab's files under /var/tmp: not a
 // tmpfs, and on the same file system as TestStore, so the image is linked
 // into the lab rather than copied. It is removed after every later cleanup
-// (the lab's) when the test passed; a failed test or HERD_E2E_KEEP=1 keeps
-// it for the post-mortem.
+// (the lab's) when the test passed. A failed test keeps it for the
+// post-mortem, less its bulky files (see dropBulky); HERD_E2E_KEEP=1 keeps
+// it whole, pass or fail.
 func TempLabDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("/var/tmp", "herd-e2e-")
@@ -120,11 +122,52 @@ func TempLabDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if !t.Failed() && os.Getenv("HERD_E2E_KEEP") == "" {
+		switch {
+		case os.Getenv("HERD_E2E_KEEP") != "":
+		case !t.Failed():
 			os.RemoveAll(d)
+		default:
+			n, freed, err := dropBulky(d, bulkyFile)
+			if err != nil {
+				t.Logf("lab dir %s: %v", d, err)
+			}
+			if n > 0 {
+				t.Logf("lab dir %s kept without its %d files over %d MiB (node disks, images: %d MiB); HERD_E2E_KEEP=1 keeps them",
+					d, n, bulkyFile>>20, freed>>20)
+			}
 		}
 	})
 	return d
+}
+
+// bulkyFile is the size from which a failed lab's file is dropped: node
+// disks and images are a gigabyte each, logs and consoles a few megabytes.
+const bulkyFile = 64 << 20
+
+// dropBulky removes the regular files of at least size bytes under dir and
+// says how many and how many bytes. A failed run keeps its logs, but each
+// kept lab held 3-6 GB of node disks and images, and a machine that runs
+// the suite again and again filled its disk with them.
+func dropBulky(dir string, size int64) (n int, freed int64, err error) {
+	err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if fi.Size() < size {
+			return nil
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+		n++
+		freed += fi.Size()
+		return nil
+	})
+	return n, freed, err
 }
 
 // RecipeImage returns the image directory a QEMU test boots: $env if set,
