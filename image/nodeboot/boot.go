@@ -266,7 +266,7 @@ func (s *System) obtain(ctx context.Context, p *Params, rep *Reporter, dir Image
 				// Cached before it had an index kept (an older agent): keep
 				// one now, so the next generation is fetched as a delta.
 				ictx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				if err := SaveIndex(ictx, s.Client, p.Index, p.SHA256, dir); err != nil {
+				if err := SaveIndex(ictx, s.Client, p.Index, p.IndexSHA256, p.SHA256, dir); err != nil {
 					s.say("chunk index not kept (the next update downloads whole): %v", err)
 				}
 				cancel()
@@ -339,7 +339,7 @@ func (s *System) cached(ctx context.Context, p *Params, rep *Reporter, dir Image
 func (s *System) delta(ctx context.Context, p *Params, rep *Reporter, dir ImageDir) (string, bool) {
 	rep.Report(ctx, StageDownload, 0, "assembling %s from the cached images' chunks (index %s)", p.SHA256, p.Index)
 	last := -1
-	res, err := FetchDelta(ctx, s.Client, p.Index, p.Server+"/chunks", p.SHA256, dir, func(done, total int) {
+	res, err := FetchDelta(ctx, s.Client, p.Index, p.IndexSHA256, p.Server+"/chunks", p.SHA256, dir, func(done, total int) {
 		if pct := done * 100 / total; pct/10*10 > last {
 			last = pct / 10 * 10
 			rep.Report(ctx, StageDownload, max(pct, 1), "%d of %d missing chunks", done, total)
@@ -347,8 +347,12 @@ func (s *System) delta(ctx context.Context, p *Params, rep *Reporter, dir ImageD
 	})
 	switch {
 	case err == nil:
-		rep.Report(ctx, StageVerify, 100, "delta download verified (sha256 %s): fetched %d KiB (%.2f%% of %d MiB) in %d of %d chunks, the rest from cached images",
-			p.SHA256, res.Fetched>>10, 100*float64(res.Fetched)/float64(max(res.Size, 1)), res.Size/mib, res.FetchedChunks, res.Chunks)
+		how := "sha256 " + p.SHA256
+		if p.IndexSHA256 != "" {
+			how = "every chunk against the index of sha256 " + p.IndexSHA256
+		}
+		rep.Report(ctx, StageVerify, 100, "delta download verified (%s): fetched %d KiB (%.2f%% of %d MiB) in %d of %d chunks, the rest from cached images",
+			how, res.Fetched>>10, 100*float64(res.Fetched)/float64(max(res.Size, 1)), res.Size/mib, res.FetchedChunks, res.Chunks)
 		return dir.Path(p.SHA256), true
 	case errors.Is(err, errNoSeed):
 		s.say("no cached image to assemble %s from: downloading it whole", p.SHA256)
@@ -393,7 +397,7 @@ func (s *System) download(ctx context.Context, p *Params, rep *Reporter, dir Ima
 			rep.Report(ctx, StageVerify, 100, "download verified (sha256 %s)", p.SHA256)
 			if onSSD && p.Index != "" {
 				// Kept so the next generation is fetched as a delta.
-				if err := SaveIndex(ctx, s.Client, p.Index, p.SHA256, dir); err != nil {
+				if err := SaveIndex(ctx, s.Client, p.Index, p.IndexSHA256, p.SHA256, dir); err != nil {
 					s.say("chunk index not kept (the next update downloads whole): %v", err)
 				}
 			}

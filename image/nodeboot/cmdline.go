@@ -31,6 +31,11 @@ type Params struct {
 	// Index (herd.index) is the URL of the image's chunk index: with it a
 	// node that caches an earlier image fetches only the chunks it lacks.
 	Index string
+	// IndexSHA256 (herd.index_sha256) is the sha256 of that index. With
+	// it the index is trusted once it matches, and so is an image assembled
+	// from chunks that each match it: no pass over the whole file follows.
+	// Without it (an older server) the assembled file is hashed whole.
+	IndexSHA256 string
 }
 
 // DefaultKeep is used when herd.keep is absent.
@@ -87,6 +92,8 @@ func ParseCmdline(line string) (*Params, error) {
 				return nil, err
 			}
 			p.Index = v
+		case "herd.index_sha256":
+			p.IndexSHA256 = strings.ToLower(v)
 		case "herd.keep":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
@@ -113,6 +120,11 @@ func ParseCmdline(line string) (*Params, error) {
 	}
 	if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != 32 {
 		return nil, fmt.Errorf("kernel argument herd.sha256=%q: want 64 hex digits", p.SHA256)
+	}
+	if p.IndexSHA256 != "" {
+		if b, err := hex.DecodeString(p.IndexSHA256); err != nil || len(b) != 32 {
+			return nil, fmt.Errorf("kernel argument herd.index_sha256=%q: want 64 hex digits", p.IndexSHA256)
+		}
 	}
 	switch {
 	case p.Cache == "auto", p.Cache == "none":

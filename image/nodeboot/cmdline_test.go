@@ -33,6 +33,13 @@ func TestParseCmdline(t *testing.T) {
 	if p.Verity == nil || p.Verity.RootHash != sha || p.Verity.DataBlocks != 733 {
 		t.Errorf("herd.verity: %+v", p.Verity)
 	}
+	p, err = ParseCmdline("herd.image=http://h/i herd.sha256=" + sha + " herd.index=http://h/x herd.index_sha256=" + strings.ToUpper(sha))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Index != "http://h/x" || p.IndexSHA256 != sha {
+		t.Errorf("herd.index, herd.index_sha256: %q %q", p.Index, p.IndexSHA256)
+	}
 }
 
 func TestParseCmdlineErrors(t *testing.T) {
@@ -51,6 +58,7 @@ func TestParseCmdlineErrors(t *testing.T) {
 		{base + " herd.verity=" + sha, "herd.verity"},
 		{base + " herd.verity=" + sha + ":0", "herd.verity"},
 		{base + " herd.verity=abc:12", "herd.verity"},
+		{base + " herd.index_sha256=abc", "herd.index_sha256"},
 	} {
 		_, err := ParseCmdline(c.line)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -21,8 +21,7 @@ import (
 
 // IndexPath is where the chunk index of a cached image is kept, for
 // seeding later updates. It is a hint only: every chunk taken from a seed
-// is checked against the new image's index, and the assembled image
-// against its sha256.
+// is checked against the new image's index.
 func (c ImageDir) IndexPath(sha string) string { return filepath.Join(c.Dir, sha+".index") }
 
 // assembling is the file a delta update is built in.
@@ -39,8 +38,9 @@ var errNoSeed = errors.New("no cached image with a chunk index to build from")
 
 const maxIndexBytes = 64 << 20
 
-// fetchIndex GETs and parses a chunk index.
-func fetchIndex(ctx context.Context, client *http.Client, url string) (*chunks.Index, []byte, error) {
+// fetchIndex GETs and parses a chunk index; with wantSHA (herd.index_sha256)
+// it refuses an index whose sha256 differs, with ErrChecksum.
+func fetchIndex(ctx context.Context, client *http.Client, url, wantSHA string) (*chunks.Index, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, nil, err
@@ -60,6 +60,11 @@ func fetchIndex(ctx context.Context, client *http.Client, url string) (*chunks.I
 	if len(b) > maxIndexBytes {
 		return nil, nil, fmt.Errorf("GET %s: index larger than %d bytes", url, maxIndexBytes)
 	}
+	if wantSHA != "" {
+		if got := sha256.Sum256(b); hex.EncodeToString(got[:]) != wantSHA {
+			return nil, nil, fmt.Errorf("%w: chunk index %s has sha256 %x, herd.index_sha256 says %s", ErrChecksum, url, got, wantSHA)
+		}
+	}
 	x, err := chunks.Parse(b)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", url, err)
@@ -67,10 +72,11 @@ func fetchIndex(ctx context.Context, client *http.Client, url string) (*chunks.I
 	return x, b, nil
 }
 
-// SaveIndex fetches the image's chunk index and keeps it next to the cached
-// image, so the next generation can be assembled from this one.
-func SaveIndex(ctx context.Context, client *http.Client, url, sha string, dir ImageDir) error {
-	_, b, err := fetchIndex(ctx, client, url)
+// SaveIndex fetches the image's chunk index (checked against indexSHA when
+// the command line gives one) and keeps it next to the cached image, so the
+// next generation can be assembled from this one.
+func SaveIndex(ctx context.Context, client *http.Client, url, indexSHA, sha string, dir ImageDir) error {
+	_, b, err := fetchIndex(ctx, client, url, indexSHA)
 	if err != nil {
 		return err
 	}
@@ -85,9 +91,14 @@ type seedChunk struct {
 // FetchDelta builds image sha in dir from the chunks of the cached images
 // that have an index and fetches only the chunks none of them holds from
 // chunkBase/<chunk sha256>. Every chunk is checked against the new index
-// before it is written; the whole file against sha before it is renamed
-// into place (so a lying seed index or server costs only time).
-func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, sha string, dir ImageDir, progress func(done, total int)) (*DeltaResult, error) {
+// before it is written. The index is trusted when it matches indexSHA
+// (herd.index_sha256, from the same signed boot chain as sha): chunks that
+// match a trusted index tile the image exactly (chunks.Parse derives each
+// offset from the sizes before it), so the file is the image and is not
+// hashed again. Without indexSHA the whole file is checked against sha
+// before it is renamed into place. Either way a lying server or seed index
+// costs only time.
+func FetchDelta(ctx context.Context, client *http.Client, indexURL, indexSHA, chunkBase, sha string, dir ImageDir, progress func(done, total int)) (*DeltaResult, error) {
 	seeds := map[[32]byte]seedChunk{}
 	cached, _ := dir.Cached()
 	for _, s := range cached {
@@ -110,7 +121,7 @@ func FetchDelta(ctx context.Context, client *http.Client, indexURL, chunkBase, s
 	if len(seeds) == 0 {
 		return nil, errNoSeed
 	}
-	want, wantBytes, err := fetchIndex(ctx, client, indexURL)
+	want, wantBytes, err := fetchIndex(ctx, client, indexURL, indexSHA)
 	if err != nil {
 		return nil, err
 	}
@@ -215,16 +226,19 @@ feed:
 	if ctx.Err() != nil {
 		return fail(ctx.Err())
 	}
-	// The one full check: the assembled file is the image the command line names.
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fail(err)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fail(fmt.Errorf("read %s: %w", part, err))
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		return fail(fmt.Errorf("%w: assembled image is %s, want %s (removed)", ErrChecksum, got, sha))
+	if indexSHA == "" {
+		// An index nothing vouches for: the assembled file must be the
+		// image the command line names.
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fail(err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return fail(fmt.Errorf("read %s: %w", part, err))
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+			return fail(fmt.Errorf("%w: assembled image is %s, want %s (removed)", ErrChecksum, got, sha))
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return fail(fmt.Errorf("fsync %s: %w", part, err))

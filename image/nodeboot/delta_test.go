@@ -21,11 +21,12 @@ import (
 // chunkServer serves an index and the chunks of one image over loopback,
 // counting the bytes of chunks sent; tamper lets a test change a chunk.
 type chunkServer struct {
-	url    string
-	mu     sync.Mutex
-	sent   int64
-	tamper func(id string, b []byte) []byte
-	busy   int // answer this many chunk requests 503 Retry-After: 1 first
+	url      string
+	indexSHA string // sha256 of the index it serves (herd.index_sha256)
+	mu       sync.Mutex
+	sent     int64
+	tamper   func(id string, b []byte) []byte
+	busy     int // answer this many chunk requests 503 Retry-After: 1 first
 }
 
 func newChunkServer(t *testing.T, data []byte) *chunkServer {
@@ -39,7 +40,7 @@ func newChunkServer(t *testing.T, data []byte) *chunkServer {
 	for _, c := range x.Chunks {
 		byID[c.Hex()] = c
 	}
-	cs := &chunkServer{}
+	cs := &chunkServer{indexSHA: shaHex(ib)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /rootfs.index", func(w http.ResponseWriter, r *http.Request) { w.Write(ib) })
 	mux.HandleFunc("GET /chunks/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +94,15 @@ func cacheWith(t *testing.T, data []byte) ImageDir {
 	return dir
 }
 
+// indexModes: FetchDelta with herd.index_sha256 and without it.
+var indexModes = []struct {
+	name string
+	sha  func(*chunkServer) string
+}{
+	{"index vouched for", func(cs *chunkServer) string { return cs.indexSHA }},
+	{"no index sha256", func(*chunkServer) string { return "" }},
+}
+
 func randBytes(n int) []byte { b := make([]byte, n); rand.Read(b); return b }
 
 // generations: N, and N+1 with 100 KiB inserted in the middle and 4 KiB
@@ -104,96 +114,128 @@ func generations() (old, next []byte) {
 	return old, next
 }
 
+// TestFetchDeltaFetchesOnlyWhatChanged, with the index vouched for by
+// herd.index_sha256 (no pass over the whole file) and without (an older
+// server: the whole file is hashed).
 func TestFetchDeltaFetchesOnlyWhatChanged(t *testing.T) {
-	old, next := generations()
-	cs := newChunkServer(t, next)
-	dir := cacheWith(t, old)
-	sha := shaHex(next)
-	res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(dir.Path(sha))
-	if err != nil || !bytes.Equal(got, next) {
-		t.Fatalf("assembled image differs from generation N+1 (%v)", err)
-	}
-	if cs.sent != res.Fetched || res.Fetched+res.Reused != int64(len(next)) {
-		t.Errorf("accounting: sent %d, result %+v", cs.sent, res)
-	}
-	// Exactly the chunks of N+1 that N lacks, and those are only the ones
-	// around the two edits (104 KiB changed; each edit touches at most two
-	// chunks of at most MaxSize).
-	xo, _ := chunks.Split(bytes.NewReader(old))
-	xn, _ := chunks.Split(bytes.NewReader(next))
-	if want, _ := chunks.Missing(xn, xo); res.Fetched != want {
-		t.Errorf("fetched %d bytes, the new index lacks %d from the old", res.Fetched, want)
-	}
-	if res.Fetched > 104<<10+4*chunks.MaxSize {
-		t.Errorf("fetched %d bytes of %d for a 104 KiB change", res.Fetched, len(next))
-	}
-	if _, err := chunks.ReadIndexFile(dir.IndexPath(sha)); err != nil {
-		t.Errorf("new image's index not kept for the next update: %v", err)
-	}
-	if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
-		t.Errorf("assembly file left: %v", leftovers)
+	for _, m := range indexModes {
+		t.Run(m.name, func(t *testing.T) {
+			indexSHA := m.sha
+			old, next := generations()
+			cs := newChunkServer(t, next)
+			dir := cacheWith(t, old)
+			sha := shaHex(next)
+			res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", indexSHA(cs), cs.url+"/chunks", sha, dir, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(dir.Path(sha))
+			if err != nil || !bytes.Equal(got, next) {
+				t.Fatalf("assembled image differs from generation N+1 (%v)", err)
+			}
+			if cs.sent != res.Fetched || res.Fetched+res.Reused != int64(len(next)) {
+				t.Errorf("accounting: sent %d, result %+v", cs.sent, res)
+			}
+			// Exactly the chunks of N+1 that N lacks, and those are only the ones
+			// around the two edits (104 KiB changed; each edit touches at most two
+			// chunks of at most MaxSize).
+			xo, _ := chunks.Split(bytes.NewReader(old))
+			xn, _ := chunks.Split(bytes.NewReader(next))
+			if want, _ := chunks.Missing(xn, xo); res.Fetched != want {
+				t.Errorf("fetched %d bytes, the new index lacks %d from the old", res.Fetched, want)
+			}
+			if res.Fetched > 104<<10+4*chunks.MaxSize {
+				t.Errorf("fetched %d bytes of %d for a 104 KiB change", res.Fetched, len(next))
+			}
+			if _, err := chunks.ReadIndexFile(dir.IndexPath(sha)); err != nil {
+				t.Errorf("new image's index not kept for the next update: %v", err)
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
+				t.Errorf("assembly file left: %v", leftovers)
+			}
+		})
 	}
 }
 
-// TestFetchDeltaAttacks: a server that sends a wrong chunk, and a seed on
-// the SSD whose bytes changed, never end in the cache: the wrong chunk
-// fails the delta (nothing placed), the damaged seed chunk is fetched.
+// TestFetchDeltaAttacks (attacker: a LAN host answering the node's HTTP in
+// herd's place, or a damaged SSD): a server that sends a wrong chunk, and a
+// seed on the SSD whose bytes changed, never end in the cache: the wrong
+// chunk fails the delta (nothing placed), the damaged seed chunk is
+// fetched. Both with and without herd.index_sha256. A swapped index (with
+// chunks that match it) is caught by the final sha256 without
+// herd.index_sha256, and before any chunk is fetched with it.
 func TestFetchDeltaAttacks(t *testing.T) {
 	old, next := generations()
 	sha := shaHex(next)
-	t.Run("server sends other bytes for a chunk", func(t *testing.T) {
-		cs := newChunkServer(t, next)
-		cs.tamper = func(_ string, b []byte) []byte { b[0] ^= 1; return b }
+	for _, m := range indexModes {
+		t.Run(m.name+"/server sends other bytes for a chunk", func(t *testing.T) {
+			cs := newChunkServer(t, next)
+			cs.tamper = func(_ string, b []byte) []byte { b[0] ^= 1; return b }
+			dir := cacheWith(t, old)
+			_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", m.sha(cs), cs.url+"/chunks", sha, dir, nil)
+			if !errors.Is(err, ErrChecksum) {
+				t.Fatalf("tampered chunk: err = %v, want a checksum error", err)
+			}
+			if _, err := os.Stat(dir.Path(sha)); err == nil {
+				t.Fatal("an image built with a tampered chunk was placed in the cache")
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
+				t.Errorf("assembly file left: %v", leftovers)
+			}
+		})
+		t.Run(m.name+"/seed image damaged on the SSD", func(t *testing.T) {
+			cs := newChunkServer(t, next)
+			dir := cacheWith(t, old)
+			f, _ := os.OpenFile(dir.Path(shaHex(old)), os.O_RDWR, 0)
+			f.WriteAt([]byte("corrupt"), 1<<20)
+			f.Close()
+			res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", m.sha(cs), cs.url+"/chunks", sha, dir, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(dir.Path(sha)); !bytes.Equal(got, next) {
+				t.Fatal("assembled image took the damaged seed bytes")
+			}
+			if res.FetchedChunks < 2 {
+				t.Errorf("damaged seed chunk not fetched: %+v", res)
+			}
+		})
+		t.Run(m.name+"/no seed", func(t *testing.T) {
+			cs := newChunkServer(t, next)
+			dir := ImageDir{Dir: t.TempDir()}
+			if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", m.sha(cs), cs.url+"/chunks", sha, dir, nil); !errors.Is(err, errNoSeed) {
+				t.Fatalf("err = %v, want errNoSeed", err)
+			}
+		})
+	}
+	// The attacker serves the index and chunks of an image of its own (N
+	// with a 4 KiB change) where the node asks for N+1.
+	evil := append([]byte(nil), old...)
+	copy(evil[5<<20:], randBytes(4096))
+	t.Run("swapped index, no index sha256", func(t *testing.T) {
+		cs := newChunkServer(t, evil)
 		dir := cacheWith(t, old)
-		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
-		if !errors.Is(err, ErrChecksum) {
-			t.Fatalf("tampered chunk: err = %v, want a checksum error", err)
-		}
-		if _, err := os.Stat(dir.Path(sha)); err == nil {
-			t.Fatal("an image built with a tampered chunk was placed in the cache")
-		}
-		if leftovers, _ := filepath.Glob(filepath.Join(dir.Dir, "*.delta")); len(leftovers) != 0 {
-			t.Errorf("assembly file left: %v", leftovers)
-		}
-	})
-	t.Run("seed image damaged on the SSD", func(t *testing.T) {
-		cs := newChunkServer(t, next)
-		dir := cacheWith(t, old)
-		f, _ := os.OpenFile(dir.Path(shaHex(old)), os.O_RDWR, 0)
-		f.WriteAt([]byte("corrupt"), 1<<20)
-		f.Close()
-		res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, _ := os.ReadFile(dir.Path(sha)); !bytes.Equal(got, next) {
-			t.Fatal("assembled image took the damaged seed bytes")
-		}
-		if res.FetchedChunks < 2 {
-			t.Errorf("damaged seed chunk not fetched: %+v", res)
-		}
-	})
-	t.Run("the index lies about the image", func(t *testing.T) {
-		cs := newChunkServer(t, next)
-		dir := cacheWith(t, old)
-		wrong := strings.Repeat("0", 64)
-		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", wrong, dir, nil)
+		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", "", cs.url+"/chunks", sha, dir, nil)
 		if !errors.Is(err, ErrChecksum) {
 			t.Fatalf("err = %v, want the final sha256 check to fail", err)
 		}
-		if _, err := os.Stat(dir.Path(wrong)); err == nil {
-			t.Fatal("an image whose sha256 is not the requested one was placed")
+		if _, err := os.Stat(dir.Path(sha)); err == nil {
+			t.Fatal("the attacker's image was placed as N+1")
 		}
 	})
-	t.Run("no seed", func(t *testing.T) {
-		cs := newChunkServer(t, next)
-		dir := ImageDir{Dir: t.TempDir()}
-		if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil); !errors.Is(err, errNoSeed) {
-			t.Fatalf("err = %v, want errNoSeed", err)
+	t.Run("swapped index, index sha256 vouched for", func(t *testing.T) {
+		cs := newChunkServer(t, evil)
+		dir := cacheWith(t, old)
+		trusted := newChunkServer(t, next).indexSHA
+		_, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", trusted, cs.url+"/chunks", sha, dir, nil)
+		if !errors.Is(err, ErrChecksum) || !strings.Contains(err.Error(), "herd.index_sha256") {
+			t.Fatalf("err = %v, want the index refused for its sha256", err)
+		}
+		if _, err := os.Stat(dir.Path(sha)); err == nil {
+			t.Fatal("the attacker's image was placed as N+1")
+		}
+		if cs.sent != 0 {
+			t.Errorf("%d chunk bytes fetched after a refused index", cs.sent)
 		}
 	})
 }
@@ -207,7 +249,7 @@ func TestFetchDeltaWaitsOutBusyServer(t *testing.T) {
 	cs.busy = 8
 	dir := cacheWith(t, old)
 	sha := shaHex(next)
-	if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.url+"/chunks", sha, dir, nil); err != nil {
+	if _, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", cs.indexSHA, cs.url+"/chunks", sha, dir, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := os.ReadFile(dir.Path(sha)); !bytes.Equal(got, next) {

@@ -472,7 +472,7 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		appendLine += " herd.verity=" + img.Verity
 	}
 	if img.Index != "" {
-		appendLine += " herd.index=" + base + "/images/" + img.ID + "/rootfs.index"
+		appendLine += " herd.index=" + base + "/images/" + img.ID + "/rootfs.index herd.index_sha256=" + sumFile(t, img.Index)
 	}
 	if n.readAll {
 		appendLine += " herdtest.readall=1"

@@ -23,6 +23,8 @@
 package httpboot
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -381,6 +383,19 @@ type Boot struct {
 	Initrds []Initrd
 }
 
+// chunkArgs are the command line's chunk-index arguments: herd.index, and
+// herd.index_sha256 when the manifest records the index's sha256 (images
+// built before it did go without: their nodes hash an assembled image
+// whole). With it the index is as trusted as herd.sha256 itself, so a node
+// need not hash a delta-assembled image again.
+func chunkArgs(url string, c *manifest.ChunkIndex) []string {
+	args := []string{"herd.index=" + url}
+	if b, err := hex.DecodeString(c.SHA256); err == nil && len(b) == sha256.Size {
+		args = append(args, "herd.index_sha256="+strings.ToLower(c.SHA256))
+	}
+	return args
+}
+
 // BootSpec builds the boot of the boot contract for node and image: the one
 // command-line builder behind the iPXE script and the GRUB config.
 func BootSpec(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest) (*Boot, error) {
@@ -409,7 +424,7 @@ func BootSpec(cfg *site.Config, node *site.Node, id string, m *manifest.Manifest
 	if m.Chunks != nil {
 		// The node assembles the image from chunks it has and fetches the
 		// rest from /chunks/.
-		args = slices.Insert(args, slices.Index(args, "herd.id="+id), "herd.index="+img+"/"+m.Chunks.File)
+		args = slices.Insert(args, slices.Index(args, "herd.id="+id), chunkArgs(img+"/"+m.Chunks.File, m.Chunks)...)
 	}
 	if ka := strings.TrimSpace(cfg.KernelArgs + " " + node.KernelArgs); ka != "" {
 		// A newline would start a new iPXE command; iPXE would also expand

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -742,12 +745,19 @@ func TestChunkStore(t *testing.T) {
 	ib, _ := x.MarshalBinary()
 	os.WriteFile(filepath.Join(dir, chunks.IndexName), ib, 0o644)
 	m, _ := manifest.Read(dir)
+	// A manifest from before the index's sha256 was recorded: herd.index
+	// alone (the node then hashes an assembled image whole).
 	m.Chunks = &manifest.ChunkIndex{File: chunks.IndexName, Count: len(x.Chunks)}
+	if args, want := chunkArgs("http://s/i", m.Chunks), []string{"herd.index=http://s/i"}; !slices.Equal(args, want) {
+		t.Errorf("chunkArgs without sha256 = %q, want %q", args, want)
+	}
+	isum := sha256.Sum256(ib)
+	m.Chunks.SHA256 = hex.EncodeToString(isum[:])
 	m.Write(dir)
 
 	_, script := get(t, f.url+"/boot/52-54-00-aa-bb-01.ipxe")
-	if !strings.Contains(script, " herd.index="+f.url+"/images/"+f.id+"/rootfs.index ") {
-		t.Fatalf("script lacks herd.index:\n%s", script)
+	if !strings.Contains(script, " herd.index="+f.url+"/images/"+f.id+"/rootfs.index herd.index_sha256="+m.Chunks.SHA256+" ") {
+		t.Fatalf("script lacks herd.index and herd.index_sha256:\n%s", script)
 	}
 	if code, body := get(t, f.url+"/images/"+f.id+"/rootfs.index"); code != 200 || body != string(ib) {
 		t.Fatalf("index: %d (%d bytes)", code, len(body))

@@ -59,7 +59,7 @@ func UKICmdline(cfg *site.Config, id string, m *manifest.Manifest) (string, erro
 	}
 	if m.Chunks != nil {
 		// Per generation too: the node fetches only the chunks it lacks.
-		args = slices.Insert(args, slices.Index(args, "herd.id="+id), "herd.index="+cfg.ServerURL()+"/images/"+id+"/"+m.Chunks.File)
+		args = slices.Insert(args, slices.Index(args, "herd.id="+id), chunkArgs(cfg.ServerURL()+"/images/"+id+"/"+m.Chunks.File, m.Chunks)...)
 	}
 	if ka := strings.TrimSpace(cfg.KernelArgs); ka != "" {
 		if strings.ContainsFunc(ka, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
