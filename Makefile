@@ -50,6 +50,14 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/herd ./cmd/herd
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/herd-boot ./cmd/herd-boot
 
+# The image store the tests build into (testlab.TestStore), kept across runs
+# for its stage cache. Each change to herd-boot makes new image IDs there, so
+# `make test` first keeps only the newest 16 images (a whole run builds fewer)
+# and the stages they were built from: a machine that runs the suite again and
+# again would otherwise fill its disk (CI did, at 3662 s). The --config names
+# no file: the test store has no nodes, so no pins.
+TEST_STORE := /var/tmp/herd-test-store
+
 # The README's test command: every package, the QEMU end-to-end suite included.
 # scripts/testsummary prints go test's usual lines, then the counts and every
 # skipped test with its reason; under CI=true a skip for a missing
@@ -58,16 +66,9 @@ build:
 # in the order named, two at a time on 2 cores); the second slot runs
 # image/nodeboot's QEMU tests, then qemu-tests/solo's own small labs beside
 # TestLab's rollouts, then the short packages.
-# The image store the tests build into, kept across runs for its stage cache
-# (testlab.TestStore). Each change to herd-boot makes new image IDs there, so
-# `make test` first keeps only the newest 16 images (a whole run builds fewer)
-# and the stages they were built from; a machine that runs the suite again and
-# again would otherwise fill its disk (CI did, at 3662 s). The --config names
-# no file: the test store has no nodes, so no pins.
-HERD_TEST_STORE ?= /var/tmp/herd-test-store
 test: deps build
 	$(GO) vet ./...
-	$(BIN)/herd --state $(HERD_TEST_STORE) --config /nonexistent/herd.yaml image gc --keep 16
+	$(BIN)/herd --state $(TEST_STORE) --config /nonexistent/herd.yaml image gc --keep 16
 	df -h /var/tmp /tmp
 	$(GO) build -o $(BIN)/testsummary ./scripts/testsummary
 	set -o pipefail; HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
