@@ -55,7 +55,8 @@ build:
 # `make test` first keeps only the newest 16 images (a whole run builds fewer)
 # and the stages they were built from: a machine that runs the suite again and
 # again would otherwise fill its disk (CI did, at 3662 s). The --config names
-# no file: the test store has no nodes, so no pins.
+# no file: the test store has no nodes, so no pins. A prune that fails (a
+# user who may not write the store) is reported and the tests run anyway.
 TEST_STORE := /var/tmp/herd-test-store
 
 # The README's test command: every package, the QEMU end-to-end suite included.
@@ -68,7 +69,7 @@ TEST_STORE := /var/tmp/herd-test-store
 # TestLab's rollouts, then the short packages.
 test: deps build
 	$(GO) vet ./...
-	$(BIN)/herd --state $(TEST_STORE) --config /nonexistent/herd.yaml image gc --keep 16
+	-$(BIN)/herd --state $(TEST_STORE) --config /nonexistent/herd.yaml image gc --keep 16
 	df -h /var/tmp /tmp
 	$(GO) build -o $(BIN)/testsummary ./scripts/testsummary
 	set -o pipefail; HERD_BIN=$(CURDIR)/$(BIN)/herd HERD_BOOT_BIN=$(CURDIR)/$(BIN)/herd-boot \
