@@ -118,12 +118,12 @@ func ParseCmdline(line string) (*Params, error) {
 			return nil, err
 		}
 	}
-	if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != 32 {
-		return nil, fmt.Errorf("kernel argument herd.sha256=%q: want 64 hex digits", p.SHA256)
+	if err := checkSHA256("herd.sha256", p.SHA256); err != nil {
+		return nil, err
 	}
 	if p.IndexSHA256 != "" {
-		if b, err := hex.DecodeString(p.IndexSHA256); err != nil || len(b) != 32 {
-			return nil, fmt.Errorf("kernel argument herd.index_sha256=%q: want 64 hex digits", p.IndexSHA256)
+		if err := checkSHA256("herd.index_sha256", p.IndexSHA256); err != nil {
+			return nil, err
 		}
 	}
 	switch {
@@ -133,6 +133,14 @@ func ParseCmdline(line string) (*Params, error) {
 		return nil, fmt.Errorf("kernel argument herd.cache=%q: want auto, none or a /dev/disk/by-id/... path", p.Cache)
 	}
 	return p, nil
+}
+
+// checkSHA256 errors unless v is a sha256 in hex (64 digits).
+func checkSHA256(arg, v string) error {
+	if b, err := hex.DecodeString(v); err != nil || len(b) != 32 {
+		return fmt.Errorf("kernel argument %s=%q: want 64 hex digits", arg, v)
+	}
+	return nil
 }
 
 func checkURL(arg, v string) error {
