@@ -120,12 +120,11 @@ func generations() (old, next []byte) {
 func TestFetchDeltaFetchesOnlyWhatChanged(t *testing.T) {
 	for _, m := range indexModes {
 		t.Run(m.name, func(t *testing.T) {
-			indexSHA := m.sha
 			old, next := generations()
 			cs := newChunkServer(t, next)
 			dir := cacheWith(t, old)
 			sha := shaHex(next)
-			res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", indexSHA(cs), cs.url+"/chunks", sha, dir, nil)
+			res, err := FetchDelta(context.Background(), http.DefaultClient, cs.url+"/rootfs.index", m.sha(cs), cs.url+"/chunks", sha, dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
