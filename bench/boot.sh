@@ -43,7 +43,8 @@ if [ -z "${HERD_TEST_IMAGE_DIR:-}" ] && [ -x bin/herd ] && [ -x bin/herd-boot ];
 	trap 'rm -rf --one-file-system "$work"' EXIT
 	cp "recipes/$HERD_BENCH_RECIPE.yaml" "$work/"
 	[ ! -e "recipes/$HERD_BENCH_RECIPE.lock" ] || cp "recipes/$HERD_BENCH_RECIPE.lock" "$work/"
-	if bin/herd --state "$store" --config "$work/none.yaml" image build --agent bin/herd-boot "$work/$HERD_BENCH_RECIPE.yaml" >"$work/build.log" 2>&1; then
+	. bench/lib/lock.sh
+	if bench_build "$work/$HERD_BENCH_RECIPE.lock" "$work/build.log" bin/herd --state "$store" --config "$work/none.yaml" image build --agent bin/herd-boot "$work/$HERD_BENCH_RECIPE.yaml"; then
 		id=$(awk '/^image /{print $2; exit}' "$work/build.log")
 		export HERD_TEST_IMAGE_DIR="$store/images/$id"
 		echo "boot bench: $HERD_BENCH_RECIPE image $id (this tree's herd-boot)"

@@ -16,6 +16,7 @@
 # driver: no driver-bump line). Prints BENCH lines; never fails on timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib/lock.sh
 HERD=${HERD:-bin/herd}
 [ -x "$HERD" ] || { echo "build herd first (make build)" >&2; exit 1; }
 work=$(mktemp -d /var/tmp/herd-bench-build.XXXXXX)
@@ -33,7 +34,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 build() { # build LOG [--set ...]
 	local log=$1; shift
-	"$HERD" --state "$state" --config "$work/none.yaml" image build "$recipe" "$@" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+	bench_build "$work/recipes/$name.lock" "$log" "$HERD" --state "$state" --config "$work/none.yaml" image build "$recipe" "$@" || { cat "$log" >&2; exit 1; }
 }
 
 t0=$(now); build "$work/cold.log"; t1=$(now)

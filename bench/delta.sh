@@ -18,6 +18,7 @@
 # makes repeated runs cheap). Prints BENCH lines; never fails on sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib/lock.sh
 HERD=${HERD:-bin/herd}
 [ -x "$HERD" ] || { echo "build herd first (make build)" >&2; exit 1; }
 STATE=${STATE:-/var/tmp/herd-test-store}
@@ -36,7 +37,7 @@ sed 's/^ntp: \[10.77.0.1\]$/ntp: [10.77.0.3]/' "$work/herd.yaml" > "$work/herd-n
 build() { # build NAME CONFIG RECIPE [--set ...] -> prints the image ID
 	local name=$1 cfg=$2 rcp=$3; shift 3
 	local t0=$SECONDS
-	"$HERD" --state "$STATE" --config "$cfg" image build "$rcp" "$@" >"$work/$name.log" 2>&1 || { cat "$work/$name.log" >&2; return 1; }
+	bench_build "${rcp%.yaml}.lock" "$work/$name.log" "$HERD" --state "$STATE" --config "$cfg" image build "$rcp" "$@" || { cat "$work/$name.log" >&2; return 1; }
 	echo "built $name in $((SECONDS - t0))s: $(grep -o 'stage [a-z]*: [a-z]*' "$work/$name.log" | tr '\n' ' ')" >&2
 	awk '/^image /{print $2; exit}' "$work/$name.log"
 }

@@ -406,7 +406,7 @@ func TestPinDrift(t *testing.T) {
 		t.Errorf("drift error %+v", pd)
 	}
 	msg := err.Error()
-	for _, want := range []string{"nvidia-headless-no-dkms-580-server", "580.1.2-0nonexistent1", pd.Archive, "the recipe"} {
+	for _, want := range []string{"nvidia-headless-no-dkms-580-server", "580.1.2-0nonexistent1", pd.Archive, "the recipe", "change the version in the recipe"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not name %q", msg, want)
 		}
@@ -417,7 +417,7 @@ func TestPinDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = realBuild(t, r, Options{})
-	if !errors.As(err, &pd) || pd.Package != "kmod" || pd.Wanted != "1.0-0herdgone1" || !strings.Contains(pd.Source, r.LockPath()) || pd.Archive == "" {
+	if !errors.As(err, &pd) || pd.Package != "kmod" || pd.Wanted != "1.0-0herdgone1" || !strings.Contains(pd.Source, r.LockPath()) || pd.Archive == "" || !strings.Contains(err.Error(), "--update-lock") {
 		t.Fatalf("lock drift: %v", err)
 	}
 	var be *BuildError

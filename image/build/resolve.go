@@ -34,7 +34,13 @@ func (e *PinDriftError) Error() string {
 	if have == "" {
 		have = "no installable version"
 	}
-	return fmt.Sprintf("pinned package %s: %s wants version %s, but the archive resolves it to %s", e.Package, e.Source, e.Wanted, have)
+	msg := fmt.Sprintf("pinned package %s: %s wants version %s, but the archive resolves it to %s", e.Package, e.Source, e.Wanted, have)
+	if strings.HasPrefix(e.Source, "lock file ") {
+		// Ubuntu's -updates and -security pockets index only each
+		// package's newest version: a locked one is gone once superseded.
+		return msg + "; the archive no longer offers the locked version (an update superseded it): rebuild with --update-lock to accept the archive's versions (then review the lock file's diff), or set the recipe's mirror to a snapshot of the archive that still has it"
+	}
+	return msg + "; change the version in the recipe"
 }
 
 // pinWant is the version a pinned package must have and who asks for it.
