@@ -88,10 +88,7 @@ func identityChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes m
 		// This reboot's console starts here: its initramfs lines end up
 		// hundreds of lines above the end once the boot and the checks
 		// below have printed theirs, so the check reads all of it.
-		var consoleStart int64
-		if fi, err := os.Stat(b.VM.SerialPath); err == nil {
-			consoleStart = fi.Size()
-		}
+		consoleStart := b.VM.Console.Size()
 		err = b.Reboot(ctx) // no approval, no window: the key on the SSD must do; BootTimeout is the flood's liveness deadline
 		captured = sn.Stop()
 		if err != nil {
@@ -112,7 +109,7 @@ func identityChecks(t *testing.T, ctx context.Context, lab *testlab.Lab, nodes m
 		if now, _ := lab.EnrolledKey(ctx, victim); now != enrolled {
 			t.Errorf("the enrolled key changed across the reboot: %s, then %s", enrolled, now)
 		}
-		if since, err := consoleSince(b.VM.SerialPath, consoleStart); err != nil || !strings.Contains(since, "runtime overlay received") {
+		if since, err := b.VM.Console.Since(consoleStart); err != nil || !strings.Contains(since, "runtime overlay received") {
 			t.Errorf("the console of the reboot does not show the sealed overlay arriving (%v); its end:\n%s", err, testlab.TailLines([]byte(since), 60))
 		}
 		for _, r := range captured {
@@ -350,22 +347,4 @@ func runAttacks(t *testing.T, ctx context.Context, lab *testlab.Lab, c *http.Cli
 			t.Errorf("after its forged enrollment the attacker got an overlay (%v)", err)
 		}
 	})
-}
-
-// consoleSince returns a serial log from byte off on, cleaned of terminal
-// escapes: what the node printed since a reboot began.
-func consoleSince(path string, off int64) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return "", fmt.Errorf("seek %s: %w", path, err)
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return string(testlab.Clean(data)), nil
 }

@@ -73,6 +73,21 @@ func (c *Console) Mark() {
 	}
 }
 
+// Size is the log's length now: a point to read from later with Since.
+func (c *Console) Size() int64 {
+	if fi, err := os.Stat(c.Path); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+// Since returns the log from byte off on, cleaned as Tail's: what the VM
+// printed since Size was taken (a reboot's whole console).
+func (c *Console) Since(off int64) (string, error) {
+	data, err := readFrom(c.Path, off)
+	return string(Clean(data)), err
+}
+
 // Contains reports whether re matches anywhere in the whole log.
 func (c *Console) Contains(re *regexp.Regexp) bool {
 	data, err := os.ReadFile(c.Path)
