@@ -29,7 +29,7 @@ import (
 // TestLab's nodes do not.
 //
 // Who answers gpu04's DHCP: both servers hear it on the lab bridge. gpu04 is
-// not in the lab's herd.yaml (checked below; the lab's nodes are gpu01..03)
+// not in the lab's herd.yaml (checked below; the lab's nodes are gpu01 and gpu02)
 // and the lab's site has dhcp.unknown: ignore, so the lab's herd drops it
 // (its herd_dhcp_ignored_total{reason="unknown-mac"} grows, and its
 // leases.json never holds gpu04's MAC); gpu01's herd knows only gpu04
