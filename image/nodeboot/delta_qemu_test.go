@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/testlab"
 )
 
 // recipeGeneration builds the small test recipe (recipes/test-noble-
@@ -33,7 +34,7 @@ func recipeGeneration(t *testing.T, name string, edit func(string) string) bootI
 	dir := t.TempDir()
 	recipe := filepath.Join(dir, name+".yaml")
 	must(t, os.WriteFile(recipe, []byte(r), 0o644))
-	cmd := exec.Command(herd, "--state", testStore, "--config", filepath.Join(dir, "none.yaml"), "image", "build", recipe, "--agent", agentBinary(t))
+	cmd := exec.Command(herd, "--state", testlab.TestStore, "--config", filepath.Join(dir, "none.yaml"), "image", "build", recipe, "--agent", agentBinary(t))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build %s: %v\n%s", name, err, tail(out))
@@ -48,7 +49,7 @@ func recipeGeneration(t *testing.T, name string, edit func(string) string) bootI
 	if id == "" {
 		t.Fatalf("no image ID in the build output:\n%s", tail(out))
 	}
-	return imageFromDir(t, filepath.Join(testStore, "images", id))
+	return imageFromDir(t, filepath.Join(testlab.TestStore, "images", id))
 }
 
 // nextGeneration is generation N+1 of the test recipe: one package more.

@@ -26,9 +26,6 @@ type bootImage struct {
 	Index                  string // rootfs.index path ("" = none)
 }
 
-// testStore is where image/build's tests publish images (HACKING.md).
-const testStore = "/var/tmp/herd-test-store"
-
 // testImage returns a bootable herd image, in this order:
 //   - HERD_TEST_IMAGE_DIR (vmlinuz, initrd.img, rootfs.squashfs);
 //   - an image of the shared test store built by image/build (so by the
@@ -52,7 +49,7 @@ func testImage(t *testing.T, recipe string) bootImage {
 		return imageFromDir(t, d)
 	}
 	if recipe != "" {
-		t.Fatalf("no image of recipe %s with this herd-boot in %s (bench/boot.sh builds it; or set HERD_TEST_IMAGE_DIR)", recipe, testStore)
+		t.Fatalf("no image of recipe %s with this herd-boot in %s (bench/boot.sh builds it; or set HERD_TEST_IMAGE_DIR)", recipe, testlab.TestStore)
 	}
 	d := testlab.MinimalImage(t)
 	t.Logf("booting the minimal test image %s", d)
@@ -80,7 +77,7 @@ func storeImage(t *testing.T, agentSHA, recipe string) string {
 	if _, err := exec.LookPath("unsquashfs"); err != nil {
 		return ""
 	}
-	dirs, _ := filepath.Glob(filepath.Join(testStore, "images", "*"))
+	dirs, _ := filepath.Glob(filepath.Join(testlab.TestStore, "images", "*"))
 	best, bestSize := "", int64(-1)
 	for _, d := range dirs {
 		var m struct {
