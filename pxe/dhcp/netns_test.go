@@ -490,19 +490,19 @@ func TestFullModeAnswersFromMemoryWhenLeasesCannotBeSaved(t *testing.T) {
 	if err := os.Mkdir(state, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The file appears at Save's rename and the gauge is set after Save
+	// returns, so wait for both rather than reading the gauge at once.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		data, err := os.ReadFile(filepath.Join(state, "leases.json"))
-		if err == nil && strings.Contains(string(data), "10.77.0.11") {
+		n := testutil.ToFloat64(srv.s.metrics.leaseStore.WithLabelValues())
+		if err == nil && strings.Contains(string(data), "10.77.0.11") && n == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("leases.json after recovery: %v %s", err, data)
+			t.Fatalf("after recovery: herd_dhcp_lease_store_ok = %v, want 1; leases.json: %v %s", n, err, data)
 		}
 		time.Sleep(100 * time.Millisecond)
-	}
-	if n := testutil.ToFloat64(srv.s.metrics.leaseStore.WithLabelValues()); n != 1 {
-		t.Errorf("herd_dhcp_lease_store_ok = %v after recovery, want 1", n)
 	}
 }
 
