@@ -262,6 +262,10 @@ func TestProxyReply(t *testing.T) {
 	r = Reply(pd, NewLeases(), seabiosIPXE(macUnknown, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0)
 	if rep := mustReply(t, r, dhcpv4.MessageTypeOffer); rep.BootFileName != "http://10.77.0.1:8080/boot/52:54:00:99:00:01.ipxe" || r.Hostname != "" {
 		t.Errorf("unknown discover: file %q host %q", rep.BootFileName, r.Hostname)
+	} else if rep.Options.Has(dhcpv4.OptionEtherboot) {
+		// A proxy offer is the one iPXE waits for; no-pxedhcp belongs in
+		// the site DHCP server's offer, which herd does not write.
+		t.Errorf("proxy offer carries option 175: % x", rep.GetOneOption(dhcpv4.OptionEtherboot))
 	}
 }
 
@@ -288,11 +292,27 @@ func TestFullKnownNode(t *testing.T) {
 	if rep.BootFileName != "snponly.efi" || rep.ClassIdentifier() != "PXEClient" || !rep.ServerIPAddr.Equal(net.IPv4(10, 77, 0, 1)) {
 		t.Errorf("PXE in full mode: file %q 60 %q siaddr %s", rep.BootFileName, rep.ClassIdentifier(), rep.ServerIPAddr)
 	}
-	// iPXE in full mode: the script URL and no PXEClient echo (iPXE would
-	// otherwise wait for a ProxyDHCP offer).
-	rep = mustReply(t, Reply(p, l, seabiosIPXE(macKnown, dhcpv4.MessageTypeDiscover), ServerPort, nil, t0), dhcpv4.MessageTypeOffer)
-	if rep.BootFileName != "http://10.77.0.1:8080/boot/52:54:00:77:00:11.ipxe" || rep.ClassIdentifier() != "" {
-		t.Errorf("iPXE in full mode: file %q 60 %q", rep.BootFileName, rep.ClassIdentifier())
+	if rep.Options.Has(dhcpv4.OptionEtherboot) {
+		t.Errorf("PXE ROM got iPXE's option 175: % x", rep.GetOneOption(dhcpv4.OptionEtherboot))
+	}
+	// iPXE in full mode: the script URL, no PXEClient echo, and no-pxedhcp
+	// (175.176 = 1) in the offer and the ACK, so that it requests at once
+	// instead of waiting for a ProxyDHCP offer.
+	for _, mt := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest} {
+		req := seabiosIPXE(macKnown, mt)
+		if mt == dhcpv4.MessageTypeRequest {
+			req = with(req, dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 11)), dhcpv4.OptServerIdentifier(net.IPv4(10, 77, 0, 1)))
+		}
+		rep = Reply(p, l, req, ServerPort, nil, t0).Reply
+		if rep == nil {
+			t.Fatalf("iPXE %s: no reply", mt)
+		}
+		if rep.BootFileName != "http://10.77.0.1:8080/boot/52:54:00:77:00:11.ipxe" || rep.ClassIdentifier() != "" {
+			t.Errorf("iPXE %s in full mode: file %q 60 %q", rep.MessageType(), rep.BootFileName, rep.ClassIdentifier())
+		}
+		if got := rep.GetOneOption(dhcpv4.OptionEtherboot); !bytes.Equal(got, []byte{176, 1, 1}) {
+			t.Errorf("iPXE %s in full mode: option 175 = % x, want b0 01 01 (no-pxedhcp)", rep.MessageType(), got)
+		}
 	}
 
 	// REQUEST for a wrong address → NAK, broadcast.
