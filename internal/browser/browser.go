@@ -48,6 +48,9 @@ func Start(t *testing.T, o Options) context.Context {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("disable-dev-shm-usage", true),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium's own scratch directories (org.chromium.Chromium.*)
+		// go under TMPDIR; in the test's temp dir they go with it.
+		chromedp.Env("TMPDIR=" + t.TempDir()),
 		chromedp.WindowSize(1280, 720),
 	}
 	if o.Netns != "" {
