@@ -298,15 +298,12 @@ func TestFullKnownNode(t *testing.T) {
 	// iPXE in full mode: the script URL, no PXEClient echo, and no-pxedhcp
 	// (175.176 = 1) in the offer and the ACK, so that it requests at once
 	// instead of waiting for a ProxyDHCP offer.
-	for _, mt := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest} {
+	for mt, want := range map[dhcpv4.MessageType]dhcpv4.MessageType{dhcpv4.MessageTypeDiscover: dhcpv4.MessageTypeOffer, dhcpv4.MessageTypeRequest: dhcpv4.MessageTypeAck} {
 		req := seabiosIPXE(macKnown, mt)
 		if mt == dhcpv4.MessageTypeRequest {
 			req = with(req, dhcpv4.OptRequestedIPAddress(net.IPv4(10, 77, 0, 11)), dhcpv4.OptServerIdentifier(net.IPv4(10, 77, 0, 1)))
 		}
-		rep = Reply(p, l, req, ServerPort, nil, t0).Reply
-		if rep == nil {
-			t.Fatalf("iPXE %s: no reply", mt)
-		}
+		rep = mustReply(t, Reply(p, l, req, ServerPort, nil, t0), want)
 		if rep.BootFileName != "http://10.77.0.1:8080/boot/52:54:00:77:00:11.ipxe" || rep.ClassIdentifier() != "" {
 			t.Errorf("iPXE %s in full mode: file %q 60 %q", rep.MessageType(), rep.BootFileName, rep.ClassIdentifier())
 		}
