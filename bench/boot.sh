@@ -18,7 +18,11 @@
 # and with HERD_QEMU_APPEND=profile=2 (extra kernel parameters for every
 # boot) the kernel's own profile: its top lines, and all of it as one
 # "HERDDIAG profgz" line (sed 's/.*profgz //' | base64 -d | gunzip gives
-# readprofile's listing, to compare two boots).
+# readprofile's listing, to compare two boots). At the login prompt the
+# host adds QEMU's own translation counts ("HOSTDIAG jit": host code
+# generated, translation blocks, blocks invalidated by writes to pages that
+# held code): under TCG every distinct piece of code a boot runs is
+# translated first, so a side that runs more of it pays there.
 # Prints BENCH lines; never fails on timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."

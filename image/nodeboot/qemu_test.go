@@ -508,6 +508,15 @@ func (h *imageHost) boot(t *testing.T, n node, overlay string) (string, map[stri
 		}
 		args = append(args, "-drive", drive)
 	}
+	// The bench's diagnosis also asks QEMU how much guest code it
+	// translated (HMP "info jit"): under TCG every distinct piece of code
+	// is translated before it runs, so a side that runs more of it (or
+	// rewrites pages that held code) pays for it there.
+	qmpSock := ""
+	if os.Getenv("HERD_BENCH_CONSOLE_DIR") != "" {
+		qmpSock = filepath.Join(dir, "qmp.sock")
+		args = append(args, "-qmp", "unix:"+qmpSock+",server=on,wait=off")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	q := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
@@ -551,6 +560,17 @@ wait:
 			if login == 0 && strings.Contains(string(b), " login: ") {
 				login = time.Since(start)
 				cpuAtLogin, _ = processCPU(q.Process.Pid)
+				if qmpSock != "" {
+					jit, err := hmp(qmpSock, "info jit")
+					if err != nil {
+						jit = err.Error()
+					}
+					for _, l := range strings.Split(jit, "\n") {
+						if strings.HasPrefix(l, "gen code size") || strings.HasPrefix(l, "TB count") || strings.HasPrefix(l, "TB invalidate") || strings.HasPrefix(l, "TLB") || strings.HasPrefix(l, "TB flush") || strings.HasPrefix(l, "qmp") {
+							fmt.Fprintf(&stamped, "%7.2f HOSTDIAG jit %s\n", time.Since(start).Seconds(), strings.Join(strings.Fields(l), " "))
+						}
+					}
+				}
 			}
 			if !n.untilLogin || stopped {
 				continue
@@ -604,6 +624,44 @@ wait:
 	}
 	t.Logf("report: %s login_s=%s verify_s=%s", m[1], rep["login_s"], rep["verify_s"])
 	return string(console), rep
+}
+
+// hmp runs one human-monitor command through QEMU's QMP socket and
+// returns its text.
+func hmp(sock, command string) (string, error) {
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		return "", fmt.Errorf("qmp: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, _ := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]string{"command-line": command}})
+	if _, err := fmt.Fprintf(c, "{\"execute\":\"qmp_capabilities\"}\n%s\n", req); err != nil {
+		return "", fmt.Errorf("qmp: %w", err)
+	}
+	dec := json.NewDecoder(c)
+	for n := 0; ; {
+		var m struct {
+			Return json.RawMessage        `json:"return"`
+			Error  *struct{ Desc string } `json:"error"`
+		}
+		if err := dec.Decode(&m); err != nil {
+			return "", fmt.Errorf("qmp: %w", err)
+		}
+		if m.Error != nil {
+			return "", fmt.Errorf("qmp: %s", m.Error.Desc)
+		}
+		if m.Return == nil {
+			continue // the greeting, or an event
+		}
+		if n++; n == 2 {
+			var out string
+			if err := json.Unmarshal(m.Return, &out); err != nil {
+				return "", fmt.Errorf("qmp: %w", err)
+			}
+			return strings.ReplaceAll(out, "\r\n", "\n"), nil
+		}
+	}
 }
 
 // processCPU is the user plus system CPU time pid has used so far
