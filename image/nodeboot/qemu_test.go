@@ -30,6 +30,7 @@ import (
 	"github.com/herdlab/herd/internal/nodeauth"
 	"github.com/herdlab/herd/internal/qemuaccel"
 	"github.com/herdlab/herd/internal/testenv"
+	"github.com/herdlab/herd/testlab"
 )
 
 // imageHost is the test's herd server stand-in on loopback: it serves the
@@ -626,42 +627,18 @@ wait:
 	return string(console), rep
 }
 
-// hmp runs one human-monitor command through QEMU's QMP socket and
-// returns its text.
+// hmp runs one human-monitor command through QEMU's QMP socket (testlab's
+// client) and returns its text.
 func hmp(sock, command string) (string, error) {
-	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	raw, err := (&testlab.VM{QMPPath: sock}).QMPWith("human-monitor-command", map[string]string{"command-line": command})
 	if err != nil {
 		return "", fmt.Errorf("qmp: %w", err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, _ := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]string{"command-line": command}})
-	if _, err := fmt.Fprintf(c, "{\"execute\":\"qmp_capabilities\"}\n%s\n", req); err != nil {
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
 		return "", fmt.Errorf("qmp: %w", err)
 	}
-	dec := json.NewDecoder(c)
-	for n := 0; ; {
-		var m struct {
-			Return json.RawMessage        `json:"return"`
-			Error  *struct{ Desc string } `json:"error"`
-		}
-		if err := dec.Decode(&m); err != nil {
-			return "", fmt.Errorf("qmp: %w", err)
-		}
-		if m.Error != nil {
-			return "", fmt.Errorf("qmp: %s", m.Error.Desc)
-		}
-		if m.Return == nil {
-			continue // the greeting, or an event
-		}
-		if n++; n == 2 {
-			var out string
-			if err := json.Unmarshal(m.Return, &out); err != nil {
-				return "", fmt.Errorf("qmp: %w", err)
-			}
-			return strings.ReplaceAll(out, "\r\n", "\n"), nil
-		}
-	}
+	return strings.ReplaceAll(out, "\r\n", "\n"), nil
 }
 
 // processCPU is the user plus system CPU time pid has used so far
