@@ -83,7 +83,7 @@ func TestInstallWritesHookScriptAgentAndUnit(t *testing.T) {
 		}
 	}
 	script, _ := os.ReadFile(filepath.Join(root, ScriptPath))
-	for _, fn := range []string{"mountroot()", "mount_top()", "mount_premount()", "mount_bottom()", "configure_networking", "herd-boot mountroot \"${rootmnt}\""} {
+	for _, fn := range []string{"mountroot()", "mount_top()", "mount_premount()", "mount_bottom()", "ipconfig -t \"$round\" -c dhcp -d all", "configure_networking", "herd-boot mountroot \"${rootmnt}\""} {
 		if !strings.Contains(string(script), fn) {
 			t.Errorf("boot script lacks %s", fn)
 		}
