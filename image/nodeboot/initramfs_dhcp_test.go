@@ -111,7 +111,10 @@ func TestInitramfsDHCPHostileServer(t *testing.T) {
 			}
 			r.BootFileName = hostile["file"]
 			conn.WriteTo(r.ToBytes(), &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ClientPort})
-			served <- mt.String()
+			select {
+			case served <- mt.String():
+			default:
+			}
 		}
 	}()
 
