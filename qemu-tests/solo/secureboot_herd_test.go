@@ -173,7 +173,7 @@ func TestSecureBootHerd(t *testing.T) {
 	if err := vm.Reset(); err != nil {
 		t.Fatal(err)
 	}
-	cmdline := expect(`Command line: ([^\r\n]*)`, 10*time.Minute)[1]
+	cmdline := expect(`Command line: ([^\r\n]*)\r?\n`, 10*time.Minute)[1]
 	t.Run("signed-command-line", func(t *testing.T) {
 		if !strings.Contains(cmdline, "herd.sha256="+sha) || strings.Contains(cmdline, "herd.node=") {
 			t.Errorf("kernel command line %q: want the signed one (herd.sha256=%s, no herd.node)", cmdline, sha)
@@ -253,7 +253,7 @@ func TestSecureBootHerd(t *testing.T) {
 			"-device", "virtio-blk-pci,drive=esp,bootindex=0"); err != nil {
 			t.Fatal(err)
 		}
-		got := expect(`Command line: ([^\r\n]*)`, 10*time.Minute)[1]
+		got := expect(`Command line: ([^\r\n]*)\r?\n`, 10*time.Minute)[1]
 		if strings.Contains(got, "herd.attack") || strings.Contains(got, "mallory") || !strings.Contains(got, "herd.sha256="+sha) {
 			t.Fatalf("kernel command line %q: the loader's replaced the signed one", got)
 		}
