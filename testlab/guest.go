@@ -137,10 +137,11 @@ func (g *Guest) Sudo(ctx context.Context, cmd string) (string, error) {
 		return g.Run(ctx, cmd)
 	}
 	q := "'" + strings.ReplaceAll(cmd, "'", `'\''`) + "'"
-	return g.Run(ctx, fmt.Sprintf("printf '%%s\\n' %s | sudo -S -p '' sh -c %s", shellQuote(g.Password), q))
+	return g.Run(ctx, fmt.Sprintf("printf '%%s\\n' %s | sudo -S -p '' sh -c %s", ShellQuote(g.Password), q))
 }
 
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+// ShellQuote quotes s as one word for a POSIX shell.
+func ShellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // WaitSSH retries until a command runs over SSH or timeout passes; it
 // returns the last error.

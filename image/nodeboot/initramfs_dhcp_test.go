@@ -129,7 +129,7 @@ mount -t proc proc %[1]s/proc
 mount --rbind /sys %[1]s/sys
 mount --rbind /dev %[1]s/dev
 mount -t tmpfs run %[1]s/run
-exec chroot %[1]s /bin/sh -c %[2]s`, shellQuote(root), shellQuote(inner))
+exec chroot %[1]s /bin/sh -c %[2]s`, testlab.ShellQuote(root), testlab.ShellQuote(inner))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// Mount and UTS namespaces of its own: the mounts above end with it
@@ -161,11 +161,6 @@ exec chroot %[1]s /bin/sh -c %[2]s`, shellQuote(root), shellQuote(inner))
 	if !strings.Contains(addrs.String(), "10.99.0.50/24") {
 		t.Errorf("eth0 was not configured with the lease: %s", addrs.String())
 	}
-}
-
-// shellQuote quotes s for a POSIX shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // extractInitrd unpacks an initramfs-tools initrd into dir: the
